@@ -1,0 +1,168 @@
+"""What every classification experiment shares: flags, data, run dir, final table.
+
+An experiment module holds its config, the report's reference numbers and a
+`main()` that calls `run_classifier`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import pathlib
+import sys
+from typing import Sequence
+
+from mnist_jax import data as data_lib
+from mnist_jax.checkpoints import has_checkpoints
+from mnist_jax.metrics import format_classification_report
+from mnist_jax.models import get_model
+from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
+from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate
+
+DEFAULT_RUNS_DIR = pathlib.Path("runs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A report's published result; None where the report gives no number."""
+
+    source: str  # Which report, and where it ran.
+    accuracy: float | None = None  # Fraction in [0, 1].
+    f1_macro: float | None = None
+    loss: float | None = None
+    train_seconds: float | None = None
+    device: str = "GPU (Colab/Kaggle, CUDA)"
+
+
+def build_parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    add = parser.add_argument
+    add("--epochs", type=int, help="training epochs")
+    add("--batch-size", type=int, help="training batch size")
+    add("--learning-rate", "--lr", type=float, help="peak learning rate")
+    add("--weight-decay", type=float, help="L2 weight decay")
+    add("--seed", type=int, help="seed for init, split, shuffling, dropout and noise")
+    add("--noise", choices=NOISE_KINDS, help="noise added to training images on the fly")
+    add("--noise-level", type=float, help="Gaussian sigma, or salt-and-pepper probability")
+    add("--workdir", type=pathlib.Path,
+        help=f"run directory (default: a new {DEFAULT_RUNS_DIR}/{name}/<time>; "
+             "with --resume, the newest run there)")
+    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
+    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files (e.g. Kaggle's)")
+    add("--no-download", action="store_true", help="never download MNIST")
+    add("--resume", action="store_true", help="continue the run in --workdir from its newest checkpoint")
+    add("--quick", action="store_true", help="a small stratified subset and 1 epoch: a smoke test")
+    add("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: TrainConfig) -> TrainConfig:
+    """The experiment's (or quick) defaults, overridden by the flags given."""
+    base = quick if args.quick else config
+    overrides = {
+        field: getattr(args, field)
+        for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed")
+        if getattr(args, field) is not None
+    }
+    if args.noise is not None or args.noise_level is not None:
+        overrides["noise"] = NoiseConfig(
+            kind=args.noise if args.noise is not None else base.noise.kind,
+            level=args.noise_level if args.noise_level is not None else base.noise.level,
+        )
+    return dataclasses.replace(base, **overrides)
+
+
+def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool) -> pathlib.Path:
+    """The run directory: named, the newest one to resume, or a new one."""
+    if workdir is not None:
+        return workdir
+    root = DEFAULT_RUNS_DIR / name
+    if resume:
+        runs = sorted(p for p in root.glob("*") if has_checkpoints(p)) if root.is_dir() else []
+        if not runs:
+            raise ResumeError(f"--resume: no run with checkpoints under {root}; name one with --workdir.")
+        return runs[-1]
+    return root / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def comparison_table(reference: Reference, summary: dict) -> str:
+    """The report's numbers beside this run's, as a Markdown table."""
+    test = summary["test"]
+    devices = summary["devices"]
+    ours_device = f"{devices['platform']} x{devices['count']} ({', '.join(devices['kinds'])})"
+    rows = [
+        ("test accuracy", _percent(reference.accuracy), _percent(test["accuracy"])),
+        ("test F1 (macro)", _number(reference.f1_macro, ".4f"), _number(test["f1_macro"], ".4f")),
+        ("test loss", _number(reference.loss, ".4f"), _number(test["loss"], ".4f")),
+        ("training time (s)", _number(reference.train_seconds, ".2f"), _number(summary["train_seconds"], ".2f")),
+        ("device", reference.device, ours_device),
+    ]
+    header = ("", f"report ({reference.source})", "this run")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *map(line, rows)])
+
+
+def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib.Splits, str]:
+    mnist = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
+    splits = data_lib.make_splits(
+        mnist, val_fraction=config.val_fraction, seed=config.seed,
+        train_size=config.train_size, test_size=config.test_size,
+    )
+    return splits, mnist.source
+
+
+def run_classifier(
+    name: str,
+    description: str,
+    config: TrainConfig,
+    quick: TrainConfig,
+    reference: Reference,
+    model_kwargs: dict | None = None,
+    argv: Sequence[str] | None = None,
+) -> dict:
+    """Parses flags, trains and evaluates, prints the report-vs-ours table."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    parser = build_parser(name, description)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args, config, quick)
+        model = get_model(config.model, **(model_kwargs or {}))
+        workdir = resolve_workdir(name, args.workdir, args.resume)
+    except (ValueError, ResumeError) as e:
+        parser.error(str(e))
+    try:
+        splits, source = load_splits(args, config)
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+    print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
+          f"examples from {source}; run dir {workdir}", flush=True)
+    try:
+        summary = train_and_evaluate(
+            config, model, splits, workdir, experiment=name, resume=args.resume,
+            progress=not args.no_progress,
+            extra={"data_source": source, "reference": dataclasses.asdict(reference)},
+        )
+    except ResumeError as e:
+        parser.error(str(e))
+    print()
+    print(format_classification_report(summary["test"]))
+    print(f"\nTest set ({len(splits.test)} images), best checkpoint by validation accuracy "
+          f"(epoch {summary['evaluated_checkpoint']['epoch']}):")
+    print(comparison_table(reference, summary))
+    print(f"\nmetrics.json, confusion_matrix.png, checkpoints/ and tensorboard/ are in {workdir}")
+    return summary

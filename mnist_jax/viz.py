@@ -1,0 +1,41 @@
+"""Figures as images, rendered headless with matplotlib's Agg canvas."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Renders a figure to an (H, W, 3) uint8 array; no window ever opens."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def confusion_matrix_figure(cm: np.ndarray, title: str = "Confusion matrix") -> Figure:
+    """A heatmap of counts, true labels down, predictions across."""
+    n = cm.shape[0]
+    fig = Figure(figsize=(6, 5.4), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            color = "white" if cm[i, j] > threshold else "black"
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color, fontsize=7)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_image(cm: np.ndarray, title: str = "Confusion matrix") -> np.ndarray:
+    """(H, W, 3) uint8 picture of the confusion matrix."""
+    return figure_to_array(confusion_matrix_figure(cm, title))
+
+
+def save_png(image: np.ndarray, path) -> None:
+    from PIL import Image  # Pillow comes with matplotlib.
+
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)

@@ -1,0 +1,58 @@
+"""Shared fixtures: synthetic data for unit tests, the real MNIST for data tests."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+REAL_TFDS_DIR = SHARED_DATA / "tensorflow_datasets"
+REAL_IDX_DIR = SHARED_DATA / "mnist"
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def synthetic_split(n: int, seed: int = 0):
+    """Learnable fake digits: class k lights a 4x4 block in cell k of a 4x3 grid."""
+    from mnist_jax.data import Split
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    images = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        images[i, 2 + 8 * row : 8 + 8 * row, 2 + 7 * col : 7 + 7 * col] = 255
+    return Split(images, labels)
+
+
+@pytest.fixture(scope="session")
+def synthetic_splits():
+    from mnist_jax.data import Splits
+
+    return Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    """The real MNIST from ../shared/data. Fails (never skips) when it is missing:
+    CI must run these tests."""
+    from mnist_jax.data import load_mnist
+
+    if not (REAL_TFDS_DIR / "mnist" / "3.0.1" / "dataset_info.json").is_file():
+        pytest.fail(
+            f"real MNIST missing: expected tfds MNIST 3.0.1 under {REAL_TFDS_DIR} "
+            "(../shared/data beside the repo, as in CI)"
+        )
+    return load_mnist(data_dir=REAL_TFDS_DIR, download=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Many tests compile the same step; a persistent cache compiles it once."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield

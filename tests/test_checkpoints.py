@@ -1,0 +1,118 @@
+"""Orbax round trip, exact resume (also mid-epoch), and what is never overwritten."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import checkpoints, models, summaries, train
+from mnist_jax.pipeline import NoiseConfig
+
+CONFIG = train.TrainConfig(
+    epochs=3, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4, log_every_steps=3,
+    noise=NoiseConfig("gaussian", 0.2),
+)  # 300 train examples: 10 steps an epoch, the last one padded.
+
+
+def fresh_state(config=CONFIG):
+    return train.create_train_state(
+        models.get_model("cnn"), train.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+    )
+
+
+def test_round_trip_restores_every_array(tmp_path):
+    state = fresh_state()
+    state = state.replace(step=jnp.asarray(7), params=jax.tree.map(lambda p: p + 1.5, state.params))
+    with checkpoints.RunCheckpoints(tmp_path) as ckpts:
+        ckpts.save_latest(7, state, {"note": "hello"})
+        ckpts.wait()
+        restored, meta = ckpts.restore_latest(fresh_state())
+    assert meta == {"note": "hello"}
+    chex.assert_trees_all_equal(restored.params, state.params)
+    chex.assert_trees_all_equal(restored.opt_state, state.opt_state)
+    chex.assert_trees_all_equal(restored.batch_stats, state.batch_stats)
+    assert int(restored.step) == 7
+
+
+class Interrupt(Exception):
+    pass
+
+
+def run(config, splits, workdir, *, resume=False, stop_at=None):
+    def on_step(step):
+        if step == stop_at:
+            raise Interrupt  # As if the process died here, between checkpoints.
+
+    return train.train_and_evaluate(
+        config, models.get_model("cnn"), splits, workdir, experiment="test",
+        resume=resume, on_step=on_step, progress=False,
+    )
+
+
+@pytest.mark.parametrize("stop_at", [15, 10])  # mid-epoch 2, off a checkpoint; an epoch's end
+def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, stop_at):
+    reference = run(CONFIG, synthetic_splits, tmp_path / "straight")
+    with pytest.raises(Interrupt):
+        run(CONFIG, synthetic_splits, tmp_path / "resumed", stop_at=stop_at)
+    resumed = run(CONFIG, synthetic_splits, tmp_path / "resumed", resume=True)
+    assert int(resumed["state"].step) == int(reference["state"].step) == 30
+    chex.assert_trees_all_close(resumed["state"].params, reference["state"].params, atol=1e-6, rtol=0)
+    chex.assert_trees_all_close(resumed["state"].batch_stats, reference["state"].batch_stats, atol=1e-6, rtol=0)
+    assert [h["val_accuracy"] for h in resumed["history"]] == [h["val_accuracy"] for h in reference["history"]]
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in resumed["history"]], [h["train_loss"] for h in reference["history"]],
+        rtol=1e-5,
+    )
+
+
+def test_existing_run_is_never_overwritten(tmp_path, synthetic_splits):
+    config = dataclasses.replace(CONFIG, epochs=1)
+    run(config, synthetic_splits, tmp_path)
+    saved = sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir())
+    with pytest.raises(train.ResumeError, match="--resume"):
+        run(config, synthetic_splits, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == saved
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, synthetic_splits):
+    config = dataclasses.replace(CONFIG, epochs=1)
+    run(config, synthetic_splits, tmp_path)
+    with pytest.raises(train.ResumeError, match="learning_rate"):
+        run(dataclasses.replace(config, learning_rate=0.1), synthetic_splits, tmp_path, resume=True)
+
+
+def test_resume_can_extend_training(tmp_path, synthetic_splits):
+    one = dataclasses.replace(CONFIG, epochs=1)
+    run(one, synthetic_splits, tmp_path)
+    longer = run(dataclasses.replace(one, epochs=2), synthetic_splits, tmp_path, resume=True)
+    assert [h["epoch"] for h in longer["history"]] == [1, 2]
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path, synthetic_splits):
+    with pytest.raises(train.ResumeError, match="no checkpoint"):
+        run(CONFIG, synthetic_splits, tmp_path, resume=True)
+
+
+def test_leftover_tmp_folder_of_killed_save_is_cleared(tmp_path):
+    latest = tmp_path / "checkpoints" / "latest"
+    (latest / f"12{checkpoints.TMP_MARKER}-1234").mkdir(parents=True)
+    with checkpoints.RunCheckpoints(tmp_path) as ckpts:
+        ckpts.save_latest(12, fresh_state(), {})
+        ckpts.wait()
+        assert ckpts.latest_step() == 12
+    assert [p.name for p in latest.iterdir() if p.name.isdigit()] == ["12"]
+
+
+def test_best_checkpoint_is_kept_apart_from_latest(tmp_path, synthetic_splits):
+    config = dataclasses.replace(CONFIG, keep_checkpoints=1)
+    result = run(config, synthetic_splits, tmp_path)
+    best_step = result["evaluated_checkpoint"]["step"]
+    best_dirs = [p.name for p in (tmp_path / "checkpoints" / "best").iterdir() if p.name.isdigit()]
+    latest_dirs = [p.name for p in (tmp_path / "checkpoints" / "latest").iterdir() if p.name.isdigit()]
+    assert best_dirs == [str(best_step)]
+    assert latest_dirs == ["30"]
+    best_val = max(h["val_accuracy"] for h in result["history"])
+    assert result["evaluated_checkpoint"]["val_accuracy"] == best_val

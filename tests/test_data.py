@@ -1,0 +1,264 @@
+"""Data sources, their clear errors, the cache and the splits."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from mnist_jax import data
+from tests.conftest import REAL_IDX_DIR
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fake_idx_folder(folder, n_train=20, n_test=10, gz=False):
+    """Four structurally valid IDX files (not the real MNIST: MD5s differ)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for stem, array in arrays.items():
+        raw = idx_bytes(array)
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / stem).write_bytes(raw)
+    return arrays
+
+
+# --- IDX reader -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_round_trip(tmp_path, gz):
+    array = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
+    path = tmp_path / "x"
+    path.write_bytes(gzip.compress(idx_bytes(array)) if gz else idx_bytes(array))
+    np.testing.assert_array_equal(data.read_idx(path), array)
+
+
+def test_truncated_file_is_named(tmp_path):
+    raw = idx_bytes(np.zeros((3, 28, 28)))
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(raw[:-100])
+    with pytest.raises(data.CorruptDataError, match=r"truncated.*\(3, 28, 28\)"):
+        data.read_idx(path)
+
+
+def test_truncated_gzip_is_named(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((3, 28, 28))))[:-30])
+    with pytest.raises(data.CorruptDataError, match="damaged gzip"):
+        data.read_idx(path)
+
+
+def test_truncated_header_is_named(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
+    with pytest.raises(data.CorruptDataError, match="header"):
+        data.read_idx(path)
+
+
+def test_wrong_magic_is_named(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))  # A zip file, say.
+    with pytest.raises(data.CorruptDataError, match="magic number 0x504b0304"):
+        data.read_idx(path)
+
+
+def test_swapped_files_are_caught(tmp_path):
+    write_fake_idx_folder(tmp_path)
+    images = (tmp_path / "train-images-idx3-ubyte").read_bytes()
+    labels = (tmp_path / "train-labels-idx1-ubyte").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(labels)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(images)
+    with pytest.raises(data.CorruptDataError, match="swapped"):
+        data.load_idx_folder(tmp_path, verify_md5=False)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="does not exist.*--idx-dir"):
+        data.load_mnist(idx_dir=tmp_path / "nowhere", cache_dir=tmp_path)
+
+
+def test_missing_file(tmp_path):
+    write_fake_idx_folder(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(data.DataNotFoundError, match="no t10k-labels-idx1-ubyte"):
+        data.load_idx_folder(tmp_path, verify_md5=False)
+
+
+def test_checksum_mismatch(tmp_path):
+    write_fake_idx_folder(tmp_path)
+    with pytest.raises(data.ChecksumError, match="MD5.*6bbc9ace898e44ae57da46a324031adb"):
+        data.load_idx_folder(tmp_path)
+
+
+def test_kaggle_names_and_gzip_are_found(tmp_path):
+    arrays = write_fake_idx_folder(tmp_path, gz=True)
+    for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # Kaggle's dotted names
+        (tmp_path / f"{stem}.gz").rename(tmp_path / stem.replace("-idx", ".idx"))
+    mnist = data.load_idx_folder(tmp_path, verify_md5=False)
+    np.testing.assert_array_equal(mnist.train.images[..., 0], arrays["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(mnist.test.labels, arrays["t10k-labels-idx1-ubyte"])
+    assert mnist.train.images.shape == (20, 28, 28, 1) and mnist.train.labels.dtype == np.int32
+
+
+def test_named_tfds_dir_without_mnist(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="holds no prepared tfds MNIST"):
+        data.load_mnist(data_dir=tmp_path, cache_dir=tmp_path)
+
+
+def test_nothing_found_and_no_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(data.DataNotFoundError, match="downloading is off"):
+        data.load_mnist(download=False, cache_dir=tmp_path)
+
+
+# --- download (from a server on loopback, over files the test makes) ------
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Serves tmp_path/served over HTTP on 127.0.0.1."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def remote_files(served, base_url, corrupt=None):
+    files = []
+    for path in sorted(served.iterdir()):
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.name == corrupt:
+            sha = "0" * 64
+        files.append(data.RemoteFile(f"{base_url}/{path.name}", path.stat().st_size, sha, path.name))
+    return files
+
+
+def test_download_verifies_and_loads_real_files(tmp_path, file_server, monkeypatch):
+    served, url = file_server
+    for path in REAL_IDX_DIR.glob("*.gz"):
+        shutil.copy(path, served)
+    files = remote_files(served, url)
+    assert len(files) == 4, f"expected the four MNIST .gz files in {REAL_IDX_DIR}"
+    monkeypatch.setattr(data, "registered_mnist_files", lambda: files)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
+    mnist = data.load_mnist(cache_dir=tmp_path / "cache")
+    assert len(mnist.train) == 60_000 and len(mnist.test) == 10_000
+    assert sorted(p.name for p in (tmp_path / "cache" / "downloads").iterdir()) == sorted(f.filename for f in files)
+
+
+def test_download_checksum_mismatch_leaves_no_file(tmp_path, file_server):
+    served, url = file_server
+    write_fake_idx_folder(served, gz=True)
+    files = remote_files(served, url, corrupt="t10k-images-idx3-ubyte.gz")
+    with pytest.raises(data.ChecksumError, match="sha256"):
+        data.download_idx_files(tmp_path / "dl", files)
+    assert not (tmp_path / "dl" / "t10k-images-idx3-ubyte.gz").exists()
+    assert not list((tmp_path / "dl").glob("*.part"))
+
+
+def test_no_network_gives_clear_error(tmp_path):
+    with socket.socket() as s:  # A port nobody listens on.
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    files = [data.RemoteFile(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz", 1, "0" * 64,
+                             "train-images-idx3-ubyte.gz")]
+    with pytest.raises(data.DownloadError, match="offline.*--idx-dir"):
+        data.download_idx_files(tmp_path, files, timeout=5)
+
+
+def test_registered_checksums_are_tfds_mnist():
+    files = data.registered_mnist_files()
+    assert sorted(f.filename for f in files) == sorted(f"{stem}.gz" for stem, _, _ in data.IDX_FILES.values())
+    assert all(len(f.sha256) == 64 and f.url.startswith("https://") for f in files)
+
+
+# --- cache -------------------------------------------------------------------
+
+
+def test_second_load_comes_from_cache(tmp_path, monkeypatch):
+    folder = tmp_path / "idx"
+    write_fake_idx_folder(folder)
+    monkeypatch.setattr(data, "load_idx_folder", functools.partial(data.load_idx_folder, verify_md5=False))
+    first = data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(data, "load_idx_folder", lambda *a, **k: pytest.fail("decoded again"))
+    second = data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(first.train.images, second.train.images)
+    np.testing.assert_array_equal(first.test.labels, second.test.labels)
+
+
+def test_changed_source_is_decoded_again(tmp_path, monkeypatch):
+    folder = tmp_path / "idx"
+    write_fake_idx_folder(folder)
+    monkeypatch.setattr(data, "load_idx_folder", functools.partial(data.load_idx_folder, verify_md5=False))
+    data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
+    write_fake_idx_folder(folder, n_train=30)
+    assert len(data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache").train) == 30
+
+
+# --- splits ------------------------------------------------------------------
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(10), np.arange(100, 200, 10))
+    rest, held = data.stratified_split(labels, 0.1, seed=3)
+    assert np.intersect1d(rest, held).size == 0
+    assert rest.size + held.size == labels.size
+    np.testing.assert_array_equal(np.bincount(labels[held]), np.round(0.1 * np.bincount(labels)))
+    again_rest, again_held = data.stratified_split(labels, 0.1, seed=3)
+    np.testing.assert_array_equal(held, again_held)
+    _, other = data.stratified_split(labels, 0.1, seed=4)
+    assert not np.array_equal(held, other)
+
+
+# --- the real MNIST ------------------------------------------------------------
+
+
+def test_real_mnist_from_tfds(real_mnist):
+    assert real_mnist.source.startswith("tfds:")
+    assert real_mnist.train.images.shape == (60_000, 28, 28, 1)
+    assert real_mnist.test.images.shape == (10_000, 28, 28, 1)
+    assert real_mnist.train.images.dtype == np.uint8
+    assert set(np.unique(real_mnist.train.labels)) == set(range(10))
+
+
+def test_real_idx_files_hold_the_same_examples_as_tfds(real_mnist):
+    idx = data.load_idx_folder(REAL_IDX_DIR)  # MD5-verified against the originals.
+    for ours, theirs in ((idx.train, real_mnist.train), (idx.test, real_mnist.test)):
+        def digests(split):
+            return sorted(hashlib.md5(img.tobytes() + bytes([lab])).hexdigest()
+                          for img, lab in zip(split.images, split.labels))
+        assert digests(ours) == digests(theirs)
+
+
+def test_real_splits_are_stratified_and_disjoint_from_test(real_mnist):
+    splits = data.make_splits(real_mnist, val_fraction=0.1, seed=0)
+    # 10 % of each class, rounded per class.
+    assert len(splits.train) + len(splits.val) == 60_000 and abs(len(splits.val) - 6_000) <= 5
+    assert len(splits.test) == 10_000
+    val_share = np.bincount(splits.val.labels) / np.bincount(real_mnist.train.labels)
+    np.testing.assert_allclose(val_share, 0.1, atol=0.001)
+    # No validation image is also a training image (as arrays: MNIST has no duplicates).
+    train_keys = {img.tobytes() for img in splits.train.images[:20_000]}
+    assert not any(img.tobytes() in train_keys for img in splits.val.images)
