@@ -4,8 +4,8 @@
     python -m experiments.cnn --quick    # 2 epochs on 4,500 images: a smoke test
 
 Report: 99.38 % test accuracy, F1 0.9938, 88.29 s for 10 epochs on a GPU.
-Expected here: about 99.3-99.5 % (see the README's results table for the
-measured figure, command and machine).
+Measured with the defaults (seed 0) on 2 CPU cores: 99.30 %, F1 0.9930, test
+loss 0.0246, 1255 s (README, results/cnn_cpu_seed0.json).
 """
 
 from mnist_jax.experiment import Reference, run_classifier

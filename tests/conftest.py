@@ -45,14 +45,19 @@ def real_mnist():
             f"real MNIST missing: expected tfds MNIST 3.0.1 under {REAL_TFDS_DIR} "
             "(../shared/data beside the repo, as in CI)"
         )
-    return load_mnist(data_dir=REAL_TFDS_DIR, download=False)
+    return load_mnist(data_dir=REAL_TFDS_DIR, download=False)  # Decodes into the session's cache.
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Many tests compile the same step; a persistent cache compiles it once."""
+def caches(tmp_path_factory):
+    """A fresh MNIST cache per session, so the tfds decoding path runs every
+    time, and a persistent compilation cache, so the many tests that compile
+    the same step compile it once."""
     import jax
 
+    os.environ["MNIST_JAX_CACHE"] = str(tmp_path_factory.mktemp("mnist_cache"))
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Strict, as equinox tests: an accidental broadcast between ranks is a bug.
+    jax.config.update("jax_numpy_rank_promotion", "raise")
     yield
