@@ -49,7 +49,7 @@ def run(steps: int, batch_size: int, noise: NoiseConfig, data_dir=None, idx_dir=
     def fresh():
         return train.create_train_state(model, tx, 0, jnp.zeros((1, 28, 28, 1)))
 
-    step = train.make_train_step(noise)
+    step = train.make_train_step(config.step_config())
     first = next(pipeline.iterate_batches(images, labels, batch_size))
 
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ Measured with the defaults (seed 0) on 2 CPU cores: 99.30 %, F1 0.9930, test
 loss 0.0246, 1255 s (README, results/cnn_cpu_seed0.json).
 """
 
-from mnist_jax.experiment import Reference, run_classifier
+from mnist_jax.experiment import Reference, run_experiment
 from mnist_jax.train import TrainConfig
 
 CONFIG = TrainConfig(
@@ -38,7 +38,7 @@ REFERENCE = Reference(
 
 
 def main(argv=None) -> dict:
-    return run_classifier(
+    return run_experiment(
         "cnn", "Report 004's 3-conv CNN on MNIST.", CONFIG, QUICK, REFERENCE, argv=argv
     )
 

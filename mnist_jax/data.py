@@ -83,7 +83,8 @@ class Split:
     """One split of MNIST held in memory.
 
     Attributes:
-      images: (N, 28, 28, 1) uint8, 0 = background.
+      images: (N, 28, 28, 1) uint8, 0 = background; or (N, H, W, C) float
+        features a frozen network computed from them (see mnist_jax.features).
       labels: (N,) int32 in [0, 10).
     """
 
@@ -91,8 +92,8 @@ class Split:
     labels: np.ndarray
 
     def __post_init__(self):
-        if self.images.ndim != 4 or self.images.shape[1:] != (*IMAGE_SHAPE, 1):
-            raise ValueError(f"images must be (N, 28, 28, 1), got {self.images.shape}")
+        if self.images.ndim != 4 or (self.images.dtype == np.uint8 and self.images.shape[1:] != (*IMAGE_SHAPE, 1)):
+            raise ValueError(f"images must be (N, 28, 28, 1) (or (N, H, W, C) features), got {self.images.shape}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(
                 f"labels must be ({self.images.shape[0]},), got {self.labels.shape}"
@@ -262,6 +263,22 @@ def registered_mnist_files() -> list[RemoteFile]:
     return files
 
 
+def fetch_url(url: str, dest: pathlib.Path, *, timeout: float, hint: str) -> None:
+    """Streams `url` into the file `dest`; on failure removes it and raises
+    DownloadError ending with `hint` (what to do offline)."""
+    log.info("Downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
+        dest.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise DownloadError(
+            f"Could not download {url} ({reason}); this machine may be offline. " + hint
+        ) from e
+
+
 def download_idx_files(
     dest: str | os.PathLike,
     files: list[RemoteFile] | None = None,
@@ -278,24 +295,11 @@ def download_idx_files(
     dest.mkdir(parents=True, exist_ok=True)
     for remote in files if files is not None else registered_mnist_files():
         target = dest / remote.filename
-        if target.is_file() and _sha256(target) == remote.sha256:
+        if target.is_file() and sha256_of(target) == remote.sha256:
             continue
         part = target.with_name(target.name + ".part")
-        log.info("Downloading %s", remote.url)
-        try:
-            with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(
-                part, "wb"
-            ) as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
-            part.unlink(missing_ok=True)
-            reason = getattr(e, "reason", e)
-            raise DownloadError(
-                f"Could not download {remote.url} ({reason}); this machine may be "
-                "offline. " + OFFLINE_HINT
-            ) from e
-        digest = _sha256(part)
+        fetch_url(remote.url, part, timeout=timeout, hint=OFFLINE_HINT)
+        digest = sha256_of(part)
         if digest != remote.sha256:
             part.unlink()
             raise ChecksumError(
@@ -307,7 +311,7 @@ def download_idx_files(
     return dest
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_of(path: pathlib.Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

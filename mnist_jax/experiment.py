@@ -1,7 +1,7 @@
-"""What every classification experiment shares: flags, data, run dir, final table.
+"""What every experiment shares: flags, data, run dir, the final table.
 
 An experiment module holds its config, the report's reference numbers and a
-`main()` that calls `run_classifier`.
+`main()` that calls `run_experiment` (or builds on its parts).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class Reference:
     accuracy: float | None = None  # Fraction in [0, 1].
     f1_macro: float | None = None
     loss: float | None = None
+    mse: float | None = None  # Reconstruction MSE per pixel, [0, 1] images.
+    psnr: float | None = None  # dB.
     train_seconds: float | None = None
     device: str = "GPU (Colab/Kaggle, CUDA)"
 
@@ -95,23 +97,39 @@ def _number(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def comparison_table(reference: Reference, summary: dict) -> str:
-    """The report's numbers beside this run's, as a Markdown table."""
+def comparison_table(reference: Reference, summary: dict, title: str = "this run") -> str:
+    """The report's numbers beside this run's, as a Markdown table.
+
+    Rows are the metrics this run measured (accuracy, F1 and loss for
+    classifiers; MSE and PSNR for autoencoders), then time and device.
+    """
     test = summary["test"]
     devices = summary["devices"]
     ours_device = f"{devices['platform']} x{devices['count']} ({', '.join(devices['kinds'])})"
-    rows = [
-        ("test accuracy", _percent(reference.accuracy), _percent(test["accuracy"])),
-        ("test F1 (macro)", _number(reference.f1_macro, ".4f"), _number(test["f1_macro"], ".4f")),
-        ("test loss", _number(reference.loss, ".4f"), _number(test["loss"], ".4f")),
+    candidates = [
+        ("test accuracy", "accuracy", _percent),
+        ("test F1 (macro)", "f1_macro", lambda v: _number(v, ".4f")),
+        ("test loss", "loss", lambda v: _number(v, ".4f")),
+        ("test MSE", "mse", lambda v: _number(v, ".5f")),
+        ("test PSNR (dB)", "psnr", lambda v: _number(v, ".2f")),
+    ]
+    rows = [(label, fmt(getattr(reference, key)), fmt(test[key]))
+            for label, key, fmt in candidates if key in test]
+    rows += [
         ("training time (s)", _number(reference.train_seconds, ".2f"), _number(summary["train_seconds"], ".2f")),
         ("device", reference.device, ours_device),
     ]
-    header = ("", f"report ({reference.source})", "this run")
+    header = ("", f"report ({reference.source})", title)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
                       *map(line, rows)])
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib.Splits, str]:
@@ -123,7 +141,21 @@ def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib
     return splits, mnist.source
 
 
-def run_classifier(
+def print_results(name: str, summary: dict, reference: Reference, workdir: pathlib.Path,
+                  title: str = "this run") -> None:
+    """The per-class report (classifiers), then the report-vs-ours table."""
+    print()
+    if "per_class" in summary["test"]:
+        print(format_classification_report(summary["test"]))
+    best = summary["evaluated_checkpoint"]
+    print(f"\nTest set ({summary['data']['test']} images), best checkpoint by "
+          f"{best['kind'].removeprefix('best_').replace('_', ' ')} (epoch {best['epoch']}):")
+    print(comparison_table(reference, summary, title))
+    figures = [f for f in ("confusion_matrix.png", "reconstructions.png") if (workdir / f).exists()]
+    print(f"\nmetrics.json, {', '.join(figures + ['checkpoints/', 'tensorboard/'])} are in {workdir}")
+
+
+def run_experiment(
     name: str,
     description: str,
     config: TrainConfig,
@@ -133,9 +165,7 @@ def run_classifier(
     argv: Sequence[str] | None = None,
 ) -> dict:
     """Parses flags, trains and evaluates, prints the report-vs-ours table."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     parser = build_parser(name, description)
     args = parser.parse_args(argv)
     try:
@@ -159,10 +189,5 @@ def run_classifier(
         )
     except ResumeError as e:
         parser.error(str(e))
-    print()
-    print(format_classification_report(summary["test"]))
-    print(f"\nTest set ({len(splits.test)} images), best checkpoint by validation accuracy "
-          f"(epoch {summary['evaluated_checkpoint']['epoch']}):")
-    print(comparison_table(reference, summary))
-    print(f"\nmetrics.json, confusion_matrix.png, checkpoints/ and tensorboard/ are in {workdir}")
+    print_results(name, summary, reference, workdir)
     return summary

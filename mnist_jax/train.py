@@ -26,9 +26,13 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from mnist_jax import checkpoints, metrics as metrics_lib, pipeline, summaries, viz
+from mnist_jax import checkpoints, metrics as metrics_lib, pipeline, summaries, tasks, viz
 from mnist_jax.data import Split, Splits
 from mnist_jax.pipeline import NoiseConfig
+from mnist_jax.tasks import StepConfig
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,24 @@ class TrainConfig:
     """
 
     model: str = "cnn"
+    task: str = "classify"  # See mnist_jax.tasks.
+    input_norm: str = "mnist"  # "mnist" statistics, or "unit": pixels in [0, 1].
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 1000
     learning_rate: float = 1e-3
-    # L2 added to the gradient before Adam, as torch.optim.Adam(weight_decay=...).
+    # "adam": torch.optim.Adam, weight decay as L2 added to the gradient;
+    # "adamw": decoupled weight decay (torch.optim.AdamW);
+    # "sgd": torch.optim.SGD with `momentum`, L2 as Adam's.
+    optimizer: str = "adam"
     weight_decay: float = 1e-5
+    momentum: float = 0.9
+    # "cosine": from learning_rate to 0 over the run, per step.
+    schedule: str = "constant"
+    # Top-level parameter groups that train; the others stay frozen
+    # (optax.set_to_zero). Empty: everything trains.
+    trainable: tuple[str, ...] = ()
+    recon_weight: float = 1.0  # "classify_decode": CE + recon_weight * MSE.
     seed: int = 0
     val_fraction: float = 0.1
     noise: NoiseConfig = NoiseConfig()
@@ -69,6 +85,18 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        self.step_config()  # Validates task, input_norm and recon_weight.
+
+    def step_config(self) -> StepConfig:
+        return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
+                          recon_weight=self.recon_weight)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,17 +109,66 @@ class TrainState(train_state.TrainState):
     key: jax.Array  # uint32[2]; step s draws from fold_in(key, s).
 
 
-def adam_l2(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+def adam_l2(learning_rate, weight_decay: float) -> optax.GradientTransformation:
     """torch.optim.Adam with weight_decay: L2 added to the gradient, then Adam."""
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    # Hyperparameters live in the optimizer state as arrays: logged from
-    # there, and changing them needs no recompilation.
-    return optax.inject_hyperparams(adam_l2)(
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay
-    )
+def sgd_l2(learning_rate, weight_decay: float, momentum: float) -> optax.GradientTransformation:
+    """torch.optim.SGD(momentum=m, weight_decay=wd): buf = m * buf + g + wd * p."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=momentum or None))
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int | None = None):
+    """A constant rate, or cosine decay to 0 over all the run's steps."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    if steps_per_epoch is None:
+        raise ValueError("a cosine schedule needs steps_per_epoch")
+    return optax.cosine_decay_schedule(config.learning_rate, config.epochs * steps_per_epoch)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+    """The config's optimizer; parameter groups not in `config.trainable` are frozen."""
+    # Hyperparameters live in the optimizer state as arrays: the current
+    # learning rate is logged from there.
+    lr = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "adam":
+        tx = optax.inject_hyperparams(adam_l2)(learning_rate=lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "adamw":
+        tx = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=config.weight_decay)
+    else:
+        tx = optax.inject_hyperparams(sgd_l2, static_args="momentum")(
+            learning_rate=lr, weight_decay=config.weight_decay, momentum=config.momentum)
+    if not config.trainable:
+        return tx
+    trainable = set(config.trainable)
+
+    def groups(params):
+        unknown = trainable - set(params)
+        if unknown:
+            raise ValueError(f"trainable names {sorted(unknown)} are not parameter groups of the "
+                             f"model; it has {sorted(params)}")
+        return {name: "train" if name in trainable else "frozen" for name in params}
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, groups)
+
+
+def current_learning_rate(opt_state) -> float:
+    """The learning rate the optimizer state last used (inject_hyperparams)."""
+    found = []
+
+    def visit(node):
+        # optax's inject_hyperparams states (stateful or not) carry `hyperparams`.
+        hyperparams = getattr(node, "hyperparams", None)
+        if isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
+            found.append(hyperparams["learning_rate"])
+            return True
+        return False
+
+    jax.tree.map(lambda _: None, opt_state, is_leaf=visit)
+    return float(found[0]) if found else float("nan")
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -110,7 +187,7 @@ def step_keys(key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, seed: int, sample: jax.Array
 ) -> TrainState:
-    """Initialises parameters from `seed`; sample: (B, 28, 28, 1) float input."""
+    """Initialises parameters from `seed`; sample: a float input batch, e.g. (1, 28, 28, 1)."""
     init_key, train_key, _ = run_keys(seed)
     variables = model.init(init_key, sample, train=False)
     state = TrainState.create(
@@ -133,82 +210,105 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def train_step(state: TrainState, batch: dict, *, noise: NoiseConfig) -> tuple[TrainState, dict]:
+def _masked_sums(terms: dict, mask: jax.Array) -> dict:
+    """{name}_sum of each per-example term over the real examples, plus count."""
+    sums = {f"{k}_sum": jnp.sum(jnp.where(mask, v, 0.0)) for k, v in terms.items()}
+    return {**sums, "count": jnp.sum(mask).astype(jnp.float32)}
+
+
+def _apply_kwargs(state: TrainState, mask: jax.Array) -> dict:
+    # Only models with batch norm take a mask: it keeps padding out of the statistics.
+    return {"mask": mask} if state.batch_stats else {}
+
+
+def train_step(state: TrainState, batch: dict, *, spec: StepConfig) -> tuple[TrainState, dict]:
     """One optimizer step on a (padded, masked) batch.
 
-    batch: image (B, 28, 28, 1) uint8, label (B,) int32, mask (B,) bool.
-    Returns the new state and sums over the real examples.
+    batch: image (B, 28, 28, 1) uint8 (or float features), label (B,) int32,
+      mask (B,) bool.
+    Returns the new state and sums over the real examples ("loss_sum",
+    "count", and the task's metric sums).
     """
     dropout_key, noise_key = step_keys(state.key, state.step)
-    images = pipeline.prepare_images(batch["image"], noise_key, noise)  # (B, 28, 28, 1)
+    inputs, target = tasks.model_inputs(batch["image"], noise_key, spec)
     labels, mask = batch["label"], batch["mask"]
 
     def loss_fn(params):
-        logits, updates = state.apply_fn(
+        outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            images, train=True, mask=mask,
-            rngs={"dropout": dropout_key}, mutable=["batch_stats"],
+            inputs, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"],
+            **_apply_kwargs(state, mask),
         )
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return masked_mean(losses, mask), (logits, updates)
+        terms = tasks.per_example_terms(outputs, target, labels, spec)
+        return masked_mean(terms["loss"], mask), (terms, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-    count = jnp.sum(mask)
-    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
-    return state, {"loss_sum": loss * count, "correct": correct, "count": count}
+    (_, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    return state, _masked_sums(jax.lax.stop_gradient(terms), mask)
 
 
-def make_train_step(noise: NoiseConfig) -> Callable:
+def make_train_step(spec: StepConfig) -> Callable:
     """The jitted step; the old state's buffers are donated to the new one."""
-    return jax.jit(functools.partial(train_step, noise=noise), donate_argnums=0)
+    return jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0)
 
 
-@jax.jit
-def eval_step(state: TrainState, batch: dict) -> dict:
-    """Loss sum, correct count and predictions of a clean batch."""
-    images = pipeline.normalize(pipeline.to_unit_range(batch["image"]))
-    logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
-    )
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    mask = batch["mask"]
-    predictions = jnp.argmax(logits, -1)
-    return {
-        "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
-        "correct": jnp.sum((predictions == batch["label"]) & mask),
-        "predictions": predictions,
-    }
+def predict(state: TrainState, inputs: jax.Array):
+    """The model's outputs in inference mode (running BN statistics, no dropout)."""
+    return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, inputs,
+                          train=False)
 
 
-def evaluate(state: TrainState, split: Split, batch_size: int) -> dict:
-    """Loss, accuracy and predictions over a whole split (no example dropped)."""
-    outputs = [
-        eval_step(state, batch)
+@functools.partial(jax.jit, static_argnames="spec")
+def eval_step(state: TrainState, batch: dict, *, spec: StepConfig) -> dict:
+    """Metric sums of a clean batch, plus predicted classes where the task classifies."""
+    inputs, target = tasks.model_inputs(batch["image"], None, spec)
+    outputs = predict(state, inputs)
+    terms = tasks.per_example_terms(outputs, target, batch["label"], spec)
+    if "mse" in terms:
+        terms["psnr"] = tasks.psnr(terms["mse"])
+    result = _masked_sums(terms, batch["mask"])
+    if spec.classifies:
+        result["predictions"] = jnp.argmax(tasks.logits_of(outputs, spec), -1)
+    return result
+
+
+def _means(sums: dict) -> dict:
+    """{"loss": ..., "accuracy": ..., "mse": ...} from {"loss_sum": ..., "count": ...}."""
+    count = max(float(sums["count"]), 1.0)
+    names = {"loss_sum": "loss", "correct_sum": "accuracy", "mse_sum": "mse", "psnr_sum": "psnr",
+             "cross_entropy_sum": "cross_entropy"}
+    return {names[k]: float(v) / count for k, v in sums.items() if k in names}
+
+
+def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig = StepConfig()) -> dict:
+    """Mean loss and task metrics over a whole split (no example dropped);
+    "predictions" (N,) too where the task classifies."""
+    outputs = jax.device_get([
+        eval_step(state, batch, spec=spec)
         for batch in pipeline.iterate_batches(split.images, split.labels, batch_size)
-    ]
-    outputs = jax.device_get(outputs)
-    n = len(split)
-    predictions = np.concatenate([o["predictions"] for o in outputs])[:n]
-    return {
-        "loss": float(sum(o["loss_sum"] for o in outputs) / n),
-        "accuracy": float(sum(o["correct"] for o in outputs) / n),
-        "predictions": predictions,
-    }
+    ])
+    sums = {k: sum(o[k] for o in outputs) for k in outputs[0] if k != "predictions"}
+    result = _means(sums)
+    if spec.classifies:
+        result["predictions"] = np.concatenate([o["predictions"] for o in outputs])[: len(split)]
+    return result
+
+
+def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConfig) -> dict:
+    """evaluate(), plus macro F1, the per-class report and the confusion
+    matrix where the task classifies."""
+    result = evaluate(state, split, batch_size, spec)
+    if not spec.classifies:
+        return result
+    cm = metrics_lib.confusion_matrix(split.labels, result.pop("predictions"))
+    report = metrics_lib.classification_report(cm)
+    return {**result, "f1_macro": report["f1_macro"], "per_class": report["per_class"],
+            "confusion_matrix": cm.tolist()}
 
 
 def classification_metrics(state: TrainState, split: Split, batch_size: int) -> dict:
     """Loss, accuracy, macro F1, per-class report and confusion matrix of a split."""
-    result = evaluate(state, split, batch_size)
-    cm = metrics_lib.confusion_matrix(split.labels, result["predictions"])
-    report = metrics_lib.classification_report(cm)
-    return {
-        "loss": result["loss"],
-        "accuracy": report["accuracy"],
-        "f1_macro": report["f1_macro"],
-        "per_class": report["per_class"],
-        "confusion_matrix": cm.tolist(),
-    }
+    return score_split(state, split, batch_size, StepConfig())
 
 
 def describe_devices() -> dict:
@@ -231,9 +331,12 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "kee
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
     current = json.loads(json.dumps(config.to_dict()))
+    free = set(RESUMABLE_CHANGES)
+    if config.schedule != "constant":
+        free.discard("epochs")  # The schedule's length is the run's length.
     changed = sorted(
         k for k in set(saved) | set(current)
-        if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+        if k not in free and saved.get(k) != current.get(k)
     )
     if changed:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
@@ -243,22 +346,21 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
         )
 
 
-@dataclasses.dataclass
 class _EpochSums:
     """Running sums of the training metrics of the current epoch (host side)."""
 
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    count: float = 0.0
+    def __init__(self, sums: dict | None = None):
+        self.sums = dict(sums or {})
 
     def add(self, step_metrics: list[dict]) -> tuple[float, float]:
-        """Adds fetched step metrics; returns this window's (loss, count)."""
-        window_loss = sum(float(m["loss_sum"]) for m in step_metrics)
-        window_count = sum(float(m["count"]) for m in step_metrics)
-        self.loss_sum += window_loss
-        self.correct += sum(float(m["correct"]) for m in step_metrics)
-        self.count += window_count
-        return window_loss, window_count
+        """Adds fetched step metrics; returns this window's (loss sum, count)."""
+        window = {k: sum(float(m[k]) for m in step_metrics) for k in step_metrics[0]} if step_metrics else {}
+        for k, v in window.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        return window.get("loss_sum", 0.0), window.get("count", 0.0)
+
+    def means(self) -> dict:
+        return _means(self.sums) if self.sums else {}
 
 
 def write_json(path: pathlib.Path, payload: dict) -> None:
@@ -266,6 +368,34 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
         json.dump(payload, f, indent=2)
     os.replace(f.name, path)
+
+
+def load_pretrained(state: TrainState, pretrained: dict) -> TrainState:
+    """Replaces parameters with pretrained values of the same shapes.
+
+    `pretrained` is a nested dict like the params (e.g. {"encoder": ...});
+    leaves it leaves out keep their initial values (e.g. a new final layer).
+    """
+    def merge(initial, given, path):
+        if not isinstance(initial, dict):
+            if np.shape(initial) != np.shape(given):
+                raise ValueError(f"pretrained {'/'.join(path)} has shape {np.shape(given)}, "
+                                 f"the model expects {np.shape(initial)}")
+            return jnp.asarray(given, initial.dtype)
+        if not isinstance(given, dict) or set(given) - set(initial):
+            unknown = sorted(set(given) - set(initial)) if isinstance(given, dict) else given
+            raise ValueError(f"pretrained {'/'.join(path) or 'params'} has {unknown} that the model "
+                             f"lacks; the model has {sorted(initial)}")
+        return {k: merge(v, given[k], path + (k,)) if k in given else v for k, v in initial.items()}
+
+    params = merge(dict(state.params), pretrained, ())
+    return state.replace(params=params, opt_state=state.tx.init(params))
+
+
+def _is_better(value: float, best: dict | None, key: str, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best[key] if mode == "max" else value < best[key]
 
 
 def fit(
@@ -278,23 +408,33 @@ def fit(
     resume: bool = False,
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
+    pretrained: dict | None = None,
 ) -> dict:
     """Trains `model`, saving the latest and best checkpoints into `ckpts`.
+
+    The best checkpoint is the one with the best validation accuracy (tasks
+    that classify) or the lowest validation loss (reconstruction).
 
     Args:
       resume: continue from the newest checkpoint, exactly where it stopped
         (mid-epoch too).
       on_step: called with the global step after each step (tests use it to
         interrupt a run).
+      pretrained: top-level parameter groups to start from (see
+        `load_pretrained`); ignored on resume, where the checkpoint has them.
 
     Returns:
       {"state", "history", "best", "train_seconds", "first_step_seconds"}.
     """
     train = splits.train
+    spec = config.step_config()
     steps_per_epoch = pipeline.num_batches(len(train), config.batch_size)
+    select_key, select_mode = spec.selection
 
     sample = jnp.zeros((1, *train.images.shape[1:]), jnp.float32)
-    state = create_train_state(model, make_optimizer(config), config.seed, sample)
+    state = create_train_state(model, make_optimizer(config, steps_per_epoch), config.seed, sample)
+    if pretrained:
+        state = load_pretrained(state, pretrained)
     _, _, shuffle_key = run_keys(config.seed)
     meta = {"history": [], "best": None, "epoch_sums": {}, "train_seconds": 0.0}
 
@@ -305,16 +445,16 @@ def fit(
         _check_resumable(saved["config"], config)
         meta.update({k: saved[k] for k in meta})
         log.info("Resumed at step %d", int(state.step))
-    step_fn = make_train_step(config.noise)
+    step_fn = make_train_step(spec)
     start = int(state.step)
-    sums = _EpochSums(**meta["epoch_sums"])
+    sums = _EpochSums(meta["epoch_sums"])
     pending: list[dict] = []
     first_step_seconds = None
     clock = time.perf_counter()
     elapsed_before = meta["train_seconds"]
 
     def snapshot() -> dict:
-        return {**meta, "config": config.to_dict(), "epoch_sums": dataclasses.asdict(sums),
+        return {**meta, "config": config.to_dict(), "epoch_sums": dict(sums.sums),
                 "train_seconds": elapsed_before + time.perf_counter() - clock}
 
     for epoch in range(start // steps_per_epoch, config.epochs):
@@ -337,7 +477,7 @@ def fit(
                 loss, count = sums.add(jax.device_get(pending))
                 pending = []
                 writer.scalars(step, {"train/loss_step": loss / max(count, 1)})
-                bar.set_postfix(loss=f"{sums.loss_sum / max(sums.count, 1):.4f}")
+                bar.set_postfix(loss=f"{sums.means().get('loss', float('nan')):.4f}")
             if step % config.checkpoint_every_steps == 0 and not end_of_epoch:
                 sums.add(jax.device_get(pending))
                 pending = []
@@ -347,31 +487,28 @@ def fit(
                 on_step(step)
         bar.close()
 
-        val = evaluate(state, splits.val, config.eval_batch_size)
+        val = evaluate(state, splits.val, config.eval_batch_size, spec)
+        val.pop("predictions", None)
         record = {
             "epoch": epoch + 1,
             "step": step,
-            "train_loss": sums.loss_sum / max(sums.count, 1),
-            "train_accuracy": sums.correct / max(sums.count, 1),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "learning_rate": float(state.opt_state.hyperparams["learning_rate"]),
+            **{f"train_{k}": v for k, v in sums.means().items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "learning_rate": current_learning_rate(state.opt_state),
         }
         meta["history"].append(record)
         sums = _EpochSums()
         writer.scalars(step, {
-            "train/loss": record["train_loss"], "train/accuracy": record["train_accuracy"],
-            "val/loss": record["val_loss"], "val/accuracy": record["val_accuracy"],
-            "learning_rate": record["learning_rate"],
+            k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k: v
+            for k, v in record.items() if k not in ("epoch", "step")
         })
-        print(
-            f"epoch {epoch + 1:>3}/{config.epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_accuracy']:.4f}  val loss {record['val_loss']:.4f} "
-            f"acc {record['val_accuracy']:.4f}",
-            flush=True,
+        shown = "  ".join(
+            f"{k.replace('_', ' ')} {v:.4f}" for k, v in record.items()
+            if k.startswith(("train_", "val_")) and not k.endswith(("cross_entropy", "psnr"))
         )
-        if meta["best"] is None or record["val_accuracy"] > meta["best"]["val_accuracy"]:
-            meta["best"] = {"epoch": epoch + 1, "step": step, "val_accuracy": record["val_accuracy"]}
+        print(f"epoch {epoch + 1:>3}/{config.epochs}  {shown}", flush=True)
+        if _is_better(record[select_key], meta["best"], select_key, select_mode):
+            meta["best"] = {"epoch": epoch + 1, "step": step, select_key: record[select_key]}
             ckpts.save_best(step, state, snapshot())
         ckpts.save_latest(step, state, snapshot())
     ckpts.wait()
@@ -391,9 +528,19 @@ def flat_hparams(config: TrainConfig) -> dict:
     for key, value in config.to_dict().items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, (list, tuple)):
+            flat[key] = ",".join(map(str, value)) or "all"
         elif value is not None:
             flat[key] = value
     return flat
+
+
+def reconstruction_examples(state: TrainState, split: Split, spec: StepConfig, count: int = 10):
+    """(originals, reconstructions) of the split's first `count` images, [0, 1] floats."""
+    images = split.images[:count]
+    inputs, clean = tasks.model_inputs(jnp.asarray(images), None, spec)
+    recon = tasks.reconstruction(jax.jit(predict)(state, inputs), spec)
+    return np.asarray(clean), np.asarray(recon)
 
 
 def train_and_evaluate(
@@ -407,14 +554,17 @@ def train_and_evaluate(
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
     extra: dict | None = None,
+    pretrained: dict | None = None,
 ) -> dict:
-    """Trains, scores the best checkpoint (by validation accuracy) on the test
-    set, and writes `metrics.json`, the confusion matrix and TensorBoard hparams.
+    """Trains, scores the best checkpoint on the test set, and writes
+    `metrics.json`, figures (confusion matrix, reconstructions) and
+    TensorBoard hparams.
 
     Without `resume`, a `workdir` that already holds checkpoints is refused,
     so nothing saved is overwritten.
 
-    Returns the contents of metrics.json plus the final "state".
+    Returns the contents of metrics.json plus the final "state" and the
+    "best_state" that was scored.
     """
     workdir = pathlib.Path(workdir).expanduser()
     if not resume and checkpoints.has_checkpoints(workdir):
@@ -422,33 +572,42 @@ def train_and_evaluate(
             f"{workdir} already holds a run's checkpoints. Pass --resume to continue it, "
             "or choose another --workdir; nothing was changed."
         )
+    spec = config.step_config()
     workdir.mkdir(parents=True, exist_ok=True)
     with checkpoints.RunCheckpoints(workdir, max_to_keep=config.keep_checkpoints) as ckpts, \
             summaries.MetricWriter(workdir / "tensorboard") as writer:
         result = fit(config, model, splits, ckpts, writer, resume=resume, on_step=on_step,
-                     progress=progress)
+                     progress=progress, pretrained=pretrained)
         state = result["state"]
         best_state, _ = ckpts.restore_best(state)
-        test = classification_metrics(best_state, splits.test, config.eval_batch_size)
-        cm_image = viz.confusion_matrix_image(
-            np.array(test["confusion_matrix"]), f"{experiment}: test confusion matrix"
-        )
+        test = score_split(best_state, splits.test, config.eval_batch_size, spec)
         final_step = int(state.step)
-        writer.image("test/confusion_matrix", final_step, cm_image)
-        viz.save_png(cm_image, workdir / "confusion_matrix.png")
+        if spec.classifies:
+            cm_image = viz.confusion_matrix_image(
+                np.array(test["confusion_matrix"]), f"{experiment}: test confusion matrix"
+            )
+            writer.image("test/confusion_matrix", final_step, cm_image)
+            viz.save_png(cm_image, workdir / "confusion_matrix.png")
+        if spec.reconstructs and splits.test.images.dtype == np.uint8:
+            originals, recon = reconstruction_examples(best_state, splits.test, spec)
+            grid = viz.reconstruction_grid_image(originals, recon, f"{experiment}: test reconstructions")
+            writer.image("test/reconstructions", final_step, grid)
+            viz.save_png(grid, workdir / "reconstructions.png")
+        select_key = spec.selection[0]
         writer.hparams(flat_hparams(config), {
-            "hparam/test_accuracy": test["accuracy"],
-            "hparam/test_f1_macro": test["f1_macro"],
-            "hparam/test_loss": test["loss"],
-            "hparam/best_val_accuracy": result["best"]["val_accuracy"],
+            **{f"hparam/test_{k}": v for k, v in test.items() if isinstance(v, float)},
+            f"hparam/best_{select_key}": result["best"][select_key],
         })
     summary = {
         "experiment": experiment,
         "config": config.to_dict(),
-        "model": {"name": config.model, "parameters": count_params(state.params)},
+        "model": {"name": config.model, "parameters": count_params(state.params),
+                  "trainable_parameters": count_params(
+                      {k: v for k, v in state.params.items()
+                       if not config.trainable or k in config.trainable})},
         "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "test": test,
-        "evaluated_checkpoint": {"kind": "best_val_accuracy", **result["best"]},
+        "evaluated_checkpoint": {"kind": f"best_{select_key}", **result["best"]},
         "history": result["history"],
         "train_seconds": result["train_seconds"],
         "first_step_seconds": result["first_step_seconds"],
@@ -457,7 +616,7 @@ def train_and_evaluate(
         **(extra or {}),
     }
     write_json(workdir / "metrics.json", summary)
-    return {**summary, "state": state}
+    return {**summary, "state": state, "best_state": best_state}
 
 
 def _version(package: str) -> str:

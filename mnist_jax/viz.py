@@ -39,3 +39,27 @@ def save_png(image: np.ndarray, path) -> None:
     from PIL import Image  # Pillow comes with matplotlib.
 
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
+def reconstruction_grid_figure(originals: np.ndarray, reconstructions: np.ndarray,
+                               title: str = "Reconstructions") -> Figure:
+    """Originals on the top row, their reconstructions below; (N, 28, 28, 1) in [0, 1]."""
+    n = originals.shape[0]
+    fig = Figure(figsize=(1.1 * n, 2.6), dpi=100)
+    axes = fig.subplots(2, n, squeeze=False)
+    for row, (images, label) in enumerate([(originals, "original"), (reconstructions, "reconstructed")]):
+        for i in range(n):
+            ax = axes[row, i]
+            ax.imshow(np.clip(images[i, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_grid_image(originals: np.ndarray, reconstructions: np.ndarray,
+                              title: str = "Reconstructions") -> np.ndarray:
+    """(H, W, 3) uint8 picture of originals above reconstructions."""
+    return figure_to_array(reconstruction_grid_figure(originals, reconstructions, title))

@@ -4,11 +4,13 @@ import importlib
 import json
 import pkgutil
 
+import numpy as np
+
 import pytest
 
 import experiments
-from experiments import benchmark, cnn
-from mnist_jax import data, models, train
+from experiments import alexnet, benchmark, cnn
+from mnist_jax import data, models, pretrained, train
 from tests.conftest import REAL_TFDS_DIR
 
 
@@ -81,3 +83,62 @@ def test_benchmark_quick(tmp_path, real_mnist, capsys):
     assert result["examples_per_second"]["step_alone"] > 0 and result["compile_seconds"] > 0
     assert json.loads((tmp_path / "b.json").read_text())["model"] == "cnn"
     assert "examples/s" in capsys.readouterr().out
+
+
+QUICK_EXPERIMENTS = ["simple_cnn", "deep_cnn", "vit", "linear_ae", "conv_ae", "vgg16", "alexnet"]
+
+
+@pytest.mark.parametrize("name", QUICK_EXPERIMENTS)
+def test_quick_run_of_every_experiment(name, tmp_path, real_mnist, capsys):
+    module = importlib.import_module(f"experiments.{name}")
+    summary = module.main(["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR),
+                           "--no-progress"])
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["experiment"] == name and saved["test"] == json.loads(json.dumps(summary["test"]))
+    assert "| report (" in out and f"{saved['train_seconds']:.2f}" in out
+    if "accuracy" in saved["test"]:
+        assert f"{100 * module.REFERENCE.accuracy:.2f} %" in out  # The report's number beside ours.
+        assert f"{100 * saved['test']['accuracy']:.2f} %" in out
+        assert (tmp_path / "confusion_matrix.png").is_file()
+    else:
+        assert saved["test"]["mse"] < 0.1 and f"{saved['test']['psnr']:.2f}" in out
+        assert (tmp_path / "reconstructions.png").is_file()
+    assert all(np.isfinite(r["learning_rate"]) for r in saved["history"])
+
+
+def test_transfer_without_weights_is_labelled_random_init(tmp_path, real_mnist, capsys):
+    alexnet.main(["--quick", "--weights", "none", "--workdir", str(tmp_path),
+                  "--data-dir", str(REAL_TFDS_DIR), "--no-progress"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["weights"].startswith("none (random init")
+    assert "this run (random init)" in capsys.readouterr().out
+
+
+def test_transfer_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(pretrained.PUBLISHED, "alexnet", pretrained.PublishedWeights(
+        "http://unreachable.invalid/alexnet-owt-7be5be79.pth", "7be5be79"))
+    monkeypatch.setenv("MNIST_JAX_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_info:
+        alexnet.main(["--workdir", str(tmp_path / "run"), "--data-dir", str(REAL_TFDS_DIR)])
+    assert exit_info.value.code == 1
+    assert "--weights none" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path, real_mnist):
+    """A torchvision-layout file loads; cached features give the run the frozen network gives."""
+    import torch
+    from tests import torch_reference
+
+    torch.manual_seed(0)
+    path = tmp_path / "alexnet.pth"
+    torch.save(torch_reference.alexnet(num_classes=1000).state_dict(), path)
+    common = ["--quick", "--weights", str(path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress",
+              "--batch-size", "100"]
+    cached = alexnet.main(common + ["--workdir", str(tmp_path / "cached")])
+    direct = alexnet.main(common + ["--workdir", str(tmp_path / "direct"), "--no-cache-features"])
+    assert cached["weights"].startswith("ImageNet, torchvision (alexnet.pth)")
+    assert cached["cached_features"] and not direct["cached_features"]
+    assert abs(cached["test"]["loss"] - direct["test"]["loss"]) < 1e-3
+    assert cached["test"]["accuracy"] == pytest.approx(direct["test"]["accuracy"], abs=0.01)

@@ -1,4 +1,4 @@
-"""Shapes, dtypes, finiteness and parameter counts of the models."""
+"""Shapes, dtypes, finiteness and parameter counts of every model."""
 
 import chex
 import jax
@@ -8,36 +8,68 @@ import pytest
 
 from mnist_jax import models, train
 
+# name -> (constructor kwargs, output shapes for a batch of B, parameter count)
+LOGITS = lambda b: (b, 10)
+IMAGES = lambda b: (b, 28, 28, 1)
+MODELS = {
+    "cnn": ({}, LOGITS, 422_474),
+    "simple_cnn": ({}, LOGITS, 50_186),
+    "deep_cnn": ({}, LOGITS, 2_331_338),
+    "vit": ({}, LOGITS, 1_199_882),
+    "linear_ae": ({}, IMAGES, 201_616),
+    "conv_ae": ({}, IMAGES, 61_453),
+    "encoder_classifier": ({}, LOGITS, 33_430),
+    "classifier_decoding": ({}, lambda b: ((b, 10), (b, 28, 28, 1)), 64_407),
+    # Small inputs and a narrow classifier keep these fast; full sizes are counted below.
+    "vgg16": ({"image_size": 32, "hidden": 64}, LOGITS, None),
+    "alexnet": ({"image_size": 63, "hidden": 64}, LOGITS, None),
+}
 
-@pytest.fixture(scope="module")
-def cnn_and_variables():
-    model = models.get_model("cnn")
-    return model, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model_and_variables(request):
+    kwargs, shapes, _ = MODELS[request.param]
+    model = models.get_model(request.param, **kwargs)
+    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))()
+    return request.param, model, variables
 
 
-@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("training", [False, True])
-def test_cnn_output_shape_dtype_and_finiteness(cnn_and_variables, batch, training):
-    model, variables = cnn_and_variables
-    x = jax.random.normal(jax.random.PRNGKey(1), (batch, 28, 28, 1))
+def test_output_shapes_dtypes_and_finiteness(model_and_variables, batch, training):
+    name, model, variables = model_and_variables
+    x = jax.random.uniform(jax.random.PRNGKey(1), (batch, 28, 28, 1))
     if training:
-        logits, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)},
-                                      mutable=["batch_stats"])
-        chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
+        out, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)},
+                                   mutable=["batch_stats"])
+        if "batch_stats" in variables:
+            chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
     else:
-        logits = model.apply(variables, x, train=False)
-    chex.assert_shape(logits, (batch, 10))
-    chex.assert_type(logits, jnp.float32)
-    chex.assert_tree_all_finite(logits)
+        out = model.apply(variables, x, train=False)
+    expected = MODELS[name][1](batch)
+    chex.assert_trees_all_equal_shapes(out, jax.tree.map(jnp.zeros, expected, is_leaf=lambda s: isinstance(s, tuple) and isinstance(s[0], int)))
+    chex.assert_tree_all_finite(out)
+    jax.tree.map(lambda o: chex.assert_type(o, jnp.float32), out)
 
 
-def test_cnn_has_the_pytorch_parameter_count(cnn_and_variables):
-    # Conv 320 + 18,496 + 73,856; BatchNorm 64 + 128 + 256; FC 295,168 + 32,896 + 1,290.
-    assert train.count_params(cnn_and_variables[1]["params"]) == 422_474
+def test_parameter_counts(model_and_variables):
+    name, _, variables = model_and_variables
+    expected = MODELS[name][2]
+    if expected is not None:
+        assert train.count_params(variables["params"]) == expected
 
 
-def test_eval_is_deterministic_and_train_is_stochastic(cnn_and_variables):
-    model, variables = cnn_and_variables
+@pytest.mark.parametrize("name", ["linear_ae", "conv_ae"])
+def test_reconstructions_are_in_the_unit_range(name):
+    model = models.get_model(name)
+    x = 10 * jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    out = model.apply(model.init(jax.random.PRNGKey(1), x, train=False), x, train=False)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_eval_is_deterministic_and_train_is_stochastic():
+    model = models.get_model("cnn")
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
     np.testing.assert_array_equal(model.apply(variables, x, train=False), model.apply(variables, x, train=False))
 
@@ -47,18 +79,54 @@ def test_eval_is_deterministic_and_train_is_stochastic(cnn_and_variables):
     assert not np.allclose(train_logits(jax.random.PRNGKey(0)), train_logits(jax.random.PRNGKey(1)))
 
 
-def test_padding_is_kept_out_of_batch_norm(cnn_and_variables):
+@pytest.mark.parametrize("name", ["cnn", "deep_cnn"])
+def test_padding_is_kept_out_of_batch_norm(name):
     """A padded batch with a mask trains exactly like the unpadded one."""
-    model, variables = cnn_and_variables
+    model = models.get_model(name, conv_dropout=0.0, fc_dropout=0.0)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 28, 28, 1))
     padded = jnp.concatenate([x, jnp.zeros((2, 28, 28, 1))])
     mask = jnp.array([True] * 6 + [False] * 2)
-    kw = dict(train=True, rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_stats"])
-    model_nodrop = model.clone(conv_dropout=0.0, fc_dropout=0.0)
-    logits, stats = model_nodrop.apply(variables, x, **kw)
-    logits_padded, stats_padded = model_nodrop.apply(variables, padded, mask=mask, **kw)
+    kw = dict(train=True, mutable=["batch_stats"])
+    logits, stats = model.apply(variables, x, **kw)
+    logits_padded, stats_padded = model.apply(variables, padded, mask=mask, **kw)
     np.testing.assert_allclose(logits_padded[:6], logits, atol=1e-5)
     chex.assert_trees_all_close(stats_padded, stats, atol=1e-6)
+
+
+def test_vit_returns_its_attention_maps():
+    model = models.get_model("vit", depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(1), x, train=False)
+    logits, attention = model.apply(variables, x, train=False, return_attention=True)
+    chex.assert_shape(logits, (3, 10))
+    chex.assert_shape(attention, (3, 2, 8, 50, 50))  # CLS + 49 patches
+    np.testing.assert_allclose(attention.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(logits, model.apply(variables, x, train=False), rtol=1e-6)
+
+
+def test_vit_refuses_a_patch_size_that_does_not_tile_the_image():
+    model = models.get_model("vit", patch_size=5)
+    with pytest.raises(ValueError, match="not divisible by patch_size 5"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+
+
+@pytest.mark.parametrize("arch, size", [("vgg16", 31), ("alexnet", 62)])
+def test_transfer_nets_refuse_images_too_small(arch, size):
+    model = models.get_model(arch, image_size=size)
+    with pytest.raises(ValueError, match="needs image_size >="):
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))
+
+
+def test_encoder_groups_are_shared_between_autoencoder_and_classifiers():
+    """The classifiers can start from the autoencoder's "encoder" parameters."""
+    shapes = {}
+    for name in ("conv_ae", "encoder_classifier", "classifier_decoding"):
+        model = models.get_model(name)
+        params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
+                                                   train=False))["params"]
+        shapes[name] = jax.tree.map(lambda p: p.shape, params["encoder"])
+    assert shapes["conv_ae"] == shapes["encoder_classifier"] == shapes["classifier_decoding"]
 
 
 def test_unknown_model_is_refused():

@@ -10,6 +10,7 @@ import pytest
 
 from mnist_jax import metrics, models, pipeline, train
 from mnist_jax.pipeline import NoiseConfig
+from mnist_jax.tasks import StepConfig
 from tests.conftest import synthetic_split
 
 
@@ -27,7 +28,7 @@ def batch():
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
-    step = train.make_train_step(NoiseConfig())
+    step = train.make_train_step(StepConfig())
     losses = []
     for _ in range(15):
         state, m = step(state, batch)
@@ -37,7 +38,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
 
 
 def test_step_compiles_once_across_steps(state, batch):
-    step = train.make_train_step(NoiseConfig("gaussian", 0.1))
+    step = train.make_train_step(StepConfig(noise=NoiseConfig("gaussian", 0.1)))
     for i in range(4):
         partial = dict(batch, mask=np.arange(64) < 64 - 10 * i)  # a padded last batch too
         state, _ = step(state, partial)
@@ -45,9 +46,9 @@ def test_step_compiles_once_across_steps(state, batch):
 
 
 def test_step_is_pure(state, batch):
-    step = jax.jit(train.train_step, static_argnames="noise")
-    first, m1 = step(state, batch, noise=NoiseConfig("gaussian", 0.2))
-    again, m2 = step(state, batch, noise=NoiseConfig("gaussian", 0.2))
+    step = jax.jit(train.train_step, static_argnames="spec")
+    first, m1 = step(state, batch, spec=StepConfig(noise=NoiseConfig("gaussian", 0.2)))
+    again, m2 = step(state, batch, spec=StepConfig(noise=NoiseConfig("gaussian", 0.2)))
     np.testing.assert_array_equal(m1["loss_sum"], m2["loss_sum"])
     jax.tree.map(np.testing.assert_array_equal, first.params, again.params)
 
@@ -66,11 +67,11 @@ def test_padding_does_not_change_the_update(state, batch):
     sgd = optax.sgd(1.0)
     no_dropout = state.replace(apply_fn=models.get_model("cnn", conv_dropout=0.0, fc_dropout=0.0).apply,
                                tx=sgd, opt_state=sgd.init(state.params))
-    step = jax.jit(train.train_step, static_argnames="noise")
+    step = jax.jit(train.train_step, static_argnames="spec")
     small = {k: v[:40] for k, v in batch.items()}
     padded = dict(batch, mask=np.arange(64) < 40)
-    a, ma = step(no_dropout, small, noise=NoiseConfig())
-    b, mb = step(no_dropout, padded, noise=NoiseConfig())
+    a, ma = step(no_dropout, small, spec=StepConfig())
+    b, mb = step(no_dropout, padded, spec=StepConfig())
     np.testing.assert_allclose(ma["loss_sum"], mb["loss_sum"], rtol=1e-5)
     assert int(mb["count"]) == 40
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a.params, b.params)

@@ -1,8 +1,27 @@
 """Flax linen models of the reports, looked up by name."""
 
-from mnist_jax.models.cnn import CNN
+import functools
 
-MODELS = {"cnn": CNN}
+from mnist_jax.models.autoencoders import (ClassifierDecoding, ConvAutoencoder, ConvDecoder,
+                                           ConvEncoder, EncoderClassifier, LinearAutoencoder)
+from mnist_jax.models.cnn import CNN
+from mnist_jax.models.deep_cnn import DeepCNN
+from mnist_jax.models.simple_cnn import SimpleCNN
+from mnist_jax.models.transfer import TransferNet
+from mnist_jax.models.vit import ViT
+
+MODELS = {
+    "cnn": CNN,
+    "simple_cnn": SimpleCNN,
+    "deep_cnn": DeepCNN,
+    "vit": ViT,
+    "vgg16": functools.partial(TransferNet, arch="vgg16"),
+    "alexnet": functools.partial(TransferNet, arch="alexnet"),
+    "linear_ae": LinearAutoencoder,
+    "conv_ae": ConvAutoencoder,
+    "encoder_classifier": EncoderClassifier,
+    "classifier_decoding": ClassifierDecoding,
+}
 
 
 def get_model(name: str, **kwargs):

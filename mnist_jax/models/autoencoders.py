@@ -1,0 +1,154 @@
+"""The autoencoders of reports 001 and 003, and the classifiers built on
+report 003's encoder. Images are (B, 28, 28, 1) in [0, 1]; reconstructions
+come out of a sigmoid, in [0, 1] too."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from mnist_jax.models.init import torch_kernel_init
+
+
+def _dense(features: int, **kw) -> nn.Dense:
+    return nn.Dense(features, kernel_init=torch_kernel_init, **kw)
+
+
+class LinearAutoencoder(nn.Module):
+    """Report 001: 784 -> 128 (ReLU) -> 784 (sigmoid). 201,616 parameters."""
+
+    latent_dim: int = 128
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        shape = x.shape  # (B, 28, 28, 1)
+        z = nn.relu(_dense(self.latent_dim, name="encoder")(x.reshape(shape[0], -1)))  # (B, 128)
+        out = nn.sigmoid(_dense(shape[1] * shape[2] * shape[3], name="decoder")(z))  # (B, 784)
+        return out.reshape(shape)
+
+
+def torch_conv_transpose(features: int, kernel: int, stride: int, padding: int,
+                         output_padding: int, name: str | None = None) -> nn.ConvTranspose:
+    """nn.ConvTranspose with PyTorch's ConvTranspose2d geometry.
+
+    PyTorch's output size is (n - 1) * stride - 2 * padding + kernel +
+    output_padding. lax.conv_transpose pads the stride-dilated input by the
+    given amounts, so the same size follows from padding (k - 1 - p) below and
+    (k - 1 - p + output_padding) above.
+    """
+    low = kernel - 1 - padding
+    pads = ((low, low + output_padding),) * 2
+    return nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding=pads,
+                            kernel_init=torch_kernel_init, name=name)
+
+
+class ConvEncoder(nn.Module):
+    """Report 003's encoder, layer for layer. 30,476 parameters at latent 12.
+
+    Conv 5x5 (16) -> ReLU -> pool: 28 -> 24 -> 12
+    Conv 3x3 pad 1 (32) -> ReLU -> pool: 12 -> 12 -> 6
+    Conv 3x3 stride 2 pad 1 (64) -> ReLU: 6 -> 3
+    Flatten 3*3*64 -> Linear -> latent (no activation)
+    """
+
+    latent_dim: int = 12
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 12, 12, 16)
+        x = nn.relu(nn.Conv(32, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 6, 6, 32)
+        x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding=1, kernel_init=torch_kernel_init)(x))
+        x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 64)
+        return _dense(self.latent_dim)(x)  # (B, latent)
+
+
+class ConvDecoder(nn.Module):
+    """Report 003's decoder, layer for layer. 30,977 parameters at latent 12.
+
+    Linear latent -> 3*3*64, reshape (B, 3, 3, 64), then ConvTranspose2d
+    layers as the report writes them (PyTorch geometry):
+      (64->32, k3, s2, p1, op1): 3 -> 6, ReLU
+      (32->16, k3, s2, p1, op1): 6 -> 12, ReLU
+      (16->1,  k5, s2, p0, op1): 12 -> 28, sigmoid
+    so the report's decoder does yield 28x28, with no change.
+    """
+
+    @nn.compact
+    def __call__(self, z, *, train: bool = False):
+        x = _dense(3 * 3 * 64)(z).reshape(z.shape[0], 3, 3, 64)
+        x = nn.relu(torch_conv_transpose(32, 3, 2, 1, 1)(x))  # (B, 6, 6, 32)
+        x = nn.relu(torch_conv_transpose(16, 3, 2, 1, 1)(x))  # (B, 12, 12, 16)
+        return nn.sigmoid(torch_conv_transpose(1, 5, 2, 0, 1)(x))  # (B, 28, 28, 1)
+
+
+class ConvAutoencoder(nn.Module):
+    """ConvEncoder -> ConvDecoder; parameter groups "encoder" and "decoder"."""
+
+    latent_dim: int = 12
+
+    def setup(self):
+        self.encoder = ConvEncoder(self.latent_dim)
+        self.decoder = ConvDecoder()
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def __call__(self, x, *, train: bool):
+        return self.decoder(self.encoder(x))
+
+
+class MLPHead(nn.Module):
+    """Hidden ReLU layers with dropout, then logits."""
+
+    hidden: Sequence[int] = (128,)
+    num_classes: int = 10
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, z, *, train: bool):
+        for width in self.hidden:
+            z = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(_dense(width)(z)))
+        return _dense(self.num_classes)(z)
+
+
+class EncoderClassifier(nn.Module):
+    """Report 003's Classifier: the (pretrained) ConvEncoder and an MLP.
+
+    Groups "encoder" and "head": train only "head" to keep the pretrained
+    encoder frozen, or both to fine-tune it. The report does not give the
+    MLP's size; one hidden layer of 128 is used.
+    """
+
+    latent_dim: int = 12
+    hidden: Sequence[int] = (128,)
+    num_classes: int = 10
+    dropout: float = 0.0
+
+    def setup(self):
+        self.encoder = ConvEncoder(self.latent_dim)
+        self.head = MLPHead(self.hidden, self.num_classes, self.dropout)
+
+    def __call__(self, x, *, train: bool):
+        return self.head(self.encoder(x), train=train)  # (B, 10)
+
+
+class ClassifierDecoding(nn.Module):
+    """Report 003's ClassifierDecoding: one encoder feeding both an MLP and
+    the decoder, fine-tuned on cross-entropy plus reconstruction MSE (task
+    "classify_decode"). Returns (logits (B, 10), reconstruction (B, 28, 28, 1))."""
+
+    latent_dim: int = 12
+    hidden: Sequence[int] = (128,)
+    num_classes: int = 10
+    dropout: float = 0.0
+
+    def setup(self):
+        self.encoder = ConvEncoder(self.latent_dim)
+        self.head = MLPHead(self.hidden, self.num_classes, self.dropout)
+        self.decoder = ConvDecoder()
+
+    def __call__(self, x, *, train: bool) -> tuple[jax.Array, jax.Array]:
+        z = self.encoder(x)
+        return self.head(z, train=train), self.decoder(z)

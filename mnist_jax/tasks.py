@@ -1,0 +1,132 @@
+"""What a model is trained to do: its inputs, its loss, and how it is scored.
+
+Three tasks cover the reports:
+
+- "classify": logits (B, 10) against labels; cross-entropy; accuracy.
+- "reconstruct": images (B, 28, 28, 1) in [0, 1] against the clean input;
+  mean squared error per pixel (PyTorch's MSELoss); PSNR at evaluation.
+  With noise on the inputs this is a denoising autoencoder.
+- "classify_decode": (logits, reconstruction); cross-entropy plus
+  `recon_weight` times the MSE (report 003's ClassifierDecoding).
+
+Everything here is per example, so the fit loop can mask padding and sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mnist_jax import pipeline
+from mnist_jax.pipeline import NoiseConfig
+
+TASKS = ("classify", "reconstruct", "classify_decode")
+INPUT_NORMS = ("mnist", "unit")
+
+# PSNR of a perfect reconstruction is infinite; clip the MSE so it stays finite.
+_MIN_MSE = 1e-10
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the jitted steps need to know (static, hashable).
+
+    task: one of TASKS.
+    input_norm: "mnist" (zero mean, unit variance with MNIST's statistics,
+      as the classifiers of reports 000 and 004) or "unit" (pixels in [0, 1],
+      as the autoencoders, whose sigmoid outputs live there).
+    noise: added to the training inputs (never to the reconstruction target).
+    recon_weight: weight of the MSE term of "classify_decode".
+    """
+
+    task: str = "classify"
+    input_norm: str = "mnist"
+    noise: NoiseConfig = NoiseConfig()
+    recon_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {self.input_norm!r}; choose one of {INPUT_NORMS}")
+        if self.recon_weight < 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
+
+    @property
+    def classifies(self) -> bool:
+        return self.task in ("classify", "classify_decode")
+
+    @property
+    def reconstructs(self) -> bool:
+        return self.task in ("reconstruct", "classify_decode")
+
+    @property
+    def selection(self) -> tuple[str, str]:
+        """(validation metric, "max" or "min") that picks the best checkpoint."""
+        return ("val_accuracy", "max") if self.classifies else ("val_loss", "min")
+
+
+def model_inputs(
+    images: jax.Array, key: jax.Array | None, spec: StepConfig
+) -> tuple[jax.Array, jax.Array | None]:
+    """(model input, clean [0, 1] target) of a batch.
+
+    images: uint8 MNIST (B, 28, 28, 1), or float precomputed features, which
+      pass through unchanged (and have no reconstruction target).
+    key: the noise key, or None for clean inputs (evaluation).
+    """
+    if images.dtype != jnp.uint8:
+        return images, None
+    clean = pipeline.to_unit_range(images)  # (B, 28, 28, 1)
+    noisy = clean if key is None else pipeline.add_noise(key, clean, spec.noise)
+    inputs = pipeline.normalize(noisy) if spec.input_norm == "mnist" else noisy
+    return inputs, clean
+
+
+def _split_outputs(outputs, spec: StepConfig):
+    """(logits or None, reconstruction or None) of a model's outputs."""
+    if spec.task == "classify":
+        return outputs, None
+    if spec.task == "reconstruct":
+        return None, outputs
+    logits, reconstruction = outputs
+    return logits, reconstruction
+
+
+def per_example_terms(outputs, target: jax.Array | None, labels: jax.Array, spec: StepConfig) -> dict:
+    """Per-example loss and metrics, each (B,).
+
+    Keys: "loss" always; "correct" (0/1) and "cross_entropy" when the task
+    classifies; "mse" (mean over pixels) when it reconstructs.
+    """
+    logits, reconstruction = _split_outputs(outputs, spec)
+    terms = {}
+    loss = 0.0
+    if logits is not None:
+        terms["cross_entropy"] = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        terms["correct"] = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        loss = terms["cross_entropy"]
+    if reconstruction is not None:
+        if target is None:
+            raise ValueError("reconstruction needs image inputs, not precomputed features")
+        terms["mse"] = jnp.mean((reconstruction - target) ** 2, axis=(1, 2, 3))
+        weight = 1.0 if spec.task == "reconstruct" else spec.recon_weight
+        loss = loss + weight * terms["mse"]
+    terms["loss"] = loss
+    return terms
+
+
+def psnr(mse: jax.Array) -> jax.Array:
+    """Peak signal-to-noise ratio in dB of [0, 1] images from their MSE."""
+    return -10.0 * jnp.log10(jnp.maximum(mse, _MIN_MSE))
+
+
+def reconstruction(outputs, spec: StepConfig) -> jax.Array | None:
+    return _split_outputs(outputs, spec)[1]
+
+
+def logits_of(outputs, spec: StepConfig) -> jax.Array | None:
+    return _split_outputs(outputs, spec)[0]
