@@ -25,7 +25,7 @@ from mnist_jax import data as data_lib, pipeline, pretrained
 from mnist_jax.experiment import (Reference, build_parser, config_from_args, load_splits,
                                   print_results, resolve_workdir, setup_logging)
 from mnist_jax.models.transfer import ARCHITECTURES, TransferNet, head_for
-from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate
+from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
 
 
 def resolve_weights(arch: str, choice: str) -> tuple[dict | None, str]:
@@ -123,6 +123,8 @@ def run_transfer(
             )
             summary["classifier_seconds"] = summary["train_seconds"]
             summary["train_seconds"] = feature_seconds + summary["classifier_seconds"]
+            write_json(workdir / "metrics.json",
+                       {k: v for k, v in summary.items() if k not in ("state", "best_state")})
         else:
             summary = train_and_evaluate(
                 config, model, splits, workdir, experiment=name, resume=args.resume,
