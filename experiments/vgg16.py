@@ -4,7 +4,7 @@
     python -m experiments.vgg16 --image-size 64          # 12x fewer FLOPs: fits a CPU
     python -m experiments.vgg16 --weights vgg16-397923af.pth   # a file you downloaded
     python -m experiments.vgg16 --weights none           # random init, labelled so everywhere
-    python -m experiments.vgg16 --quick                  # 32x32, 900 images, random init
+    python -m experiments.vgg16 --quick                  # 32x32, 270 images, random init
 
 Adam 1e-4 on the classifier only, batch 64, grayscale repeated to RGB,
 ImageNet normalisation. Features are computed once and cached (exact: the
@@ -21,7 +21,7 @@ CONFIG = TrainConfig(model="vgg16", input_norm="unit", epochs=5, batch_size=64, 
                      keep_checkpoints=1)
 
 QUICK = TrainConfig(model="vgg16", input_norm="unit", epochs=1, learning_rate=1e-4, weight_decay=0.0,
-                    trainable=("classifier",), train_size=1000, test_size=300, log_every_steps=5,
+                    trainable=("classifier",), train_size=300, test_size=100, log_every_steps=5,
                     checkpoint_every_steps=10, keep_checkpoints=1)
 
 REFERENCE = Reference(source="004 Lab 2, PyTorch", accuracy=0.9908, f1_macro=0.9908, train_seconds=996.34)

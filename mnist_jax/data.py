@@ -84,7 +84,7 @@ class Split:
 
     Attributes:
       images: (N, 28, 28, 1) uint8, 0 = background; or (N, H, W, C) float
-        features a frozen network computed from them (see mnist_jax.features).
+        features a frozen network computed from them (see mnist_jax.transfer_learning).
       labels: (N,) int32 in [0, 10).
     """
 

@@ -84,11 +84,6 @@ def add_noise(key: jax.Array, images: jax.Array, noise: NoiseConfig) -> jax.Arra
     return images
 
 
-def prepare_images(images_uint8: jax.Array, key: jax.Array, noise: NoiseConfig) -> jax.Array:
-    """uint8 batch -> noisy, normalised float32 batch. # (B, 28, 28, 1)"""
-    return normalize(add_noise(key, to_unit_range(images_uint8), noise))
-
-
 # ---------------------------------------------------------------------------
 # Host side: the order of examples and the batches.
 

@@ -306,11 +306,6 @@ def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConf
             "confusion_matrix": cm.tolist()}
 
 
-def classification_metrics(state: TrainState, split: Split, batch_size: int) -> dict:
-    """Loss, accuracy, macro F1, per-class report and confusion matrix of a split."""
-    return score_split(state, split, batch_size, StepConfig())
-
-
 def describe_devices() -> dict:
     devices = jax.devices()
     return {

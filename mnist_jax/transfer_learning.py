@@ -41,16 +41,25 @@ def resolve_weights(arch: str, choice: str) -> tuple[dict | None, str]:
         f"ImageNet, torchvision ({path.name})"
 
 
-def extract_features(model: TransferNet, feature_params: dict, images: np.ndarray,
-                     batch_size: int = 256) -> np.ndarray:
-    """The frozen layers' outputs (N, h, w, C) float32 for uint8 images (N, 28, 28, 1)."""
-    @jax.jit
-    def extract(batch):
-        x = pipeline.to_unit_range(batch)  # (B, 28, 28, 1)
+def make_feature_extractor(model: TransferNet):
+    """A jitted `(feature_params, uint8 images (B, 28, 28, 1)) -> (B, h, w, C)`.
+
+    Compiled once per batch shape and shared by every split; the weights are
+    an argument, not constants baked into the program (for VGG16 that would
+    be 58 MB of constants to compile).
+    """
+    def extract(feature_params, images):
+        x = pipeline.to_unit_range(images)  # (B, 28, 28, 1)
         return model.apply({"params": {"features": feature_params}}, x, method=TransferNet.extract)
 
+    return jax.jit(extract)
+
+
+def extract_features(extractor, feature_params: dict, images: np.ndarray,
+                     batch_size: int = 256) -> np.ndarray:
+    """The frozen layers' outputs (N, h, w, C) float32 for uint8 images (N, 28, 28, 1)."""
     labels = np.zeros(len(images), np.int32)
-    chunks = [np.asarray(extract(b["image"]))[b["mask"]]
+    chunks = [np.asarray(extractor(feature_params, b["image"]))[b["mask"]]
               for b in pipeline.iterate_batches(images, labels, batch_size)]
     return np.concatenate(chunks)
 
@@ -101,16 +110,20 @@ def run_transfer(
           f"{'cached features' if cache else 'frozen features run every step'}; run dir {workdir}",
           flush=True)
 
-    sample = jnp.zeros((1, 28, 28, 1))
-    initial = jax.jit(lambda: model.init(jax.random.PRNGKey(config.seed), sample, train=False))()["params"]
-    feature_params = weights["features"] if weights else initial["features"]
+    if weights:
+        feature_params = weights["features"]
+    else:  # Random features: initialise only them (the classifier's init is fit's job).
+        feature_params = jax.jit(lambda: model.init(
+            jax.random.PRNGKey(config.seed), jnp.zeros((1, 28, 28, 1)), method=TransferNet.extract,
+        ))()["params"]["features"]
     extra = {"data_source": source, "reference": dataclasses.asdict(reference), "weights": weights_label,
              "image_size": image_size, "classifier_hidden": hidden, "cached_features": cache}
     try:
         if cache:
             start = time.perf_counter()
+            extractor = make_feature_extractor(model)
             feature_splits = data_lib.Splits(*(
-                data_lib.Split(extract_features(model, feature_params, s.images), s.labels)
+                data_lib.Split(extract_features(extractor, feature_params, s.images), s.labels)
                 for s in (splits.train, splits.val, splits.test)))
             feature_seconds = time.perf_counter() - start
             print(f"features {feature_splits.train.images.shape[1:]} of {len(splits.train) + len(splits.val) + len(splits.test)} "

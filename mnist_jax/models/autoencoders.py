@@ -134,19 +134,14 @@ class EncoderClassifier(nn.Module):
         return self.head(self.encoder(x), train=train)  # (B, 10)
 
 
-class ClassifierDecoding(nn.Module):
+class ClassifierDecoding(EncoderClassifier):
     """Report 003's ClassifierDecoding: one encoder feeding both an MLP and
     the decoder, fine-tuned on cross-entropy plus reconstruction MSE (task
-    "classify_decode"). Returns (logits (B, 10), reconstruction (B, 28, 28, 1))."""
-
-    latent_dim: int = 12
-    hidden: Sequence[int] = (128,)
-    num_classes: int = 10
-    dropout: float = 0.0
+    "classify_decode"). Returns (logits (B, 10), reconstruction (B, 28, 28, 1)).
+    Groups "encoder", "head" and "decoder"."""
 
     def setup(self):
-        self.encoder = ConvEncoder(self.latent_dim)
-        self.head = MLPHead(self.hidden, self.num_classes, self.dropout)
+        super().setup()
         self.decoder = ConvDecoder()
 
     def __call__(self, x, *, train: bool) -> tuple[jax.Array, jax.Array]:
