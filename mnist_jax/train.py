@@ -376,7 +376,9 @@ def load_pretrained(state: TrainState, pretrained: dict) -> TrainState:
             if np.shape(initial) != np.shape(given):
                 raise ValueError(f"pretrained {'/'.join(path)} has shape {np.shape(given)}, "
                                  f"the model expects {np.shape(initial)}")
-            return jnp.asarray(given, initial.dtype)
+            # A copy: the train step donates the state's buffers, which must
+            # not take the caller's arrays (shared by several runs) with them.
+            return jnp.array(given, initial.dtype, copy=True)
         if not isinstance(given, dict) or set(given) - set(initial):
             unknown = sorted(set(given) - set(initial)) if isinstance(given, dict) else given
             raise ValueError(f"pretrained {'/'.join(path) or 'params'} has {unknown} that the model "

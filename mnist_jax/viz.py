@@ -63,3 +63,19 @@ def reconstruction_grid_image(originals: np.ndarray, reconstructions: np.ndarray
                               title: str = "Reconstructions") -> np.ndarray:
     """(H, W, 3) uint8 picture of originals above reconstructions."""
     return figure_to_array(reconstruction_grid_figure(originals, reconstructions, title))
+
+
+def accuracy_vs_labels_figure(curves: dict[str, list[tuple[int, float]]],
+                              title: str = "Test accuracy against labelled images") -> Figure:
+    """One line per method: (number of labels, test accuracy) points, log x."""
+    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    ax = fig.add_subplot()
+    for method, points in curves.items():
+        labels, accuracy = zip(*sorted(points))
+        ax.plot(labels, [100 * a for a in accuracy], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set(xlabel="labelled training images", ylabel="test accuracy (%)", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -142,3 +142,26 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
     assert cached["cached_features"] and not direct["cached_features"]
     assert abs(cached["test"]["loss"] - direct["test"]["loss"]) < 1e-3
     assert cached["test"]["accuracy"] == pytest.approx(direct["test"]["accuracy"], abs=0.01)
+
+
+def test_transfer_quick_compares_every_method_and_resumes(tmp_path, real_mnist, capsys):
+    from experiments import transfer
+
+    args = ["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
+    results = transfer.main(args)
+    out = capsys.readouterr().out
+    runs = {(r["labels"], r["method"]): r for r in results["runs"]}
+    assert set(runs) == {(n, m) for n in (100, 300) for m in transfer.METHODS}
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in runs.values())
+    assert f"{100 * runs[300, 'frozen']['test_accuracy']:.2f} %" in out
+    assert (tmp_path / "accuracy_vs_labels.png").is_file()
+    saved = json.loads((tmp_path / "transfer.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(results["runs"]))
+    # Only the frozen run leaves the encoder out of training.
+    model = {m: json.loads((tmp_path / "n100" / m / "metrics.json").read_text())["model"]
+             for m in ("frozen", "fine-tuned")}
+    assert model["frozen"]["trainable_parameters"] < model["frozen"]["parameters"]
+    assert model["fine-tuned"]["trainable_parameters"] == model["fine-tuned"]["parameters"]
+    # Everything finished: --resume recomputes nothing and gives the same table.
+    again = transfer.main(args + ["--resume"])
+    assert again["runs"] == results["runs"]

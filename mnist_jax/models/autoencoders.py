@@ -100,14 +100,22 @@ class ConvAutoencoder(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """Hidden ReLU layers with dropout, then logits."""
+    """LayerNorm of the latent code, hidden ReLU layers with dropout, then logits.
+
+    A pretrained encoder's code has whatever scale the autoencoder gave it
+    (12 numbers of order 10 or more), which the head would first have to
+    learn away. LayerNorm makes the head independent of that scale.
+    """
 
     hidden: Sequence[int] = (128,)
     num_classes: int = 10
     dropout: float = 0.0
+    normalize_input: bool = True
 
     @nn.compact
     def __call__(self, z, *, train: bool):
+        if self.normalize_input:
+            z = nn.LayerNorm()(z)
         for width in self.hidden:
             z = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(_dense(width)(z)))
         return _dense(self.num_classes)(z)
@@ -118,7 +126,7 @@ class EncoderClassifier(nn.Module):
 
     Groups "encoder" and "head": train only "head" to keep the pretrained
     encoder frozen, or both to fine-tune it. The report does not give the
-    MLP's size; one hidden layer of 128 is used.
+    MLP; it is LayerNorm -> 128 (ReLU) -> 10 here (see MLPHead).
     """
 
     latent_dim: int = 12

@@ -1,0 +1,203 @@
+"""Few labels: report 003's classifiers on its pretrained convolutional encoder.
+
+    python -m experiments.transfer           # 100, 300, 1,000, 3,000 labels; about 30 min on 2 CPU cores
+    python -m experiments.transfer --quick   # 100 and 300 labels, a short pretraining: a smoke test
+    python -m experiments.transfer --labels 50 500 --steps 1000
+
+1. Pretrain the convolutional autoencoder (latent 12) on the training
+   images, without labels (as experiments.conv_ae).
+2. For each number of labels n (a seeded, stratified subset of the training
+   images) train, for the same number of steps:
+     scratch      encoder + MLP from random initialisation
+     frozen       pretrained encoder, frozen; only the MLP trains
+     fine-tuned   pretrained encoder + MLP, all trained
+     cls-decoding pretrained encoder and decoder + MLP, trained on
+                  cross-entropy + reconstruction MSE (ClassifierDecoding)
+3. A table of test accuracy (n x method), a plot against n
+   (accuracy_vs_labels.png, TensorBoard) and transfer.json.
+
+Every run keeps its checkpoints under <workdir>/n<labels>/<method>;
+--resume skips the finished runs and continues the interrupted one.
+The best checkpoint of each run is chosen on the same 500 labelled
+validation images for every n and method. Report 003 publishes no number
+for this comparison; measured results are in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+
+from mnist_jax import data as data_lib, summaries, viz
+from mnist_jax.experiment import DEFAULT_RUNS_DIR, resolve_workdir, setup_logging
+from mnist_jax.models import get_model
+from mnist_jax.pipeline import num_batches
+from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    labels: tuple[int, ...] = (100, 300, 1000, 3000)
+    steps: int = 600  # Optimizer steps of every labelled run, whatever n.
+    val_size: int = 500  # Labelled validation images for checkpoint selection.
+    pretrain: TrainConfig = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit",
+                                        epochs=10, weight_decay=0.0)
+    classifier: TrainConfig = TrainConfig(model="encoder_classifier", input_norm="unit",
+                                          learning_rate=1e-3, weight_decay=0.0,
+                                          checkpoint_every_steps=10_000, log_every_steps=50)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.labels or min(self.labels) < 10:
+            raise ValueError(f"labels must be numbers >= 10 (one per class at least), got {self.labels}")
+        if self.steps < 1 or self.val_size < 10:
+            raise ValueError(f"steps must be >= 1 and val_size >= 10, got {self.steps}, {self.val_size}")
+
+
+CONFIG = TransferConfig()
+QUICK = TransferConfig(
+    labels=(100, 300), steps=40, val_size=200,
+    pretrain=dataclasses.replace(CONFIG.pretrain, epochs=1, train_size=3000, test_size=500,
+                                 log_every_steps=10, checkpoint_every_steps=1000),
+    classifier=dataclasses.replace(CONFIG.classifier, test_size=500, log_every_steps=10),
+)
+
+METHODS = ("scratch", "frozen", "fine-tuned", "cls-decoding")
+
+
+def method_config(base: TrainConfig, method: str, epochs: int) -> TrainConfig:
+    """The labelled run of `method`: model, task and which groups train."""
+    if method == "cls-decoding":
+        return dataclasses.replace(base, model="classifier_decoding", task="classify_decode", epochs=epochs)
+    trainable = ("head",) if method == "frozen" else ()
+    return dataclasses.replace(base, epochs=epochs, trainable=trainable)
+
+
+def pretrained_groups(method: str, autoencoder_params: dict) -> dict | None:
+    if method == "scratch":
+        return None
+    if method == "cls-decoding":
+        return {"encoder": autoencoder_params["encoder"], "decoder": autoencoder_params["decoder"]}
+    return {"encoder": autoencoder_params["encoder"]}
+
+
+def _finished(run_dir: pathlib.Path) -> dict | None:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run(config: TransferConfig, splits: data_lib.Splits, workdir: pathlib.Path, *,
+        resume: bool, progress: bool, source: str) -> dict:
+    """Pretrains, then trains every (n, method); returns the results table."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"pretraining the convolutional autoencoder on {len(splits.train)} unlabelled images", flush=True)
+    pretrain_dir = workdir / "pretrain"
+    pre = train_and_evaluate(config.pretrain, get_model("conv_ae"), splits, pretrain_dir,
+                             experiment="transfer/pretrain", resume=resume and pretrain_dir.exists(),
+                             progress=progress)
+    ae_params = pre["best_state"].params
+    val = splits.val.take(data_lib.stratified_subset(splits.val.labels, config.val_size, config.seed))
+
+    results = {"pretrain": {"test": pre["test"], "train_seconds": pre["train_seconds"]}, "runs": []}
+    for n in config.labels:
+        labelled = splits.train.take(data_lib.stratified_subset(splits.train.labels, n, config.seed))
+        few = data_lib.Splits(train=labelled, val=val, test=splits.test)
+        steps_per_epoch = num_batches(len(labelled), config.classifier.batch_size)
+        epochs = -(-config.steps // steps_per_epoch)
+        for method in METHODS:
+            run_dir = workdir / f"n{n}" / method
+            summary = _finished(run_dir)
+            if summary is None:
+                print(f"\n{n} labels, {method}: {epochs} epochs of {steps_per_epoch} steps", flush=True)
+                cfg = method_config(config.classifier, method, epochs)
+                summary = train_and_evaluate(
+                    cfg, get_model(cfg.model), few, run_dir, experiment=f"transfer/n{n}/{method}",
+                    resume=resume and run_dir.exists(), progress=progress,
+                    pretrained=pretrained_groups(method, ae_params),
+                    extra={"labels": n, "method": method, "data_source": source},
+                )
+            results["runs"].append({"labels": n, "method": method,
+                                    "test_accuracy": summary["test"]["accuracy"],
+                                    "train_seconds": summary["train_seconds"]})
+    return results
+
+
+def results_table(results: dict) -> str:
+    runs = results["runs"]
+    labels = sorted({r["labels"] for r in runs})
+    acc = {(r["labels"], r["method"]): r["test_accuracy"] for r in runs}
+    header = "| labels | " + " | ".join(METHODS) + " |"
+    lines = [header, "|" + "---|" * (len(METHODS) + 1)]
+    for n in labels:
+        lines.append(f"| {n:,} | " + " | ".join(f"{100 * acc[n, m]:.2f} %" for m in METHODS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    setup_logging()
+    parser = argparse.ArgumentParser(prog="python -m experiments.transfer",
+                                     description="Report 003's pretrained-encoder classifiers with few labels.")
+    add = parser.add_argument
+    add("--labels", type=int, nargs="+", help="numbers of labelled training images (default 100 300 1000 3000)")
+    add("--steps", type=int, help="optimizer steps of each labelled run (default 600)")
+    add("--pretrain-epochs", type=int, help="autoencoder pretraining epochs (default 10)")
+    add("--seed", type=int, help="seed for the subsets, init, shuffling and dropout")
+    add("--workdir", type=pathlib.Path,
+        help=f"run directory (default a new {DEFAULT_RUNS_DIR}/transfer/<time>; with --resume the newest)")
+    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1")
+    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files")
+    add("--no-download", action="store_true", help="never download MNIST")
+    add("--resume", action="store_true", help="skip finished runs, continue the interrupted one")
+    add("--quick", action="store_true", help="2 label counts, short runs: a smoke test")
+    add("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else CONFIG
+    try:
+        seed = config.seed if args.seed is None else args.seed
+        config = dataclasses.replace(
+            config,
+            labels=tuple(args.labels) if args.labels else config.labels,
+            steps=args.steps or config.steps,
+            seed=seed,
+            pretrain=dataclasses.replace(config.pretrain, seed=seed,
+                                         epochs=args.pretrain_epochs or config.pretrain.epochs),
+            classifier=dataclasses.replace(config.classifier, seed=seed),
+        )
+        workdir = resolve_workdir("transfer", args.workdir, args.resume)
+    except (ValueError, ResumeError) as e:
+        parser.error(str(e))
+    try:
+        mnist = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+    p = config.pretrain
+    splits = data_lib.make_splits(mnist, val_fraction=p.val_fraction, seed=seed, train_size=p.train_size,
+                                  test_size=config.classifier.test_size)
+    try:
+        results = run(config, splits, workdir, resume=args.resume, progress=not args.no_progress,
+                      source=mnist.source)
+    except ResumeError as e:
+        parser.error(str(e))
+
+    curves = {m: [(r["labels"], r["test_accuracy"]) for r in results["runs"] if r["method"] == m]
+              for m in METHODS}
+    image = viz.figure_to_array(viz.accuracy_vs_labels_figure(curves))
+    viz.save_png(image, workdir / "accuracy_vs_labels.png")
+    with summaries.MetricWriter(workdir / "tensorboard") as writer:
+        writer.image("transfer/accuracy_vs_labels", 0, image)
+    results = {"config": dataclasses.asdict(config), "test_images": len(splits.test), **results}
+    write_json(workdir / "transfer.json", results)
+    print(f"\nTest accuracy ({len(splits.test)} test images) after {config.steps} steps per run; "
+          f"autoencoder test MSE {results['pretrain']['test']['mse']:.5f}.")
+    print("Report 003 publishes no number for this comparison.\n")
+    print(results_table(results))
+    print(f"\ntransfer.json, accuracy_vs_labels.png and every run's directory are in {workdir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
