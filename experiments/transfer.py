@@ -32,7 +32,7 @@ import pathlib
 import sys
 
 from mnist_jax import data as data_lib, summaries, viz
-from mnist_jax.experiment import DEFAULT_RUNS_DIR, resolve_workdir, setup_logging
+from mnist_jax.experiment import add_run_flags, resolve_workdir, setup_logging
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import num_batches
 from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
@@ -145,14 +145,8 @@ def main(argv=None) -> dict:
     add("--steps", type=int, help="optimizer steps of each labelled run (default 600)")
     add("--pretrain-epochs", type=int, help="autoencoder pretraining epochs (default 10)")
     add("--seed", type=int, help="seed for the subsets, init, shuffling and dropout")
-    add("--workdir", type=pathlib.Path,
-        help=f"run directory (default a new {DEFAULT_RUNS_DIR}/transfer/<time>; with --resume the newest)")
-    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1")
-    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files")
-    add("--no-download", action="store_true", help="never download MNIST")
-    add("--resume", action="store_true", help="skip finished runs, continue the interrupted one")
-    add("--quick", action="store_true", help="2 label counts, short runs: a smoke test")
-    add("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(parser, "transfer", resume_help="skip finished runs, continue the interrupted one",
+                  quick_help="2 label counts, short runs: a smoke test")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else CONFIG
     try:

@@ -48,16 +48,24 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     add("--seed", type=int, help="seed for init, split, shuffling, dropout and noise")
     add("--noise", choices=NOISE_KINDS, help="noise added to training images on the fly")
     add("--noise-level", type=float, help="Gaussian sigma, or salt-and-pepper probability")
+    add_run_flags(parser, name)
+    return parser
+
+
+def add_run_flags(parser: argparse.ArgumentParser, name: str,
+                  resume_help: str = "continue the run in --workdir from its newest checkpoint",
+                  quick_help: str = "a small stratified subset and 1 epoch: a smoke test") -> None:
+    """--workdir, the data flags, --resume, --quick and --no-progress."""
+    add = parser.add_argument
     add("--workdir", type=pathlib.Path,
         help=f"run directory (default: a new {DEFAULT_RUNS_DIR}/{name}/<time>; "
              "with --resume, the newest run there)")
     add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
     add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files (e.g. Kaggle's)")
     add("--no-download", action="store_true", help="never download MNIST")
-    add("--resume", action="store_true", help="continue the run in --workdir from its newest checkpoint")
-    add("--quick", action="store_true", help="a small stratified subset and 1 epoch: a smoke test")
+    add("--resume", action="store_true", help=resume_help)
+    add("--quick", action="store_true", help=quick_help)
     add("--no-progress", action="store_true", help="no progress bar")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: TrainConfig) -> TrainConfig:
