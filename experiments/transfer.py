@@ -1,6 +1,6 @@
 """Few labels: report 003's classifiers on its pretrained convolutional encoder.
 
-    python -m experiments.transfer           # 100, 300, 1,000, 3,000 labels; about 30 min on 2 CPU cores
+    python -m experiments.transfer           # 100, 300, 1,000, 3,000 labels; about 22 min on 2 CPU cores
     python -m experiments.transfer --quick   # 100 and 300 labels, a short pretraining: a smoke test
     python -m experiments.transfer --labels 50 500 --steps 1000
 
