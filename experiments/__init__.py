@@ -16,5 +16,5 @@ EXPERIMENTS = {
     "linear_ae": "linear autoencoder 784-128-784 of report 001: test MSE, reconstructions",
     "conv_ae": "convolutional autoencoder (latent 12) of report 003: test MSE and PSNR, reconstructions",
     "transfer": "report 003's encoder classifiers with 100-3,000 labels: scratch vs frozen vs fine-tuned vs decoding",
-    "benchmark": "training throughput (examples/s) of the CNN step, with and without the input pipeline",
+    "benchmark": "training throughput (examples/s) of the CNN step: alone, data on the host, data on the device",
 }

@@ -1,13 +1,16 @@
-"""Training throughput of the report CNN: with the input pipeline, and the step alone.
+"""Training throughput of the report CNN: the step alone, data on the host, data on the device.
 
     python -m experiments.benchmark                 # 200 timed steps each, batch 64
-    python -m experiments.benchmark --steps 50 --batch-size 128
+    python -m experiments.benchmark --steps 50 --batch-size 128 --dtype bfloat16
 
-Prints (and writes as JSON) examples/s of
+Prints (and writes as JSON) examples/s, on every device (data parallel), of
   - the model step alone: one batch already on the device, stepped repeatedly;
-  - the full pipeline: shuffled batches gathered from the uint8 arrays on the
-    host, sent to the device, noise and normalisation inside the jitted step;
-the step's compile time, and how long a second (cached) load of MNIST takes.
+  - data on the host: shuffled batches gathered from the uint8 arrays on the
+    host and sent to the devices, one jitted call a step (noise and
+    normalisation inside it);
+  - data on the device: the uint8 arrays on the devices, the same steps as one
+    `lax.scan` that gathers each batch there (no per-step Python dispatch);
+the compile times, and how long a second (cached) load of MNIST takes.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import data as data_lib, models, pipeline, train
+from mnist_jax import data as data_lib, models, parallel, pipeline, train
+from mnist_jax.experiment import setup
 from mnist_jax.pipeline import NoiseConfig
 
 
@@ -36,77 +40,106 @@ def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
     return time.perf_counter() - start, state
 
 
-def run(steps: int, batch_size: int, noise: NoiseConfig, data_dir=None, idx_dir=None) -> dict:
+def run(steps: int, batch_size: int, noise: NoiseConfig, dtype: str = "float32", data_dir=None,
+        idx_dir=None) -> dict:
     t0 = time.perf_counter()
     mnist = data_lib.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     load_seconds = time.perf_counter() - t0
     images, labels = mnist.train.images, mnist.train.labels
 
-    config = train.TrainConfig(batch_size=batch_size, noise=noise)
+    config = train.TrainConfig(batch_size=batch_size, noise=noise, dtype=dtype)
+    spec = config.step_config()
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(batch_size, mesh)
     model = models.get_model("cnn")
     tx = train.make_optimizer(config)  # One optimizer: the compiled step is bound to it.
 
     def fresh():
-        return train.create_train_state(model, tx, 0, jnp.zeros((1, 28, 28, 1)))
+        state = train.create_train_state(model, tx, 0, jnp.zeros((1, 28, 28, 1)))
+        return parallel.replicate(state, mesh)
 
-    step = train.make_train_step(config.step_config())
-    first = next(pipeline.iterate_batches(images, labels, batch_size))
+    step = train.make_train_step(spec, mesh)
+    first = parallel.shard_batch(next(pipeline.iterate_batches(images, labels, batch_size)), mesh)
 
     t0 = time.perf_counter()
     compiled = step.lower(fresh(), first).compile()
     compile_seconds = time.perf_counter() - t0
 
     # The model step alone: the same batch, already on the device.
-    device_batch = jax.device_put(first)
-    forever = iter(lambda: device_batch, None)
+    forever = iter(lambda: first, None)
     step_seconds, _ = time_steps(compiled, fresh(), forever, steps)
 
-    # The full pipeline, as the fit loop runs it.
+    # Data on the host: shuffled batches gathered there, one call a step, as
+    # fit() runs with --data-placement host.
     def epochs():
         for epoch in range(1_000_000):
             order = pipeline.epoch_order(jax.random.PRNGKey(0), epoch, len(labels))
-            yield from pipeline.iterate_batches(images, labels, batch_size, order=order)
+            for batch in pipeline.iterate_batches(images, labels, batch_size, order=order):
+                yield parallel.shard_batch(batch, mesh)
 
     pipeline_seconds, _ = time_steps(compiled, fresh(), epochs(), steps)
-    device = jax.devices()[0]
+
+    # Data on the device: `steps` steps as one lax.scan gathering batches
+    # there, as fit() runs with --data-placement device.
+    data = parallel.replicate({"image": images, "label": labels}, mesh)
+    order = pipeline.epoch_order(jax.random.PRNGKey(0), 0, len(labels))
+    indices, masks = pipeline.batch_indices(np.resize(order, steps * batch_size), batch_size)
+    steps_input = parallel.shard_steps((indices, masks), mesh)
+    scan = train.make_device_train_steps(spec, mesh)
+    t0 = time.perf_counter()
+    scan_compiled = scan.lower(fresh(), data, *steps_input).compile()
+    scan_compile_seconds = time.perf_counter() - t0
+    state = fresh()
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    state, metrics = scan_compiled(state, data, *steps_input)
+    jax.block_until_ready((state, metrics))
+    scan_seconds = time.perf_counter() - t0
+
     return {
         "model": "cnn",
         "batch_size": batch_size,
         "timed_steps": steps,
         "noise": noise.kind,
+        "dtype": dtype,
         "examples_per_second": {
             "step_alone": steps * batch_size / step_seconds,
-            "full_pipeline": steps * batch_size / pipeline_seconds,
+            "host_data": steps * batch_size / pipeline_seconds,
+            "device_data_scan": steps * batch_size / scan_seconds,
         },
         "compile_seconds": compile_seconds,
+        "scan_compile_seconds": scan_compile_seconds,
         "cached_data_load_seconds": load_seconds,
-        "device": {"platform": device.platform, "kind": device.device_kind, "count": jax.device_count()},
+        "device": parallel.describe(mesh),
         "jax": jax.__version__,
     }
 
 
 def format_result(result: dict) -> str:
     rate = result["examples_per_second"]
-    device = result["device"]
     return "\n".join([
         f"CNN train step, batch {result['batch_size']}, {result['timed_steps']} timed steps, "
-        f"{device['platform']} ({device['kind']}) x{device['count']}, jax {result['jax']}",
-        f"| measure                           | value      |",
-        f"|-----------------------------------|------------|",
-        f"| step alone (examples/s)           | {rate['step_alone']:10.0f} |",
-        f"| full input pipeline (examples/s)  | {rate['full_pipeline']:10.0f} |",
-        f"| compile time (s)                  | {result['compile_seconds']:10.2f} |",
-        f"| MNIST load, from cache (s)        | {result['cached_data_load_seconds']:10.2f} |",
+        f"{result['dtype']}, {parallel.format_devices(result['device'])}, jax {result['jax']}",
+        f"| measure                                               | value      |",
+        f"|-------------------------------------------------------|------------|",
+        f"| step alone, batch already on device (examples/s)      | {rate['step_alone']:10.0f} |",
+        f"| data on the host, one call a step (examples/s)        | {rate['host_data']:10.0f} |",
+        f"| data on the device, lax.scan over steps (examples/s)  | {rate['device_data_scan']:10.0f} |",
+        f"| compile time, step (s)                                | {result['compile_seconds']:10.2f} |",
+        f"| compile time, scan (s)                                | {result['scan_compile_seconds']:10.2f} |",
+        f"| MNIST load, from cache (s)                            | {result['cached_data_load_seconds']:10.2f} |",
     ])
 
 
 def main(argv=None) -> dict:
+    setup()
     parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--noise", choices=pipeline.NOISE_KINDS, default="gaussian",
                         help="noise added inside the step (default gaussian, to time the whole pipeline)")
     parser.add_argument("--noise-level", type=float, default=0.2)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     parser.add_argument("--data-dir", type=pathlib.Path)
     parser.add_argument("--idx-dir", type=pathlib.Path)
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/benchmark/benchmark.json"))
@@ -117,11 +150,12 @@ def main(argv=None) -> dict:
     steps = 5 if args.quick else args.steps
     try:
         noise = NoiseConfig(args.noise, args.noise_level)
+        parallel.check_batch_size(args.batch_size, parallel.data_mesh())
         # First load decodes and fills the cache; the measured load is the second.
         data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
-    result = run(steps, args.batch_size, noise, args.data_dir, args.idx_dir)
+    result = run(steps, args.batch_size, noise, args.dtype, args.data_dir, args.idx_dir)
     print(format_result(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))

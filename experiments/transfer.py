@@ -32,7 +32,8 @@ import pathlib
 import sys
 
 from mnist_jax import data as data_lib, summaries, viz
-from mnist_jax.experiment import add_run_flags, resolve_workdir, setup_logging
+from mnist_jax import parallel
+from mnist_jax.experiment import add_run_flags, resolve_workdir, setup
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import num_batches
 from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
@@ -137,7 +138,7 @@ def results_table(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    setup_logging()
+    setup()
     parser = argparse.ArgumentParser(prog="python -m experiments.transfer",
                                      description="Report 003's pretrained-encoder classifiers with few labels.")
     add = parser.add_argument
@@ -151,15 +152,20 @@ def main(argv=None) -> dict:
     config = QUICK if args.quick else CONFIG
     try:
         seed = config.seed if args.seed is None else args.seed
+        # --dtype and --data-placement apply to every run of the experiment.
+        shared = {k: getattr(args, k) for k in ("dtype", "data_placement") if getattr(args, k) is not None}
         config = dataclasses.replace(
             config,
             labels=tuple(args.labels) if args.labels else config.labels,
             steps=args.steps or config.steps,
             seed=seed,
             pretrain=dataclasses.replace(config.pretrain, seed=seed,
-                                         epochs=args.pretrain_epochs or config.pretrain.epochs),
-            classifier=dataclasses.replace(config.classifier, seed=seed),
+                                         epochs=args.pretrain_epochs or config.pretrain.epochs, **shared),
+            classifier=dataclasses.replace(config.classifier, seed=seed, **shared),
         )
+        mesh = parallel.data_mesh()
+        for part in (config.pretrain, config.classifier):
+            parallel.check_batch_size(part.batch_size, mesh, "training batch size")
         workdir = resolve_workdir("transfer", args.workdir, args.resume)
     except (ValueError, ResumeError) as e:
         parser.error(str(e))

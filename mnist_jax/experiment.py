@@ -14,12 +14,13 @@ import pathlib
 import sys
 from typing import Sequence
 
-from mnist_jax import data as data_lib
+from mnist_jax import data as data_lib, parallel
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
-from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate
+from mnist_jax.precision import DTYPES
+from mnist_jax.train import DATA_PLACEMENTS, ResumeError, TrainConfig, train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
 
@@ -55,8 +56,14 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
 def add_run_flags(parser: argparse.ArgumentParser, name: str,
                   resume_help: str = "continue the run in --workdir from its newest checkpoint",
                   quick_help: str = "a small stratified subset and 1 epoch: a smoke test") -> None:
-    """--workdir, the data flags, --resume, --quick and --no-progress."""
+    """--workdir, the data flags, --dtype, --data-placement, --resume, --quick and --no-progress."""
     add = parser.add_argument
+    add("--dtype", choices=tuple(DTYPES),
+        help="compute dtype (default float32); bfloat16 keeps parameters, optimizer state and "
+             "loss in float32")
+    add("--data-placement", choices=DATA_PLACEMENTS,
+        help="where the training set lives: on the devices, epochs as lax.scan ('device'), or "
+             "on the host, one call per step ('host'); default 'auto': device where it fits")
     add("--workdir", type=pathlib.Path,
         help=f"run directory (default: a new {DEFAULT_RUNS_DIR}/{name}/<time>; "
              "with --resume, the newest run there)")
@@ -69,19 +76,26 @@ def add_run_flags(parser: argparse.ArgumentParser, name: str,
 
 
 def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: TrainConfig) -> TrainConfig:
-    """The experiment's (or quick) defaults, overridden by the flags given."""
+    """The experiment's (or quick) defaults, overridden by the flags given.
+
+    Raises ValueError for a bad value, including a batch size that does not
+    split across the devices.
+    """
     base = quick if args.quick else config
     overrides = {
         field: getattr(args, field)
-        for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed")
-        if getattr(args, field) is not None
+        for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "dtype",
+                      "data_placement")
+        if getattr(args, field, None) is not None
     }
     if args.noise is not None or args.noise_level is not None:
         overrides["noise"] = NoiseConfig(
             kind=args.noise if args.noise is not None else base.noise.kind,
             level=args.noise_level if args.noise_level is not None else base.noise.level,
         )
-    return dataclasses.replace(base, **overrides)
+    config = dataclasses.replace(base, **overrides)
+    parallel.check_batch_size(config.batch_size, parallel.data_mesh(), "training batch size")
+    return config
 
 
 def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool) -> pathlib.Path:
@@ -134,7 +148,10 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
                       *map(line, rows)])
 
 
-def setup_logging() -> None:
+def setup() -> None:
+    """Logging, and jax.distributed where the environment asks for it
+    (mnist_jax.parallel.initialize_distributed): before anything uses JAX."""
+    parallel.initialize_distributed()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -173,7 +190,7 @@ def run_experiment(
     argv: Sequence[str] | None = None,
 ) -> dict:
     """Parses flags, trains and evaluates, prints the report-vs-ours table."""
-    setup_logging()
+    setup()
     parser = build_parser(name, description)
     args = parser.parse_args(argv)
     try:

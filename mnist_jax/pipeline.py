@@ -132,4 +132,9 @@ def iterate_batches(
         order = np.arange(labels.shape[0])
     indices, mask = batch_indices(order, batch_size)
     for idx, m in zip(indices[start:], mask[start:]):
-        yield {"image": images[idx], "label": labels[idx], "mask": m}
+        yield gather_batch(images, labels, idx, m)
+
+
+def gather_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, mask: np.ndarray) -> Batch:
+    """The batch of examples `indices` (B,), with its padding mask (B,)."""
+    return {"image": images[indices], "label": labels[indices], "mask": mask}

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_jax import pipeline
+from mnist_jax import pipeline, precision
 from mnist_jax.pipeline import NoiseConfig
 
 TASKS = ("classify", "reconstruct", "classify_decode")
@@ -40,14 +40,17 @@ class StepConfig:
       as the autoencoders, whose sigmoid outputs live there).
     noise: added to the training inputs (never to the reconstruction target).
     recon_weight: weight of the MSE term of "classify_decode".
+    dtype: the compute dtype, "float32" or "bfloat16" (see mnist_jax.precision).
     """
 
     task: str = "classify"
     input_norm: str = "mnist"
     noise: NoiseConfig = NoiseConfig()
     recon_weight: float = 1.0
+    dtype: str = "float32"
 
     def __post_init__(self):
+        precision.check_dtype(self.dtype)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
         if self.input_norm not in INPUT_NORMS:

@@ -1,7 +1,10 @@
 """Train state, pure jitted steps, and the fit loop with checkpoints and logging.
 
 The step is a pure function `state, batch -> state, metrics`, jitted once
-per run. Randomness is stateless: the state holds one root key, and step `s`
+per run with the shardings of `mnist_jax.parallel` (batch split across the
+devices, state replicated). Where the training set fits on the devices, an
+epoch runs as `lax.scan` over steps that gather their batches there; else
+batches come from the host, one call per step. Randomness is stateless: the state holds one root key, and step `s`
 uses `fold_in(key, s)` for its dropout and noise, so a run resumed from any
 checkpoint replays exactly the steps it would have taken.
 """
@@ -26,13 +29,19 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from mnist_jax import checkpoints, metrics as metrics_lib, pipeline, summaries, tasks, viz
+from mnist_jax import checkpoints, metrics as metrics_lib, parallel, pipeline, precision, summaries, tasks, viz
 from mnist_jax.data import Split, Splits
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
+# "device": the training set lives on the devices and steps run in lax.scan;
+# "host": batches gathered on the host, one jitted call a step;
+# "auto": "device" on GPU and TPU where the set fits (parallel.fits_on_devices),
+#   "host" on CPU, where XLA runs a scanned CNN step ~6x slower than a
+#   dispatched one (experiments.benchmark) and dispatch costs nothing.
+DATA_PLACEMENTS = ("auto", "device", "host")
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,10 @@ class TrainConfig:
     # (optax.set_to_zero). Empty: everything trains.
     trainable: tuple[str, ...] = ()
     recon_weight: float = 1.0  # "classify_decode": CE + recon_weight * MSE.
+    # Compute dtype: "float32", or "bfloat16" with float32 parameters,
+    # optimizer state and loss (mnist_jax.precision).
+    dtype: str = "float32"
+    data_placement: str = "auto"  # One of DATA_PLACEMENTS.
     seed: int = 0
     val_fraction: float = 0.1
     noise: NoiseConfig = NoiseConfig()
@@ -89,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.data_placement not in DATA_PLACEMENTS:
+            raise ValueError(f"unknown data_placement {self.data_placement!r}; choose one of {DATA_PLACEMENTS}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
@@ -96,7 +111,7 @@ class TrainConfig:
 
     def step_config(self) -> StepConfig:
         return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
-                          recon_weight=self.recon_weight)
+                          recon_weight=self.recon_weight, dtype=self.dtype)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -231,14 +246,16 @@ def train_step(state: TrainState, batch: dict, *, spec: StepConfig) -> tuple[Tra
     """
     dropout_key, noise_key = step_keys(state.key, state.step)
     inputs, target = tasks.model_inputs(batch["image"], noise_key, spec)
+    inputs = precision.to_compute(inputs, spec.dtype)
     labels, mask = batch["label"], batch["mask"]
 
     def loss_fn(params):
         outputs, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
+            {"params": precision.to_compute(params, spec.dtype), "batch_stats": state.batch_stats},
             inputs, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"],
             **_apply_kwargs(state, mask),
         )
+        outputs = precision.to_float32(outputs, spec.dtype)
         terms = tasks.per_example_terms(outputs, target, labels, spec)
         return masked_mean(terms["loss"], mask), (terms, updates)
 
@@ -247,22 +264,60 @@ def train_step(state: TrainState, batch: dict, *, spec: StepConfig) -> tuple[Tra
     return state, _masked_sums(jax.lax.stop_gradient(terms), mask)
 
 
-def make_train_step(spec: StepConfig) -> Callable:
-    """The jitted step; the old state's buffers are donated to the new one."""
-    return jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0)
+def make_train_step(spec: StepConfig, mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """The jitted step over `mesh` (default: every device): the batch split
+    along its first axis, the state replicated; the old state's buffers are
+    donated to the new one."""
+    mesh = mesh or parallel.data_mesh()
+    state_sharding, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0,
+                   in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, state_sharding))
 
 
-def predict(state: TrainState, inputs: jax.Array):
-    """The model's outputs in inference mode (running BN statistics, no dropout)."""
-    return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, inputs,
-                          train=False)
+def train_steps_on_device(state: TrainState, data: dict, indices: jax.Array, masks: jax.Array, *,
+                          spec: StepConfig, mesh: jax.sharding.Mesh) -> tuple[TrainState, dict]:
+    """K train steps as one `lax.scan`, gathering each batch on the device.
+
+    data: image (N, 28, 28, 1) uint8 (or float features), label (N,) int32,
+      replicated on every device.
+    indices, masks: (K, B) example indices and padding mask of each step's
+      batch, split along B.
+    Returns the state after K steps and each step's metric sums, stacked (K,).
+    """
+    batch_sharding = parallel.batch_sharded(mesh)
+
+    def one_step(state, step_input):
+        idx, mask = step_input  # (B,) each
+        batch = {"image": data["image"][idx], "label": data["label"][idx], "mask": mask}
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return train_step(state, batch, spec=spec)
+
+    return jax.lax.scan(one_step, state, (indices, masks))
 
 
-@functools.partial(jax.jit, static_argnames="spec")
+def make_device_train_steps(spec: StepConfig, mesh: jax.sharding.Mesh) -> Callable:
+    """`train_steps_on_device`, jitted once per scan length."""
+    replicated = parallel.replicated(mesh)
+    steps_sharding = parallel.steps_sharded(mesh)
+    return jax.jit(functools.partial(train_steps_on_device, spec=spec, mesh=mesh), donate_argnums=0,
+                   in_shardings=(replicated, replicated, steps_sharding, steps_sharding),
+                   out_shardings=(replicated, replicated))
+
+
+def predict(state: TrainState, inputs: jax.Array, dtype: str = "float32"):
+    """The model's outputs in inference mode (running BN statistics, no
+    dropout), computed in `dtype` and returned as float32."""
+    params = precision.to_compute(state.params, dtype)
+    outputs = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                             precision.to_compute(inputs, dtype), train=False)
+    return precision.to_float32(outputs, dtype)
+
+
 def eval_step(state: TrainState, batch: dict, *, spec: StepConfig) -> dict:
     """Metric sums of a clean batch, plus predicted classes where the task classifies."""
     inputs, target = tasks.model_inputs(batch["image"], None, spec)
-    outputs = predict(state, inputs)
+    outputs = predict(state, inputs, spec.dtype)
     terms = tasks.per_example_terms(outputs, target, batch["label"], spec)
     if "mse" in terms:
         terms["psnr"] = tasks.psnr(terms["mse"])
@@ -280,13 +335,26 @@ def _means(sums: dict) -> dict:
     return {names[k]: float(v) / count for k, v in sums.items() if k in names}
 
 
-def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig = StepConfig()) -> dict:
+@functools.lru_cache(maxsize=None)
+def make_eval_step(spec: StepConfig, mesh: jax.sharding.Mesh) -> Callable:
+    """The jitted eval step over `mesh`; results replicated on every device."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(functools.partial(eval_step, spec=spec),
+                   in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+
+
+def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig = StepConfig(),
+             mesh: jax.sharding.Mesh | None = None) -> dict:
     """Mean loss and task metrics over a whole split (no example dropped);
-    "predictions" (N,) too where the task classifies."""
-    outputs = jax.device_get([
-        eval_step(state, batch, spec=spec)
-        for batch in pipeline.iterate_batches(split.images, split.labels, batch_size)
-    ])
+    "predictions" (N,) too where the task classifies.
+
+    The batch size is rounded up to a multiple of the device count: batches
+    are padded and masked, so the numbers do not change.
+    """
+    mesh = mesh or parallel.data_mesh()
+    step = make_eval_step(spec, mesh)
+    batches = pipeline.iterate_batches(split.images, split.labels, parallel.round_up(batch_size, mesh))
+    outputs = jax.device_get([step(state, parallel.shard_batch(batch, mesh)) for batch in batches])
     sums = {k: sum(o[k] for o in outputs) for k in outputs[0] if k != "predictions"}
     result = _means(sums)
     if spec.classifies:
@@ -294,10 +362,11 @@ def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig 
     return result
 
 
-def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConfig) -> dict:
+def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConfig,
+                mesh: jax.sharding.Mesh | None = None) -> dict:
     """evaluate(), plus macro F1, the per-class report and the confusion
     matrix where the task classifies."""
-    result = evaluate(state, split, batch_size, spec)
+    result = evaluate(state, split, batch_size, spec, mesh)
     if not spec.classifies:
         return result
     cm = metrics_lib.confusion_matrix(split.labels, result.pop("predictions"))
@@ -306,26 +375,20 @@ def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConf
             "confusion_matrix": cm.tolist()}
 
 
-def describe_devices() -> dict:
-    devices = jax.devices()
-    return {
-        "count": len(devices),
-        "platform": devices[0].platform,
-        "kinds": sorted({d.device_kind for d in devices}),
-    }
-
-
 class ResumeError(Exception):
     """A run cannot be resumed as asked."""
 
 
-# Config fields a resumed run may change without changing its numbers.
+# Config fields a resumed run may change without changing its numbers
+# (data_placement: beyond float rounding).
 RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                     "eval_batch_size")
+                     "eval_batch_size", "data_placement")
 
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
     current = json.loads(json.dumps(config.to_dict()))
+    # Fields added since the checkpoint was written read as their defaults.
+    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
     free = set(RESUMABLE_CHANGES)
     if config.schedule != "constant":
         free.discard("epochs")  # The schedule's length is the run's length.
@@ -395,6 +458,31 @@ def _is_better(value: float, best: dict | None, key: str, mode: str) -> bool:
     return value > best[key] if mode == "max" else value < best[key]
 
 
+def _chunks(offset: int, steps_per_epoch: int, length: int) -> list[tuple[int, int]]:
+    """[begin, end) step ranges of an epoch from `offset`, cut at multiples of `length`."""
+    bounds = sorted({*range(offset, steps_per_epoch, length), offset, steps_per_epoch})
+    bounds = [b for b in bounds if b >= offset]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _per_step(first_step: int, metrics: dict) -> list[tuple[int, dict]]:
+    """(global step, metric sums) of one fetched step, or of K stacked ones."""
+    if np.ndim(next(iter(metrics.values()))) == 0:
+        return [(first_step, metrics)]
+    count = len(next(iter(metrics.values())))
+    return [(first_step + i, {k: v[i] for k, v in metrics.items()}) for i in range(count)]
+
+
+def resolve_data_placement(config: TrainConfig, train: Split, mesh: jax.sharding.Mesh) -> str:
+    """"device" or "host": where the training set lives during the run (see DATA_PLACEMENTS)."""
+    if config.data_placement != "auto":
+        return config.data_placement
+    if mesh.devices.flat[0].platform == "cpu":
+        return "host"
+    nbytes = train.images.nbytes + train.labels.nbytes
+    return "device" if parallel.fits_on_devices(nbytes, mesh) else "host"
+
+
 def fit(
     config: TrainConfig,
     model: nn.Module,
@@ -406,25 +494,33 @@ def fit(
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
     pretrained: dict | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Trains `model`, saving the latest and best checkpoints into `ckpts`.
 
     The best checkpoint is the one with the best validation accuracy (tasks
-    that classify) or the lowest validation loss (reconstruction).
+    that classify) or the lowest validation loss (reconstruction). A latest
+    checkpoint is saved every `checkpoint_every_steps` steps into each epoch
+    and at its end.
 
     Args:
       resume: continue from the newest checkpoint, exactly where it stopped
         (mid-epoch too).
-      on_step: called with the global step after each step (tests use it to
-        interrupt a run).
+      on_step: called with the global step after each call of the step
+        function: every step with the data on the host, every scan with it
+        on the device (tests use it to interrupt a run).
       pretrained: top-level parameter groups to start from (see
         `load_pretrained`); ignored on resume, where the checkpoint has them.
+      mesh: the devices to train on (default: all of them).
 
     Returns:
-      {"state", "history", "best", "train_seconds", "first_step_seconds"}.
+      {"state", "history", "best", "train_seconds", "first_step_seconds",
+       "data_placement"}.
     """
     train = splits.train
     spec = config.step_config()
+    mesh = mesh or parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh, "training batch size")
     steps_per_epoch = pipeline.num_batches(len(train), config.batch_size)
     select_key, select_mode = spec.selection
 
@@ -432,6 +528,8 @@ def fit(
     state = create_train_state(model, make_optimizer(config, steps_per_epoch), config.seed, sample)
     if pretrained:
         state = load_pretrained(state, pretrained)
+    # Replicated before any restore: Orbax restores into the target's shardings.
+    state = parallel.replicate(state, mesh)
     _, _, shuffle_key = run_keys(config.seed)
     meta = {"history": [], "best": None, "epoch_sums": {}, "train_seconds": 0.0}
 
@@ -442,10 +540,23 @@ def fit(
         _check_resumable(saved["config"], config)
         meta.update({k: saved[k] for k in meta})
         log.info("Resumed at step %d", int(state.step))
-    step_fn = make_train_step(spec)
+
+    placement = resolve_data_placement(config, train, mesh)
+    print(f"training data on the {placement}: " + (
+        f"lax.scan over up to {config.checkpoint_every_steps} steps a call" if placement == "device"
+        else "one jitted call a step"), flush=True)
+    if placement == "device":
+        data = parallel.replicate({"image": train.images, "label": train.labels}, mesh)
+        scan_fn = make_device_train_steps(spec, mesh)
+        chunk_length = config.checkpoint_every_steps
+    else:
+        step_fn = make_train_step(spec, mesh)
+        chunk_length = 1
+
     start = int(state.step)
     sums = _EpochSums(meta["epoch_sums"])
-    pending: list[dict] = []
+    pending: list[tuple[int, dict]] = []  # (first step, device-side metric sums)
+    unlogged: list[tuple[int, dict]] = []  # (step, host-side metric sums)
     first_step_seconds = None
     clock = time.perf_counter()
     elapsed_before = meta["train_seconds"]
@@ -454,37 +565,54 @@ def fit(
         return {**meta, "config": config.to_dict(), "epoch_sums": dict(sums.sums),
                 "train_seconds": elapsed_before + time.perf_counter() - clock}
 
+    def fetch_pending() -> None:
+        nonlocal pending
+        for first, fetched in zip([p[0] for p in pending], jax.device_get([p[1] for p in pending])):
+            unlogged.extend(_per_step(first, fetched))
+        pending = []
+
     for epoch in range(start // steps_per_epoch, config.epochs):
-        offset = start - epoch * steps_per_epoch if epoch == start // steps_per_epoch else 0
+        epoch_start = epoch * steps_per_epoch
+        offset = start - epoch_start if epoch == start // steps_per_epoch else 0
         order = pipeline.epoch_order(shuffle_key, epoch, len(train))
-        batches = pipeline.iterate_batches(
-            train.images, train.labels, config.batch_size, order=order, start=offset
-        )
+        indices, masks = pipeline.batch_indices(order, config.batch_size)  # (steps, B) each
         bar = tqdm(total=steps_per_epoch, initial=offset, disable=not progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
-        for step_in_epoch, batch in enumerate(batches, start=offset):
-            state, step_metrics = step_fn(state, batch)
-            pending.append(step_metrics)
-            step = epoch * steps_per_epoch + step_in_epoch + 1
+        for begin, end in _chunks(offset, steps_per_epoch, chunk_length):
+            if placement == "device":
+                steps_input = parallel.shard_steps((indices[begin:end], masks[begin:end]), mesh)
+                state, step_metrics = scan_fn(state, data, *steps_input)
+            else:
+                batch = pipeline.gather_batch(train.images, train.labels, indices[begin], masks[begin])
+                state, step_metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+            pending.append((epoch_start + begin + 1, step_metrics))
+            step = epoch_start + end
             if first_step_seconds is None:
                 jax.block_until_ready(step_metrics)
                 first_step_seconds = time.perf_counter() - clock
-            end_of_epoch = step_in_epoch + 1 == steps_per_epoch
-            if step % config.log_every_steps == 0 or end_of_epoch:
-                loss, count = sums.add(jax.device_get(pending))
-                pending = []
-                writer.scalars(step, {"train/loss_step": loss / max(count, 1)})
+            end_of_epoch = end == steps_per_epoch
+            log_steps = [s for s in range(epoch_start + begin + 1, step + 1) if s % config.log_every_steps == 0]
+            if end_of_epoch and step not in log_steps:
+                log_steps.append(step)
+            if log_steps:
+                fetch_pending()
+                for log_step in log_steps:
+                    window = [m for s, m in unlogged if s <= log_step]
+                    unlogged = [(s, m) for s, m in unlogged if s > log_step]
+                    loss, count = sums.add(window)
+                    writer.scalars(log_step, {"train/loss_step": loss / max(count, 1)})
                 bar.set_postfix(loss=f"{sums.means().get('loss', float('nan')):.4f}")
-            if step % config.checkpoint_every_steps == 0 and not end_of_epoch:
-                sums.add(jax.device_get(pending))
-                pending = []
+            if end % config.checkpoint_every_steps == 0 and not end_of_epoch:
+                fetch_pending()
+                sums.add([m for _, m in unlogged])
+                unlogged = []
                 ckpts.save_latest(step, state, snapshot())
-            bar.update(1)
+            bar.update(end - begin)
             if on_step is not None:
                 on_step(step)
         bar.close()
 
-        val = evaluate(state, splits.val, config.eval_batch_size, spec)
+        val = evaluate(state, splits.val, config.eval_batch_size, spec, mesh)
         val.pop("predictions", None)
         record = {
             "epoch": epoch + 1,
@@ -516,6 +644,7 @@ def fit(
         "best": meta["best"],
         "train_seconds": train_seconds,
         "first_step_seconds": first_step_seconds,
+        "data_placement": placement,
     }
 
 
@@ -536,7 +665,7 @@ def reconstruction_examples(state: TrainState, split: Split, spec: StepConfig, c
     """(originals, reconstructions) of the split's first `count` images, [0, 1] floats."""
     images = split.images[:count]
     inputs, clean = tasks.model_inputs(jnp.asarray(images), None, spec)
-    recon = tasks.reconstruction(jax.jit(predict)(state, inputs), spec)
+    recon = tasks.reconstruction(jax.jit(predict, static_argnums=2)(state, inputs, spec.dtype), spec)
     return np.asarray(clean), np.asarray(recon)
 
 
@@ -552,13 +681,14 @@ def train_and_evaluate(
     progress: bool = True,
     extra: dict | None = None,
     pretrained: dict | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Trains, scores the best checkpoint on the test set, and writes
     `metrics.json`, figures (confusion matrix, reconstructions) and
-    TensorBoard hparams.
+    TensorBoard hparams (process 0 only, where several run).
 
     Without `resume`, a `workdir` that already holds checkpoints is refused,
-    so nothing saved is overwritten.
+    so nothing saved is overwritten. `mesh`: the devices (default: all).
 
     Returns the contents of metrics.json plus the final "state" and the
     "best_state" that was scored.
@@ -570,22 +700,27 @@ def train_and_evaluate(
             "or choose another --workdir; nothing was changed."
         )
     spec = config.step_config()
+    mesh = mesh or parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh, "training batch size")  # Before any file.
+    devices = parallel.describe(mesh)
+    is_main = parallel.is_main_process()
+    print(f"devices: {parallel.format_devices(devices)}; compute {config.dtype}", flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     with checkpoints.RunCheckpoints(workdir, max_to_keep=config.keep_checkpoints) as ckpts, \
-            summaries.MetricWriter(workdir / "tensorboard") as writer:
+            summaries.MetricWriter(workdir / "tensorboard", enabled=is_main) as writer:
         result = fit(config, model, splits, ckpts, writer, resume=resume, on_step=on_step,
-                     progress=progress, pretrained=pretrained)
+                     progress=progress, pretrained=pretrained, mesh=mesh)
         state = result["state"]
         best_state, _ = ckpts.restore_best(state)
-        test = score_split(best_state, splits.test, config.eval_batch_size, spec)
+        test = score_split(best_state, splits.test, config.eval_batch_size, spec, mesh)
         final_step = int(state.step)
-        if spec.classifies:
+        if spec.classifies and is_main:
             cm_image = viz.confusion_matrix_image(
                 np.array(test["confusion_matrix"]), f"{experiment}: test confusion matrix"
             )
             writer.image("test/confusion_matrix", final_step, cm_image)
             viz.save_png(cm_image, workdir / "confusion_matrix.png")
-        if spec.reconstructs and splits.test.images.dtype == np.uint8:
+        if spec.reconstructs and splits.test.images.dtype == np.uint8 and is_main:
             originals, recon = reconstruction_examples(best_state, splits.test, spec)
             grid = viz.reconstruction_grid_image(originals, recon, f"{experiment}: test reconstructions")
             writer.image("test/reconstructions", final_step, grid)
@@ -608,11 +743,13 @@ def train_and_evaluate(
         "history": result["history"],
         "train_seconds": result["train_seconds"],
         "first_step_seconds": result["first_step_seconds"],
-        "devices": describe_devices(),
+        "devices": devices,
+        "data_placement": result["data_placement"],
         "versions": {"jax": jax.__version__, "flax": _version("flax"), "optax": optax.__version__},
         **(extra or {}),
     }
-    write_json(workdir / "metrics.json", summary)
+    if is_main:
+        write_json(workdir / "metrics.json", summary)
     return {**summary, "state": state, "best_state": best_state}
 
 

@@ -15,15 +15,15 @@ import dataclasses
 import pathlib
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import data as data_lib, pipeline, pretrained
+from mnist_jax import data as data_lib, parallel, pipeline, pretrained
 from mnist_jax.experiment import (Reference, build_parser, config_from_args, load_splits,
-                                  print_results, resolve_workdir, setup_logging)
+                                  print_results, resolve_workdir, setup)
 from mnist_jax.models.transfer import ARCHITECTURES, TransferNet, head_for
 from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
 
@@ -41,24 +41,44 @@ def resolve_weights(arch: str, choice: str) -> tuple[dict | None, str]:
         f"ImageNet, torchvision ({path.name})"
 
 
-def make_feature_extractor(model: TransferNet):
-    """A jitted `(feature_params, uint8 images (B, 28, 28, 1)) -> (B, h, w, C)`.
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+    """`(feature_params, uint8 images (B, 28, 28, 1)) -> (B, h, w, C)` on `mesh`:
+    batches split across its devices, the features whole on every process."""
+
+    jitted: Callable
+    mesh: jax.sharding.Mesh
+
+    def __call__(self, feature_params: dict, images: np.ndarray) -> jax.Array:
+        return self.jitted(parallel.replicate(feature_params, self.mesh),
+                           parallel.shard_batch(images, self.mesh))
+
+
+def make_feature_extractor(model: TransferNet, mesh: jax.sharding.Mesh | None = None) -> FeatureExtractor:
+    """The frozen layers of `model`, jitted over `mesh` (default: every device).
 
     Compiled once per batch shape and shared by every split; the weights are
     an argument, not constants baked into the program (for VGG16 that would
     be 58 MB of constants to compile).
     """
+    mesh = mesh or parallel.data_mesh()
+
     def extract(feature_params, images):
         x = pipeline.to_unit_range(images)  # (B, 28, 28, 1)
         return model.apply({"params": {"features": feature_params}}, x, method=TransferNet.extract)
 
-    return jax.jit(extract)
+    replicated = parallel.replicated(mesh)
+    jitted = jax.jit(extract, in_shardings=(replicated, parallel.batch_sharded(mesh)),
+                     out_shardings=replicated)
+    return FeatureExtractor(jitted, mesh)
 
 
-def extract_features(extractor, feature_params: dict, images: np.ndarray,
+def extract_features(extractor: FeatureExtractor, feature_params: dict, images: np.ndarray,
                      batch_size: int = 256) -> np.ndarray:
     """The frozen layers' outputs (N, h, w, C) float32 for uint8 images (N, 28, 28, 1)."""
     labels = np.zeros(len(images), np.int32)
+    feature_params = parallel.replicate(feature_params, extractor.mesh)  # Once, not per batch.
+    batch_size = parallel.round_up(batch_size, extractor.mesh)
     chunks = [np.asarray(extractor(feature_params, b["image"]))[b["mask"]]
               for b in pipeline.iterate_batches(images, labels, batch_size)]
     return np.concatenate(chunks)
@@ -74,7 +94,7 @@ def run_transfer(
     quick_image_size: int,
     argv: Sequence[str] | None = None,
 ) -> dict:
-    setup_logging()
+    setup()
     parser = build_parser(name, description)
     parser.add_argument("--weights", default=None,
                         help="'torchvision' (download the ImageNet weights; the default), 'none' "

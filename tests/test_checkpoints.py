@@ -43,7 +43,8 @@ class Interrupt(Exception):
 
 def run(config, splits, workdir, *, resume=False, stop_at=None):
     def on_step(step):
-        if step == stop_at:
+        # Host data: called every step; device data: after every scan call.
+        if stop_at is not None and step >= stop_at:
             raise Interrupt  # As if the process died here, between checkpoints.
 
     return train.train_and_evaluate(
@@ -52,12 +53,19 @@ def run(config, splits, workdir, *, resume=False, stop_at=None):
     )
 
 
-@pytest.mark.parametrize("stop_at", [15, 10])  # mid-epoch 2, off a checkpoint; an epoch's end
-def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, stop_at):
-    reference = run(CONFIG, synthetic_splits, tmp_path / "straight")
+@pytest.mark.parametrize("placement, stop_at", [
+    ("host", 15),  # mid-epoch 2, off a checkpoint: steps 15 and 16 are replayed
+    ("host", 10),  # an epoch's end
+    ("device", 15),  # scan calls of 5 steps: the one that passes step 15 ends there, a checkpoint
+])
+def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement, stop_at):
+    config = dataclasses.replace(CONFIG, data_placement=placement)
+    if placement == "device":  # One scan length, so one compilation.
+        config = dataclasses.replace(config, checkpoint_every_steps=5)
+    reference = run(config, synthetic_splits, tmp_path / "straight")
     with pytest.raises(Interrupt):
-        run(CONFIG, synthetic_splits, tmp_path / "resumed", stop_at=stop_at)
-    resumed = run(CONFIG, synthetic_splits, tmp_path / "resumed", resume=True)
+        run(config, synthetic_splits, tmp_path / "resumed", stop_at=stop_at)
+    resumed = run(config, synthetic_splits, tmp_path / "resumed", resume=True)
     assert int(resumed["state"].step) == int(reference["state"].step) == 30
     chex.assert_trees_all_close(resumed["state"].params, reference["state"].params, atol=1e-6, rtol=0)
     chex.assert_trees_all_close(resumed["state"].batch_stats, reference["state"].batch_stats, atol=1e-6, rtol=0)

@@ -1,6 +1,7 @@
 """The train step: pure, learns, compiles once; evaluation sees every example."""
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_jax import metrics, models, pipeline, train
+from mnist_jax import metrics, models, parallel, pipeline, train
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import synthetic_split
@@ -38,7 +39,9 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
 
 
 def test_step_compiles_once_across_steps(state, batch):
-    step = train.make_train_step(StepConfig(noise=NoiseConfig("gaussian", 0.1)))
+    mesh = parallel.data_mesh()
+    step = train.make_train_step(StepConfig(noise=NoiseConfig("gaussian", 0.1)), mesh)
+    state = parallel.replicate(state, mesh)  # As fit() places it.
     for i in range(4):
         partial = dict(batch, mask=np.arange(64) < 64 - 10 * i)  # a padded last batch too
         state, _ = step(state, partial)
@@ -101,3 +104,72 @@ def test_optimizer_is_pytorch_adam_with_l2():
 def test_bad_config_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(train.TrainConfig(), **{field: value})
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "vit", "conv_ae"])
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
+    """--dtype bfloat16: convolutions and matmuls in bf16; parameters,
+    optimizer state, batch-norm statistics and the loss stay float32."""
+    task = "reconstruct" if model_name == "conv_ae" else "classify"
+    config = train.TrainConfig(model=model_name, task=task, dtype="bfloat16",
+                               input_norm="unit" if task == "reconstruct" else "mnist")
+    small = {"vit": {"depth": 2, "dim": 64}}.get(model_name, {})  # Same layers, less to compile.
+    model = models.get_model(model_name, **small)
+    state = train.create_train_state(model, train.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
+    split = synthetic_split(16)
+    batch = {"image": split.images, "label": split.labels, "mask": np.ones(16, bool)}
+    spec = config.step_config()
+    step = jax.jit(train.train_step, static_argnames="spec")
+    hlo = step.lower(state, batch, spec=spec).as_text()
+    assert "bf16" in hlo and ("convolution" in hlo or "dot_general" in hlo)
+    new, metrics = step(state, batch, spec=spec)
+    floating = [x for x in jax.tree.leaves((new.params, new.opt_state, new.batch_stats))
+                if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert floating and all(x.dtype == jnp.float32 for x in floating)
+    assert metrics["loss_sum"].dtype == jnp.float32
+    # Same step in float32: the bf16 loss agrees to bf16's ~3 significant digits.
+    _, reference = step(state, batch, spec=dataclasses.replace(spec, dtype="float32"))
+    np.testing.assert_allclose(metrics["loss_sum"], reference["loss_sum"], rtol=3e-2)
+
+
+def test_float32_programs_carry_no_casts(state, batch):
+    hlo = jax.jit(train.train_step, static_argnames="spec").lower(state, batch, spec=StepConfig()).as_text()
+    assert "bf16" not in hlo
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match="compute dtype 'float16'"):
+        train.TrainConfig(dtype="float16")
+
+
+def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_path):
+    """The lax.scan epoch gives the per-step path's numbers."""
+    results = {}
+    for placement in ("host", "device"):
+        config = train.TrainConfig(epochs=1, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
+                                   log_every_steps=3, noise=NoiseConfig("gaussian", 0.2),
+                                   data_placement=placement)
+        results[placement] = train.train_and_evaluate(
+            config, models.get_model("cnn"), synthetic_splits, tmp_path / placement, experiment="test",
+            progress=False)
+        assert results[placement]["data_placement"] == placement
+    host, device = results["host"], results["device"]
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in device["history"]], [h[key] for h in host["history"]],
+                                   rtol=1e-4, err_msg=key)  # Fusion differs: not bitwise.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3),
+                 device["state"].params, host["state"].params)
+
+
+def test_auto_placement_puts_mnist_on_accelerators_and_keeps_cpu_on_the_host(synthetic_splits):
+    auto, mnist = train.TrainConfig(), synthetic_splits.train
+    gpu = types.SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": 16 << 30})
+    gpu_mesh = types.SimpleNamespace(devices=np.array([gpu]))
+    assert train.resolve_data_placement(auto, mnist, gpu_mesh) == "device"
+    # 5 GiB of images (not allocated): more than a quarter of the GPU's 16 GiB.
+    huge = types.SimpleNamespace(images=np.broadcast_to(np.zeros((), np.uint8), (5 << 30,)),
+                                 labels=np.zeros(1, np.int32))
+    assert train.resolve_data_placement(auto, huge, gpu_mesh) == "host"
+    assert train.resolve_data_placement(auto, mnist, parallel.data_mesh()) == "host"  # This CPU.
+    forced = train.TrainConfig(data_placement="device")
+    assert train.resolve_data_placement(forced, mnist, parallel.data_mesh()) == "device"

@@ -1,0 +1,71 @@
+"""Training runs on simulated CPU devices, in a process of their own.
+
+    python -m tests.multidevice JOBS.json RESULTS.json
+
+With JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set,
+several such processes form one multi-process JAX run (jax.distributed).
+
+XLA_FLAGS must name the device count before JAX is imported (jax #6887),
+so tests/test_parallel.py runs this module in a subprocess with 8 CPU
+devices. Each job trains the CNN on synthetic digits on a mesh over the
+first `devices` devices and records its history and final parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def job_config(job: dict):
+    from mnist_jax import train
+    from mnist_jax.pipeline import NoiseConfig
+
+    return train.TrainConfig(
+        epochs=job["epochs"], batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
+        log_every_steps=3, noise=NoiseConfig("gaussian", 0.2), data_placement=job["placement"],
+        dtype=job.get("dtype", "float32"),
+    )  # 300 synthetic examples: 10 steps an epoch, the last one padded.
+
+
+def run_job(job: dict) -> dict:
+    """Trains as `job` says; returns its history and flattened final parameters."""
+    import jax
+    import numpy as np
+
+    from mnist_jax import models, parallel, train
+    from mnist_jax.data import Splits
+    from tests.conftest import synthetic_split
+
+    splits = Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+    mesh = parallel.data_mesh(jax.devices()[: job["devices"]])
+    result = train.train_and_evaluate(
+        job_config(job), models.get_model("cnn"), splits, job["workdir"], experiment="multidevice",
+        resume=job.get("resume", False), progress=False, mesh=mesh,
+    )
+    flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(result["state"].params))])
+    return {
+        "history": result["history"],
+        "params": flat.tolist(),
+        "devices": result["devices"],
+        "params_sharding": str(jax.tree.leaves(result["state"].params)[0].sharding),
+    }
+
+
+def main(jobs_path: str, results_path: str) -> None:
+    from mnist_jax import parallel
+
+    parallel.initialize_distributed()  # Where the test starts several processes.
+    jobs = json.loads(open(jobs_path).read())
+    results = [run_job(job) for job in jobs]
+    with open(results_path, "w") as f:  # One file per process.
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    if "jax" in sys.modules:
+        raise RuntimeError("tests.multidevice must set XLA_FLAGS before JAX is imported")
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    main(*sys.argv[1:])
