@@ -35,6 +35,7 @@ class Reference:
     loss: float | None = None
     mse: float | None = None  # Reconstruction MSE per pixel, [0, 1] images.
     psnr: float | None = None  # dB.
+    ssim: float | None = None
     train_seconds: float | None = None
     device: str = "GPU (Colab/Kaggle, CUDA)"
 
@@ -123,7 +124,7 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
     """The report's numbers beside this run's, as a Markdown table.
 
     Rows are the metrics this run measured (accuracy, F1 and loss for
-    classifiers; MSE and PSNR for autoencoders), then time and device.
+    classifiers; MSE, PSNR and SSIM for autoencoders), then time and device.
     """
     test = summary["test"]
     devices = summary["devices"]
@@ -134,6 +135,7 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
         ("test loss", "loss", lambda v: _number(v, ".4f")),
         ("test MSE", "mse", lambda v: _number(v, ".5f")),
         ("test PSNR (dB)", "psnr", lambda v: _number(v, ".2f")),
+        ("test SSIM", "ssim", lambda v: _number(v, ".4f")),
     ]
     rows = [(label, fmt(getattr(reference, key)), fmt(test[key]))
             for label, key, fmt in candidates if key in test]

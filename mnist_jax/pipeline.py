@@ -12,6 +12,7 @@ epoch from its number alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator
 
 import jax
@@ -21,7 +22,7 @@ import numpy as np
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
-NOISE_KINDS = ("none", "gaussian", "salt_pepper")
+NOISE_KINDS = ("none", "gaussian", "salt_pepper", "speckle")
 
 Batch = dict[str, np.ndarray]  # image (B, 28, 28, 1) uint8, label (B,) int32, mask (B,) bool
 
@@ -30,8 +31,9 @@ Batch = dict[str, np.ndarray]  # image (B, 28, 28, 1) uint8, label (B,) int32, m
 class NoiseConfig:
     """Noise added to training images, in [0, 1] pixel units.
 
-    kind: "none", "gaussian" (level = sigma) or "salt_pepper" (level = the
-      probability that a pixel is replaced, half by 0 and half by 1).
+    kind: "none", "gaussian" (level = sigma), "salt_pepper" (level = the
+      probability that a pixel is replaced, half by 0 and half by 1) or
+      "speckle" (multiplicative: x + x * sigma * N(0, 1), level = sigma).
     """
 
     kind: str = "none"
@@ -75,13 +77,54 @@ def add_salt_and_pepper(key: jax.Array, images: jax.Array, p: float) -> jax.Arra
     return jnp.where(flip, salt, images)
 
 
+def add_speckle_noise(key: jax.Array, images: jax.Array, sigma: float) -> jax.Array:
+    """x + x * sigma * N(0, 1), clipped to [0, 1]: noise that scales with the signal."""
+    noise = jax.random.normal(key, images.shape, images.dtype)
+    return jnp.clip(images + images * sigma * noise, 0.0, 1.0)
+
+
 def add_noise(key: jax.Array, images: jax.Array, noise: NoiseConfig) -> jax.Array:
     """Applies `noise` to [0, 1] images; the identity for kind "none"."""
     if noise.kind == "gaussian":
         return add_gaussian_noise(key, images, noise.level)
     if noise.kind == "salt_pepper":
         return add_salt_and_pepper(key, images, noise.level)
+    if noise.kind == "speckle":
+        return add_speckle_noise(key, images, noise.level)
     return images
+
+
+# Evaluation noise draws from its own stream of the run's seed (training
+# noise comes from the train key, the order from fold_in(root, 1)).
+EVAL_NOISE_STREAM = 2
+EVAL_SPLITS = ("val", "test")
+
+
+def eval_noise_key(seed: int, split: str) -> jax.Array:
+    """The key of `split`'s fixed noise: every model of a seed sees the same noisy images."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"unknown split {split!r}; fixed noise is for {EVAL_SPLITS}")
+    root = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_NOISE_STREAM)
+    return jax.random.fold_in(root, EVAL_SPLITS.index(split))
+
+
+@functools.partial(jax.jit, static_argnames="noise")
+def _noisy_uint8(key: jax.Array, images: jax.Array, noise: NoiseConfig) -> jax.Array:
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0]))
+    noisy = jax.vmap(lambda k, x: add_noise(k, x, noise))(keys, to_unit_range(images))
+    return jnp.round(noisy * 255.0).astype(jnp.uint8)
+
+
+def fixed_noisy_images(images: np.ndarray, noise: NoiseConfig, key: jax.Array) -> np.ndarray:
+    """A noisy copy of uint8 images (N, 28, 28, 1), stored as uint8 like the clean ones.
+
+    Example i gets its noise from fold_in(key, i), so the copy is a pure
+    function of (images, noise, key): the same on every call and every run.
+    Training noise is drawn afresh every step instead (see tasks.model_inputs).
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"fixed noise applies to uint8 images, got {images.dtype}")
+    return np.asarray(_noisy_uint8(key, jnp.asarray(images), noise))
 
 
 # ---------------------------------------------------------------------------

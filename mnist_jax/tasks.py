@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import optax
@@ -125,6 +126,12 @@ def per_example_terms(outputs, target: jax.Array | None, labels: jax.Array, spec
 def psnr(mse: jax.Array) -> jax.Array:
     """Peak signal-to-noise ratio in dB of [0, 1] images from their MSE."""
     return -10.0 * jnp.log10(jnp.maximum(mse, _MIN_MSE))
+
+
+def ssim(images: jax.Array, reference: jax.Array) -> jax.Array:
+    """Structural similarity (B,) of [0, 1] images (B, H, W, C) to a reference:
+    Wang et al. 2004 with the usual 11x11 Gaussian window (sigma 1.5), by dm-pix."""
+    return dm_pix.ssim(images, reference, max_val=1.0)
 
 
 def reconstruction(outputs, spec: StepConfig) -> jax.Array | None:

@@ -321,6 +321,7 @@ def eval_step(state: TrainState, batch: dict, *, spec: StepConfig) -> dict:
     terms = tasks.per_example_terms(outputs, target, batch["label"], spec)
     if "mse" in terms:
         terms["psnr"] = tasks.psnr(terms["mse"])
+        terms["ssim"] = tasks.ssim(tasks.reconstruction(outputs, spec), target)
     result = _masked_sums(terms, batch["mask"])
     if spec.classifies:
         result["predictions"] = jnp.argmax(tasks.logits_of(outputs, spec), -1)
@@ -331,7 +332,7 @@ def _means(sums: dict) -> dict:
     """{"loss": ..., "accuracy": ..., "mse": ...} from {"loss_sum": ..., "count": ...}."""
     count = max(float(sums["count"]), 1.0)
     names = {"loss_sum": "loss", "correct_sum": "accuracy", "mse_sum": "mse", "psnr_sum": "psnr",
-             "cross_entropy_sum": "cross_entropy"}
+             "ssim_sum": "ssim", "cross_entropy_sum": "cross_entropy"}
     return {names[k]: float(v) / count for k, v in sums.items() if k in names}
 
 

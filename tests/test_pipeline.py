@@ -46,7 +46,40 @@ def test_salt_and_pepper_statistics():
     assert set(np.unique(noisy)) == {0.0, 0.5, 1.0}
 
 
-@pytest.mark.parametrize("kind, level", [("gaussian", 0.3), ("salt_pepper", 0.1)])
+def test_speckle_statistics():
+    """Multiplicative: the noise's spread is sigma times the pixel value."""
+    for value in (0.25, 0.5):
+        x = jnp.full((200, 28, 28, 1), value)
+        noisy = np.asarray(pipeline.add_speckle_noise(jax.random.PRNGKey(0), x, 0.2))
+        assert abs((noisy - value).mean()) < 1e-3
+        assert abs((noisy - value).std() - 0.2 * value) < 2e-3
+    black = jnp.zeros((2, 28, 28, 1))
+    np.testing.assert_array_equal(pipeline.add_speckle_noise(jax.random.PRNGKey(0), black, 0.5), black)
+
+
+def test_fixed_eval_noise_is_the_same_every_time_and_new_per_split_and_seed():
+    images = np.full((50, 28, 28, 1), 128, np.uint8)
+    noise = NoiseConfig("gaussian", 0.1)
+    test_key = pipeline.eval_noise_key(0, "test")
+    first = pipeline.fixed_noisy_images(images, noise, test_key)
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    np.testing.assert_array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.eval_noise_key(0, "test")))
+    assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.eval_noise_key(0, "val")))
+    assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.eval_noise_key(1, "test")))
+    assert not np.array_equal(first[0], first[1])  # Each image its own noise.
+    diff = (first.astype(np.float64) - 128) / 255
+    assert abs(diff.mean()) < 2e-3 and abs(diff.std() - 0.1) < 2e-3  # Gaussian, after rounding to uint8.
+
+
+def test_fixed_noise_refuses_features_and_unknown_splits():
+    with pytest.raises(ValueError, match="uint8"):
+        pipeline.fixed_noisy_images(np.zeros((2, 4), np.float32), NoiseConfig("gaussian", 0.1),
+                                    pipeline.eval_noise_key(0, "test"))
+    with pytest.raises(ValueError, match="unknown split 'train'"):
+        pipeline.eval_noise_key(0, "train")
+
+
+@pytest.mark.parametrize("kind, level", [("gaussian", 0.3), ("salt_pepper", 0.1), ("speckle", 0.5)])
 def test_training_noise_differs_across_epochs_and_repeats_for_a_seed(kind, level):
     """The step draws noise from fold_in(key, step): the same example meets
     new noise each epoch, and the same noise again under the same seed."""

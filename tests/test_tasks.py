@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_jax import models, tasks, train
+from mnist_jax import models, pipeline, tasks, train
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import synthetic_split
@@ -33,6 +33,15 @@ def test_classify_decode_adds_the_weighted_mse():
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 0]))
     np.testing.assert_allclose(terms["loss"], ce + 0.5 * 0.04, rtol=1e-5)
     np.testing.assert_array_equal(terms["correct"], [1.0, 0.0])
+
+
+def test_ssim_is_one_for_equal_images_and_falls_with_noise():
+    clean = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
+    np.testing.assert_allclose(tasks.ssim(clean, clean), 1.0, rtol=1e-5)
+    scores = [float(tasks.ssim(pipeline.add_gaussian_noise(jax.random.PRNGKey(1), clean, sigma), clean).mean())
+              for sigma in (0.05, 0.2, 0.5)]
+    assert 1 > scores[0] > scores[1] > scores[2], scores
+    assert tasks.ssim(clean, clean).shape == (3,)
 
 
 def test_psnr():
@@ -112,5 +121,6 @@ def test_an_autoencoder_learns_on_synthetic_digits(tmp_path, synthetic_splits):
     history = result["history"]
     assert history[-1]["val_loss"] < history[0]["train_loss"]
     assert result["evaluated_checkpoint"]["kind"] == "best_val_loss"
-    assert set(result["test"]) == {"loss", "mse", "psnr"}
+    assert set(result["test"]) == {"loss", "mse", "psnr", "ssim"}
+    assert 0 < result["test"]["ssim"] < 1 and "val_ssim" in history[-1]
     assert (tmp_path / "reconstructions.png").is_file() and not (tmp_path / "confusion_matrix.png").exists()
