@@ -27,6 +27,17 @@ def synthetic_split(n: int, seed: int = 0):
     return Split(images, labels)
 
 
+def small_run_config(**overrides):
+    """The CNN settings of the tests' short runs on 300 synthetic examples:
+    10 steps an epoch (the last one padded), a checkpoint every 4, a log every 3."""
+    from mnist_jax.pipeline import NoiseConfig
+    from mnist_jax.train import TrainConfig
+
+    defaults = dict(epochs=3, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
+                    log_every_steps=3, noise=NoiseConfig("gaussian", 0.2))
+    return TrainConfig(**{**defaults, **overrides})
+
+
 @pytest.fixture(scope="session")
 def synthetic_splits():
     from mnist_jax.data import Splits

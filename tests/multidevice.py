@@ -19,14 +19,10 @@ import sys
 
 
 def job_config(job: dict):
-    from mnist_jax import train
-    from mnist_jax.pipeline import NoiseConfig
+    from tests.conftest import small_run_config
 
-    return train.TrainConfig(
-        epochs=job["epochs"], batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
-        log_every_steps=3, noise=NoiseConfig("gaussian", 0.2), data_placement=job["placement"],
-        dtype=job.get("dtype", "float32"),
-    )  # 300 synthetic examples: 10 steps an epoch, the last one padded.
+    return small_run_config(epochs=job["epochs"], data_placement=job["placement"],
+                            dtype=job.get("dtype", "float32"))
 
 
 def run_job(job: dict) -> dict:

@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 
 from mnist_jax import checkpoints, models, summaries, train
-from mnist_jax.pipeline import NoiseConfig
+from tests.conftest import small_run_config
 
-CONFIG = train.TrainConfig(
-    epochs=3, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4, log_every_steps=3,
-    noise=NoiseConfig("gaussian", 0.2),
-)  # 300 train examples: 10 steps an epoch, the last one padded.
+CONFIG = small_run_config()  # 300 train examples: 10 steps an epoch, the last one padded.
 
 
 def fresh_state(config=CONFIG):

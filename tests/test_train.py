@@ -12,7 +12,7 @@ import pytest
 from mnist_jax import metrics, models, parallel, pipeline, train
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
-from tests.conftest import synthetic_split
+from tests.conftest import small_run_config, synthetic_split
 
 
 @pytest.fixture
@@ -146,9 +146,7 @@ def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_p
     """The lax.scan epoch gives the per-step path's numbers."""
     results = {}
     for placement in ("host", "device"):
-        config = train.TrainConfig(epochs=1, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
-                                   log_every_steps=3, noise=NoiseConfig("gaussian", 0.2),
-                                   data_placement=placement)
+        config = small_run_config(epochs=1, data_placement=placement)
         results[placement] = train.train_and_evaluate(
             config, models.get_model("cnn"), synthetic_splits, tmp_path / placement, experiment="test",
             progress=False)
