@@ -15,6 +15,7 @@ EXPERIMENTS = {
     "alexnet": "AlexNet transfer learning of report 004: 99.26 %, F1 0.9926, 333.10 s",
     "linear_ae": "linear autoencoder 784-128-784 of report 001: test MSE, reconstructions",
     "conv_ae": "convolutional autoencoder (latent 12) of report 003: test MSE and PSNR, reconstructions",
+    "noisy": "report 000's noisy chain: CNN on noise, denoising AE, CNN on denoised data; robustness curve",
     "transfer": "report 003's encoder classifiers with 100-3,000 labels: scratch vs frozen vs fine-tuned vs decoding",
     "benchmark": "training throughput (examples/s) of the CNN step: alone, data on the host, data on the device",
 }

@@ -29,11 +29,10 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 
 from mnist_jax import data as data_lib, summaries, viz
 from mnist_jax import parallel
-from mnist_jax.experiment import add_run_flags, resolve_workdir, setup
+from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import num_batches
 from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
@@ -169,11 +168,7 @@ def main(argv=None) -> dict:
         workdir = resolve_workdir("transfer", args.workdir, args.resume)
     except (ValueError, ResumeError) as e:
         parser.error(str(e))
-    try:
-        mnist = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
-    except data_lib.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from e
+    mnist = load_mnist_or_exit(args)
     p = config.pretrain
     splits = data_lib.make_splits(mnist, val_fraction=p.val_fraction, seed=seed, train_size=p.train_size,
                                   test_size=config.classifier.test_size)

@@ -86,10 +86,13 @@ class Split:
       images: (N, 28, 28, 1) uint8, 0 = background; or (N, H, W, C) float
         features a frozen network computed from them (see mnist_jax.transfer_learning).
       labels: (N,) int32 in [0, 10).
+      targets: None, or (N, 28, 28, 1) uint8 clean images when `images` are
+        noisy (or denoised) copies: what a reconstruction is scored against.
     """
 
     images: np.ndarray
     labels: np.ndarray
+    targets: np.ndarray | None = None
 
     def __post_init__(self):
         if self.images.ndim != 4 or (self.images.dtype == np.uint8 and self.images.shape[1:] != (*IMAGE_SHAPE, 1)):
@@ -98,12 +101,17 @@ class Split:
             raise ValueError(
                 f"labels must be ({self.images.shape[0]},), got {self.labels.shape}"
             )
+        if self.targets is not None and (self.targets.dtype != np.uint8
+                                         or self.targets.shape != (self.images.shape[0], *IMAGE_SHAPE, 1)):
+            raise ValueError(f"targets must be uint8 images like `images` {self.images.shape}, got "
+                             f"{self.targets.dtype} {self.targets.shape}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def take(self, indices: np.ndarray) -> "Split":
-        return Split(self.images[indices], self.labels[indices])
+        targets = None if self.targets is None else self.targets[indices]
+        return Split(self.images[indices], self.labels[indices], targets)
 
 
 @dataclasses.dataclass(frozen=True)

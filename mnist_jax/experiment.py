@@ -159,8 +159,17 @@ def setup() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
+    """MNIST from the data flags; a DataError is printed and exits with status 1."""
+    try:
+        return data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+
+
 def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib.Splits, str]:
-    mnist = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
+    mnist = load_mnist_or_exit(args)
     splits = data_lib.make_splits(
         mnist, val_fraction=config.val_fraction, seed=config.seed,
         train_size=config.train_size, test_size=config.test_size,
@@ -201,11 +210,7 @@ def run_experiment(
         workdir = resolve_workdir(name, args.workdir, args.resume)
     except (ValueError, ResumeError) as e:
         parser.error(str(e))
-    try:
-        splits, source = load_splits(args, config)
-    except data_lib.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from e
+    splits, source = load_splits(args, config)
     print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
           f"examples from {source}; run dir {workdir}", flush=True)
     try:

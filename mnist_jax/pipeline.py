@@ -24,7 +24,8 @@ MNIST_STD = 0.3081
 
 NOISE_KINDS = ("none", "gaussian", "salt_pepper", "speckle")
 
-Batch = dict[str, np.ndarray]  # image (B, 28, 28, 1) uint8, label (B,) int32, mask (B,) bool
+# image (B, 28, 28, 1) uint8, label (B,) int32, mask (B,) bool; optional target like image.
+Batch = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,18 +95,21 @@ def add_noise(key: jax.Array, images: jax.Array, noise: NoiseConfig) -> jax.Arra
     return images
 
 
-# Evaluation noise draws from its own stream of the run's seed (training
-# noise comes from the train key, the order from fold_in(root, 1)).
-EVAL_NOISE_STREAM = 2
-EVAL_SPLITS = ("val", "test")
+# Fixed noise draws from its own stream of the run's seed (training noise
+# comes from the train key, the order from fold_in(root, 1)).
+FIXED_NOISE_STREAM = 2
+# Indices fixed for good: adding a split must not change another's noise.
+FIXED_NOISE_SPLITS = ("val", "test", "train")
 
 
-def eval_noise_key(seed: int, split: str) -> jax.Array:
-    """The key of `split`'s fixed noise: every model of a seed sees the same noisy images."""
-    if split not in EVAL_SPLITS:
-        raise ValueError(f"unknown split {split!r}; fixed noise is for {EVAL_SPLITS}")
-    root = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_NOISE_STREAM)
-    return jax.random.fold_in(root, EVAL_SPLITS.index(split))
+def fixed_noise_key(seed: int, split: str) -> jax.Array:
+    """The key of `split`'s fixed noise: every model of a seed sees the same
+    noisy validation and test images ("train": a fixed noisy copy of the
+    training set, for what must be computed once, such as its denoised copy)."""
+    if split not in FIXED_NOISE_SPLITS:
+        raise ValueError(f"unknown split {split!r}; fixed noise is for {FIXED_NOISE_SPLITS}")
+    root = jax.random.fold_in(jax.random.PRNGKey(seed), FIXED_NOISE_STREAM)
+    return jax.random.fold_in(root, FIXED_NOISE_SPLITS.index(split))
 
 
 @functools.partial(jax.jit, static_argnames="noise")
@@ -169,15 +173,21 @@ def iterate_batches(
     *,
     order: np.ndarray | None = None,
     start: int = 0,
+    targets: np.ndarray | None = None,
 ) -> Iterator[Batch]:
-    """Yields padded, masked batches in `order` (default: as stored), from batch `start`."""
+    """Yields padded, masked batches in `order` (default: as stored), from
+    batch `start`; with `targets` (clean images of noisy ones), a "target" too."""
     if order is None:
         order = np.arange(labels.shape[0])
     indices, mask = batch_indices(order, batch_size)
     for idx, m in zip(indices[start:], mask[start:]):
-        yield gather_batch(images, labels, idx, m)
+        yield gather_batch(images, labels, idx, m, targets)
 
 
-def gather_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, mask: np.ndarray) -> Batch:
+def gather_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, mask: np.ndarray,
+                 targets: np.ndarray | None = None) -> Batch:
     """The batch of examples `indices` (B,), with its padding mask (B,)."""
-    return {"image": images[indices], "label": labels[indices], "mask": mask}
+    batch = {"image": images[indices], "label": labels[indices], "mask": mask}
+    if targets is not None:
+        batch["target"] = targets[indices]
+    return batch

@@ -315,8 +315,12 @@ def predict(state: TrainState, inputs: jax.Array, dtype: str = "float32"):
 
 
 def eval_step(state: TrainState, batch: dict, *, spec: StepConfig) -> dict:
-    """Metric sums of a clean batch, plus predicted classes where the task classifies."""
+    """Metric sums of a batch (no noise added), plus predicted classes where
+    the task classifies. A batch's "target" (the clean images of noisy
+    inputs) is what reconstructions are scored against; else the input is."""
     inputs, target = tasks.model_inputs(batch["image"], None, spec)
+    if "target" in batch:
+        target = pipeline.to_unit_range(batch["target"])
     outputs = predict(state, inputs, spec.dtype)
     terms = tasks.per_example_terms(outputs, target, batch["label"], spec)
     if "mse" in terms:
@@ -354,7 +358,8 @@ def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig 
     """
     mesh = mesh or parallel.data_mesh()
     step = make_eval_step(spec, mesh)
-    batches = pipeline.iterate_batches(split.images, split.labels, parallel.round_up(batch_size, mesh))
+    batches = pipeline.iterate_batches(split.images, split.labels, parallel.round_up(batch_size, mesh),
+                                       targets=split.targets if spec.reconstructs else None)
     outputs = jax.device_get([step(state, parallel.shard_batch(batch, mesh)) for batch in batches])
     sums = {k: sum(o[k] for o in outputs) for k in outputs[0] if k != "predictions"}
     result = _means(sums)
@@ -386,7 +391,8 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "kee
                      "eval_batch_size", "data_placement")
 
 
-def _check_resumable(saved: dict, config: TrainConfig) -> None:
+def config_differences(saved: dict, config: TrainConfig) -> str:
+    """"field: saved X, now Y" for each field that changes a run's numbers; "" if none."""
     current = json.loads(json.dumps(config.to_dict()))
     # Fields added since the checkpoint was written read as their defaults.
     saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
@@ -397,12 +403,39 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
         k for k in set(saved) | set(current)
         if k not in free and saved.get(k) != current.get(k)
     )
-    if changed:
-        detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
+    return ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
+
+
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    detail = config_differences(saved, config)
+    if detail:
         raise ResumeError(
             f"cannot resume: the config differs from the checkpoint's ({detail}). "
             "Resume with the same settings, or start a new run in another --workdir."
         )
+
+
+def restore_best_state(config: TrainConfig, model: nn.Module, workdir: str | pathlib.Path,
+                       mesh: jax.sharding.Mesh | None = None,
+                       sample_shape: tuple[int, ...] = (1, 28, 28, 1)) -> TrainState:
+    """The best checkpoint of a run in `workdir` that was trained with `config`.
+
+    Raises ResumeError when `workdir` holds no checkpoint, or one trained
+    with other settings.
+    """
+    workdir = pathlib.Path(workdir).expanduser()
+    if not checkpoints.has_checkpoints(workdir):
+        raise ResumeError(f"{workdir} holds no checkpoints of a training run")
+    mesh = mesh or parallel.data_mesh()
+    # steps_per_epoch only sets a cosine schedule's length, not the state's structure.
+    state = create_train_state(model, make_optimizer(config, steps_per_epoch=1), config.seed,
+                               jnp.zeros(sample_shape, jnp.float32))
+    with checkpoints.RunCheckpoints(workdir, max_to_keep=config.keep_checkpoints) as ckpts:
+        state, meta = ckpts.restore_best(parallel.replicate(state, mesh))
+    detail = config_differences(meta["config"], config)
+    if detail:
+        raise ResumeError(f"the run in {workdir} was trained with other settings ({detail})")
+    return state
 
 
 class _EpochSums:

@@ -41,13 +41,12 @@ def save_png(image: np.ndarray, path) -> None:
     Image.fromarray(np.asarray(image, np.uint8)).save(path)
 
 
-def reconstruction_grid_figure(originals: np.ndarray, reconstructions: np.ndarray,
-                               title: str = "Reconstructions") -> Figure:
-    """Originals on the top row, their reconstructions below; (N, 28, 28, 1) in [0, 1]."""
-    n = originals.shape[0]
-    fig = Figure(figsize=(1.1 * n, 2.6), dpi=100)
-    axes = fig.subplots(2, n, squeeze=False)
-    for row, (images, label) in enumerate([(originals, "original"), (reconstructions, "reconstructed")]):
+def image_rows_figure(rows: dict[str, np.ndarray], title: str = "") -> Figure:
+    """One row of images per entry, labelled by its key; (N, 28, 28, 1) in [0, 1]."""
+    n = next(iter(rows.values())).shape[0]
+    fig = Figure(figsize=(1.1 * n, 0.4 + 1.1 * len(rows)), dpi=100)
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for row, (label, images) in enumerate(rows.items()):
         for i in range(n):
             ax = axes[row, i]
             ax.imshow(np.clip(images[i, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
@@ -59,23 +58,37 @@ def reconstruction_grid_figure(originals: np.ndarray, reconstructions: np.ndarra
     return fig
 
 
+def reconstruction_grid_figure(originals: np.ndarray, reconstructions: np.ndarray,
+                               title: str = "Reconstructions") -> Figure:
+    """Originals on the top row, their reconstructions below; (N, 28, 28, 1) in [0, 1]."""
+    return image_rows_figure({"original": originals, "reconstructed": reconstructions}, title)
+
+
 def reconstruction_grid_image(originals: np.ndarray, reconstructions: np.ndarray,
                               title: str = "Reconstructions") -> np.ndarray:
     """(H, W, 3) uint8 picture of originals above reconstructions."""
     return figure_to_array(reconstruction_grid_figure(originals, reconstructions, title))
 
 
-def accuracy_vs_labels_figure(curves: dict[str, list[tuple[int, float]]],
-                              title: str = "Test accuracy against labelled images") -> Figure:
-    """One line per method: (number of labels, test accuracy) points, log x."""
+def curves_figure(curves: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str,
+                  title: str, log_x: bool = False, percent: bool = True) -> Figure:
+    """One line per name through its (x, y) points; y as a percentage if `percent`."""
     fig = Figure(figsize=(6.4, 4.2), dpi=100)
     ax = fig.add_subplot()
-    for method, points in curves.items():
-        labels, accuracy = zip(*sorted(points))
-        ax.plot(labels, [100 * a for a in accuracy], marker="o", label=method)
-    ax.set_xscale("log")
-    ax.set(xlabel="labelled training images", ylabel="test accuracy (%)", title=title)
+    for name, points in curves.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, [100 * y if percent else y for y in ys], marker="o", label=name)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def accuracy_vs_labels_figure(curves: dict[str, list[tuple[int, float]]],
+                              title: str = "Test accuracy against labelled images") -> Figure:
+    """One line per method: (number of labels, test accuracy) points, log x."""
+    return curves_figure(curves, xlabel="labelled training images", ylabel="test accuracy (%)",
+                         title=title, log_x=True)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, models, summaries, train
+from mnist_jax import checkpoints, models, train
 from tests.conftest import small_run_config
 
 CONFIG = small_run_config()  # 300 train examples: 10 steps an epoch, the last one padded.

@@ -18,6 +18,7 @@ MODELS = {
     "vit": ({}, LOGITS, 1_199_882),
     "linear_ae": ({}, IMAGES, 201_616),
     "conv_ae": ({}, IMAGES, 61_453),
+    "denoising_ae": ({}, IMAGES, 37_569),
     "encoder_classifier": ({}, LOGITS, 33_454),
     "classifier_decoding": ({}, lambda b: ((b, 10), (b, 28, 28, 1)), 64_431),
     # Small inputs and a narrow classifier keep these fast; full sizes are counted below.
@@ -59,7 +60,7 @@ def test_parameter_counts(model_and_variables):
         assert train.count_params(variables["params"]) == expected
 
 
-@pytest.mark.parametrize("name", ["linear_ae", "conv_ae"])
+@pytest.mark.parametrize("name", ["linear_ae", "conv_ae", "denoising_ae"])
 def test_reconstructions_are_in_the_unit_range(name):
     model = models.get_model(name)
     x = 10 * jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))

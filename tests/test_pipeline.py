@@ -60,12 +60,13 @@ def test_speckle_statistics():
 def test_fixed_eval_noise_is_the_same_every_time_and_new_per_split_and_seed():
     images = np.full((50, 28, 28, 1), 128, np.uint8)
     noise = NoiseConfig("gaussian", 0.1)
-    test_key = pipeline.eval_noise_key(0, "test")
+    test_key = pipeline.fixed_noise_key(0, "test")
     first = pipeline.fixed_noisy_images(images, noise, test_key)
     assert first.dtype == np.uint8 and first.shape == images.shape
-    np.testing.assert_array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.eval_noise_key(0, "test")))
-    assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.eval_noise_key(0, "val")))
-    assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.eval_noise_key(1, "test")))
+    np.testing.assert_array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(0, "test")))
+    for other in ("val", "train"):
+        assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(0, other)))
+    assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(1, "test")))
     assert not np.array_equal(first[0], first[1])  # Each image its own noise.
     diff = (first.astype(np.float64) - 128) / 255
     assert abs(diff.mean()) < 2e-3 and abs(diff.std() - 0.1) < 2e-3  # Gaussian, after rounding to uint8.
@@ -74,9 +75,9 @@ def test_fixed_eval_noise_is_the_same_every_time_and_new_per_split_and_seed():
 def test_fixed_noise_refuses_features_and_unknown_splits():
     with pytest.raises(ValueError, match="uint8"):
         pipeline.fixed_noisy_images(np.zeros((2, 4), np.float32), NoiseConfig("gaussian", 0.1),
-                                    pipeline.eval_noise_key(0, "test"))
-    with pytest.raises(ValueError, match="unknown split 'train'"):
-        pipeline.eval_noise_key(0, "train")
+                                    pipeline.fixed_noise_key(0, "test"))
+    with pytest.raises(ValueError, match="unknown split 'training'"):
+        pipeline.fixed_noise_key(0, "training")
 
 
 @pytest.mark.parametrize("kind, level", [("gaussian", 0.3), ("salt_pepper", 0.1), ("speckle", 0.5)])

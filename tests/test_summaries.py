@@ -1,6 +1,5 @@
 """A run leaves TensorBoard events (scalars, image, hparams) and metrics.json."""
 
-import dataclasses
 import json
 
 import numpy as np

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_jax import metrics, models, parallel, pipeline, train
+from mnist_jax import models, parallel, train
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import small_run_config, synthetic_split

@@ -3,7 +3,8 @@
 import functools
 
 from mnist_jax.models.autoencoders import (ClassifierDecoding, ConvAutoencoder, ConvDecoder,
-                                           ConvEncoder, EncoderClassifier, LinearAutoencoder)
+                                           ConvEncoder, DenoisingAutoencoder, EncoderClassifier,
+                                           LinearAutoencoder)
 from mnist_jax.models.cnn import CNN
 from mnist_jax.models.deep_cnn import DeepCNN
 from mnist_jax.models.simple_cnn import SimpleCNN
@@ -19,6 +20,7 @@ MODELS = {
     "alexnet": functools.partial(TransferNet, arch="alexnet"),
     "linear_ae": LinearAutoencoder,
     "conv_ae": ConvAutoencoder,
+    "denoising_ae": DenoisingAutoencoder,
     "encoder_classifier": EncoderClassifier,
     "classifier_decoding": ClassifierDecoding,
 }
