@@ -17,9 +17,9 @@ The chain, one run directory per stage under --workdir:
 Then every CNN is scored on the clean, noisy and denoised test sets, the
 denoiser's PSNR/SSIM is measured against the clean test images, and a
 robustness curve sweeps Gaussian sigma 0 to 1. Written to --workdir:
-noisy.json, robustness.png, samples.png (clean / noisy / denoised) and
-TensorBoard. --resume reuses the finished stages and continues the
-interrupted one from its newest checkpoint.
+noisy.json, robustness.png, samples.png (clean / noisy / denoised),
+confusion_matrices.png and TensorBoard. --resume reuses the finished
+stages and continues the interrupted one from its newest checkpoint.
 
 Report 000 gives 99.10 % test accuracy and test loss 0.0264 for the clean,
 noisy and denoised data alike (its three sections carry the same copied
@@ -213,7 +213,8 @@ CURVES = ("clean-trained CNN, noisy input", "clean-trained CNN, denoised input",
 
 
 def write_figures(workdir: pathlib.Path, results: dict, test_sets: dict) -> None:
-    """robustness.png, samples.png and TensorBoard: curve, samples, confusion matrices."""
+    """robustness.png, samples.png, confusion_matrices.png (every model on
+    every test set) and TensorBoard: the same figures, and the scores."""
     points = results["robustness"]["points"]
     curve = viz.figure_to_array(viz.curves_figure(
         {name: [(p["sigma"], p[name]) for p in points] for name in CURVES},
@@ -224,6 +225,9 @@ def write_figures(workdir: pathlib.Path, results: dict, test_sets: dict) -> None
         {name: split.images[:10] / 255.0 for name, split in test_sets.items()},
         f"test images: clean / {results['noise']['kind']} {results['noise']['level']} / denoised"))
     viz.save_png(samples, workdir / "samples.png")
+    viz.save_png(viz.figure_to_array(viz.confusion_matrices_figure(
+        {f"{name} CNN": {f"{set_name} test": score["confusion_matrix"] for set_name, score in by_set.items()}
+         for name, by_set in results["scores"].items()})), workdir / "confusion_matrices.png")
     with summaries.MetricWriter(workdir / "tensorboard") as writer:
         for p in points:  # Steps are sigma in hundredths: TensorBoard wants integers.
             writer.scalars(round(100 * p["sigma"]), {
@@ -379,7 +383,8 @@ def main(argv=None) -> dict:
     print(f"\nTest set ({results['data']['test']} images), {config.noise.kind} noise "
           f"{config.noise.level}; report 000 beside this run:\n")
     print(tables(results))
-    print(f"\nnoisy.json, robustness.png, samples.png, tensorboard/ and the stages' run dirs are in {workdir}")
+    print(f"\nnoisy.json, robustness.png, samples.png, confusion_matrices.png, tensorboard/ and the "
+          f"stages' run dirs are in {workdir}")
     return results
 
 

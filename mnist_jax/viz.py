@@ -14,18 +14,33 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def confusion_matrix_figure(cm: np.ndarray, title: str = "Confusion matrix") -> Figure:
-    """A heatmap of counts, true labels down, predictions across."""
+def _draw_confusion_matrix(ax, cm: np.ndarray, title: str, fontsize: float = 7) -> None:
     n = cm.shape[0]
-    fig = Figure(figsize=(6, 5.4), dpi=100)
-    ax = fig.add_subplot()
     ax.imshow(cm, cmap="Blues")
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(n):
         for j in range(n):
             color = "white" if cm[i, j] > threshold else "black"
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color, fontsize=7)
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color, fontsize=fontsize)
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+
+
+def confusion_matrix_figure(cm: np.ndarray, title: str = "Confusion matrix") -> Figure:
+    """A heatmap of counts, true labels down, predictions across."""
+    fig = Figure(figsize=(6, 5.4), dpi=100)
+    _draw_confusion_matrix(fig.add_subplot(), cm, title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices_figure(grid: dict[str, dict[str, np.ndarray]]) -> Figure:
+    """A table of confusion matrices: grid[row][column], e.g. [model][test set]."""
+    rows, cols = list(grid), list(next(iter(grid.values())))
+    fig = Figure(figsize=(4.6 * len(cols), 4.4 * len(rows)), dpi=100)
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, col in enumerate(cols):
+            _draw_confusion_matrix(axes[r, c], np.asarray(grid[row][col]), f"{row} / {col}", fontsize=6)
     fig.tight_layout()
     return fig
 

@@ -188,7 +188,7 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
     assert sorted(points) == [0.0, 0.5, 1.0]
     assert points[0.0]["clean-trained CNN, noisy input"] == clean_cnn["clean"]["accuracy"]
     assert points[0.5]["noisy-trained CNN, noisy input"] == scores["noisy-trained"]["noisy"]["accuracy"]
-    for name in ("noisy.json", "robustness.png", "samples.png", "3_denoised/denoised.npz",
+    for name in ("noisy.json", "robustness.png", "samples.png", "confusion_matrices.png", "3_denoised/denoised.npz",
                  *(f"{stage}/metrics.json" for stage in noisy.STAGES)):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
