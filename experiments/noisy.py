@@ -219,7 +219,8 @@ def write_figures(workdir: pathlib.Path, results: dict, test_sets: dict) -> None
     curve = viz.figure_to_array(viz.curves_figure(
         {name: [(p["sigma"], p[name]) for p in points] for name in CURVES},
         xlabel="Gaussian noise sigma ([0, 1] pixels)", ylabel="test accuracy (%)",
-        title="Robustness to Gaussian noise"))
+        title="Robustness to Gaussian noise",
+        marks={"training noise": results["noise"]["level"]} if results["noise"]["kind"] == "gaussian" else None))
     viz.save_png(curve, workdir / "robustness.png")
     samples = viz.figure_to_array(viz.image_rows_figure(
         {name: split.images[:10] / 255.0 for name, split in test_sets.items()},

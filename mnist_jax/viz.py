@@ -86,13 +86,17 @@ def reconstruction_grid_image(originals: np.ndarray, reconstructions: np.ndarray
 
 
 def curves_figure(curves: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str,
-                  title: str, log_x: bool = False, percent: bool = True) -> Figure:
-    """One line per name through its (x, y) points; y as a percentage if `percent`."""
+                  title: str, log_x: bool = False, percent: bool = True,
+                  marks: dict[str, float] | None = None) -> Figure:
+    """One line per name through its (x, y) points; y as a percentage if
+    `percent`; a dashed vertical line at each x of `marks`, labelled by its key."""
     fig = Figure(figsize=(6.4, 4.2), dpi=100)
     ax = fig.add_subplot()
     for name, points in curves.items():
         xs, ys = zip(*sorted(points))
         ax.plot(xs, [100 * y if percent else y for y in ys], marker="o", label=name)
+    for label, x in (marks or {}).items():
+        ax.axvline(x, linestyle="--", color="gray", linewidth=1, label=label)
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
