@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
@@ -46,7 +44,7 @@ from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.train import (ResumeError, TrainConfig, restore_best_state, score_split,
-                             train_and_evaluate, write_json)
+                             train_and_evaluate, write_atomically, write_json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +92,8 @@ DENOISED_FILE = pathlib.Path("3_denoised") / "denoised.npz"
 CLASSIFIERS = {"clean-trained": "5_clean_cnn", "noisy-trained": "1_noisy_cnn",
                "denoised-trained": "4_denoised_cnn"}
 TEST_SETS = ("clean", "noisy", "denoised")
+# The classifier trained on each test set's kind of images: report 000's three results.
+OWN_MODEL = {"clean": "clean-trained", "noisy": "noisy-trained", "denoised": "denoised-trained"}
 
 CONFIG = NoisyConfig()
 _QUICK_RUN = dict(epochs=1, log_every_steps=10, checkpoint_every_steps=20)
@@ -110,11 +110,9 @@ REFERENCE = {"source": "000 CNN and Autoencoders, PyTorch",
              **{name: {"accuracy": 0.9910, "loss": 0.0264} for name in TEST_SETS}}
 
 
-def _atomic_savez(path: pathlib.Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(f.name, path)
+def stage_dir(name: str, workdir: pathlib.Path, clean_run: pathlib.Path | None) -> pathlib.Path:
+    """Where stage `name` runs: under workdir, or --clean-run for the clean CNN."""
+    return clean_run if (name == "5_clean_cnn" and clean_run) else workdir / name
 
 
 def run_stage(name: str, config: NoisyConfig, splits: data_lib.Splits, workdir: pathlib.Path, *,
@@ -122,7 +120,7 @@ def run_stage(name: str, config: NoisyConfig, splits: data_lib.Splits, workdir: 
     """(summary, best state) of a stage: trained, continued, or reused when finished."""
     stage_config = config.stage(name)
     model = get_model(stage_config.model)
-    run_dir = clean_run if (name == "5_clean_cnn" and clean_run) else workdir / name
+    run_dir = stage_dir(name, workdir, clean_run)
     summary_path = run_dir / "metrics.json"
     if summary_path.is_file():
         print(f"\n{name}: finished; reusing the best checkpoint in {run_dir}", flush=True)
@@ -166,8 +164,9 @@ def denoise_stage(config: NoisyConfig, denoiser_state, noisy: data_lib.Splits, w
         **{k: denoising.denoise_split(denoiser_state, split, spec)
            for k, split in (("train", noisy_train), ("val", noisy.val), ("test", noisy.test))})
     if parallel.is_main_process():
-        _atomic_savez(path, denoiser_step=np.int64(denoiser_step),
-                      **{k: getattr(denoised, k).images for k in sizes})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"denoiser_step": np.int64(denoiser_step), **{k: getattr(denoised, k).images for k in sizes}}
+        write_atomically(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
     return denoised
 
 
@@ -189,11 +188,11 @@ def robustness_curve(config: NoisyConfig, states: dict, denoiser_state, test: da
     denoise_spec = config.stage("2_denoiser").step_config()
     batch = config.classifier.eval_batch_size
     key = pipeline.fixed_noise_key(config.seed, "test")
+    accuracy = lambda stage, split: score_split(states[stage], split, batch, classify)["accuracy"]
     points = []
     for sigma in config.curve_levels:
         noisy = denoising.noisy_copy(test, NoiseConfig("gaussian", sigma), key)
         denoised = denoising.denoise_split(denoiser_state, noisy, denoise_spec)
-        accuracy = lambda stage, split: score_split(states[stage], split, batch, classify)["accuracy"]
         points.append({
             "sigma": sigma,
             "clean-trained CNN, noisy input": accuracy("5_clean_cnn", noisy),
@@ -247,8 +246,7 @@ def write_figures(workdir: pathlib.Path, results: dict, test_sets: dict) -> None
 def tables(results: dict) -> str:
     """The report-vs-ours table, the accuracy of every (model, test set), and
     the denoising quality, as Markdown."""
-    scores, ref = results["scores"], REFERENCE
-    own = {"clean": "clean-trained", "noisy": "noisy-trained", "denoised": "denoised-trained"}
+    scores, ref, own = results["scores"], REFERENCE, OWN_MODEL
     lines = ["| test set | model | report accuracy | ours | report loss | ours | ours F1 (macro) |",
              "|---|---|---|---|---|---|---|"]
     for set_name in TEST_SETS:
@@ -302,7 +300,7 @@ def run(config: NoisyConfig, splits: data_lib.Splits, workdir: pathlib.Path, *, 
         "data": {"source": source, "train": len(splits.train), "val": len(splits.val),
                  "test": len(splits.test)},
         "devices": parallel.describe(parallel.data_mesh()),
-        "stages": {name: {"run_dir": str(clean_run if name == "5_clean_cnn" and clean_run else workdir / name),
+        "stages": {name: {"run_dir": str(stage_dir(name, workdir, clean_run)),
                           "train_seconds": s["train_seconds"], "test": _scalars(s["test"])}
                    for name, s in summaries_.items()},
         "scores": score_classifiers(config, states, test_sets),
@@ -377,8 +375,7 @@ def main(argv=None) -> dict:
     except ResumeError as e:
         parser.error(str(e))
 
-    own = {"clean": "clean-trained", "noisy": "noisy-trained", "denoised": "denoised-trained"}
-    for set_name, name in own.items():
+    for set_name, name in OWN_MODEL.items():
         print(f"\n{name} CNN on the {set_name} test set:")
         print(format_classification_report(results["scores"][name][set_name]))
     print(f"\nTest set ({results['data']['test']} images), {config.noise.kind} noise "

@@ -45,14 +45,9 @@ def noisy_splits(splits: Splits, noise: NoiseConfig, seed: int) -> Splits:
     )
 
 
-def to_uint8(images: jax.Array) -> jax.Array:
-    """[0, 1] floats -> uint8, rounded: how MNIST stores pixels."""
-    return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-
-
 def _denoise_batch(state: TrainState, images: jax.Array, *, spec: StepConfig) -> jax.Array:
     inputs, _ = tasks.model_inputs(images, None, spec)  # (B, 28, 28, 1) in [0, 1]
-    return to_uint8(tasks.reconstruction(predict(state, inputs, spec.dtype), spec))
+    return pipeline.to_uint8(tasks.reconstruction(predict(state, inputs, spec.dtype), spec))
 
 
 @functools.lru_cache(maxsize=None)

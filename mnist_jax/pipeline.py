@@ -59,6 +59,11 @@ def to_unit_range(images: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0
 
 
+def to_uint8(images: jax.Array) -> jax.Array:
+    """[0, 1] floats -> uint8, rounded: how MNIST stores pixels."""
+    return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
 def normalize(images: jax.Array) -> jax.Array:
     """[0, 1] images -> zero mean, unit variance with MNIST's statistics."""
     return (images - MNIST_MEAN) / MNIST_STD
@@ -116,7 +121,7 @@ def fixed_noise_key(seed: int, split: str) -> jax.Array:
 def _noisy_uint8(key: jax.Array, images: jax.Array, noise: NoiseConfig) -> jax.Array:
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0]))
     noisy = jax.vmap(lambda k, x: add_noise(k, x, noise))(keys, to_unit_range(images))
-    return jnp.round(noisy * 255.0).astype(jnp.uint8)
+    return to_uint8(noisy)
 
 
 def fixed_noisy_images(images: np.ndarray, noise: NoiseConfig, key: jax.Array) -> np.ndarray:

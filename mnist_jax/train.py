@@ -455,11 +455,18 @@ class _EpochSums:
         return _means(self.sums) if self.sums else {}
 
 
-def write_json(path: pathlib.Path, payload: dict) -> None:
-    """Writes JSON atomically: a reader never sees half a file."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2)
+def write_atomically(path: pathlib.Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Calls write(file) on a temporary file beside `path`, then renames it
+    to `path`: a reader (or a resumed run) never sees half a file."""
+    with tempfile.NamedTemporaryFile("wb" if binary else "w", dir=path.parent, suffix=".tmp",
+                                     delete=False) as f:
+        write(f)
     os.replace(f.name, path)
+
+
+def write_json(path: pathlib.Path, payload: dict) -> None:
+    """Writes JSON atomically (write_atomically)."""
+    write_atomically(path, lambda f: json.dump(payload, f, indent=2))
 
 
 def load_pretrained(state: TrainState, pretrained: dict) -> TrainState:
