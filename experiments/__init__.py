@@ -17,5 +17,6 @@ EXPERIMENTS = {
     "conv_ae": "convolutional autoencoder (latent 12) of report 003: test MSE and PSNR, reconstructions",
     "noisy": "report 000's noisy chain: CNN on noise, denoising AE, CNN on denoised data; robustness curve",
     "transfer": "report 003's encoder classifiers with 100-3,000 labels: scratch vs frozen vs fine-tuned vs decoding",
+    "sweep": "report 000's hyperparameter sweep of the simple CNN: trials trained together, best by validation",
     "benchmark": "training throughput (examples/s) of the CNN step: alone, data on the host, data on the device",
 }

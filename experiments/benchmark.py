@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark                 # 200 timed steps each, batch 64
     python -m experiments.benchmark --steps 50 --batch-size 128 --dtype bfloat16
+    python -m experiments.benchmark --sweep         # 8 sweep trials together vs one after another
 
 Prints (and writes as JSON) examples/s, on every device (data parallel), of
   - the model step alone: one batch already on the device, stepped repeatedly;
@@ -11,6 +12,12 @@ Prints (and writes as JSON) examples/s, on every device (data parallel), of
   - data on the device: the uint8 arrays on the devices, the same steps as one
     `lax.scan` that gathers each batch there (no per-step Python dispatch);
 the compile times, and how long a second (cached) load of MNIST takes.
+
+--sweep instead times K trials of a sweep (simple CNN; learning rate,
+dropout and seed differ) for --steps steps each: one after another as
+ordinary runs (each compiles its own step), then trained together in one
+jitted step (mnist_jax.sweep), unrolled and vmapped; wall time with
+compilation, compile time, examples/s and the ratio to sequential.
 """
 
 from __future__ import annotations
@@ -115,13 +122,110 @@ def run(steps: int, batch_size: int, noise: NoiseConfig, dtype: str = "float32",
     }
 
 
+def sweep_trials(count: int, batch_size: int) -> list:
+    """`count` simple-CNN trials in one group: learning rate, dropout and seed differ."""
+    from mnist_jax.search_space import Choice, LogUniform, SweepConfig, make_trials
+
+    base = train.TrainConfig(model="simple_cnn", batch_size=batch_size, weight_decay=0.0)
+    space = {"learning_rate": LogUniform(3e-4, 3e-3), "model.dropout": Choice((0.1, 0.25, 0.5)),
+             "seed": Choice(tuple(range(count)))}
+    return make_trials(SweepConfig(base, space, num_trials=count))
+
+
+def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategies: tuple[str, ...],
+                        data_dir=None, idx_dir=None) -> dict:
+    """K trials one after another vs together: see the module docstring."""
+    from mnist_jax import sweep
+
+    mnist = data_lib.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
+    images, labels = mnist.train.images, mnist.train.labels
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(batch_size, mesh)
+    trials = sweep_trials(trial_count, batch_size)
+    spec = trials[0].config.step_config()
+    sample = jnp.zeros((1, 28, 28, 1))
+    orders = [pipeline.batch_indices(
+        np.resize(pipeline.epoch_order(train.run_keys(t.config.seed)[2], 0, len(labels)), steps * batch_size),
+        batch_size) for t in trials]
+
+    def batch(k, s):
+        return pipeline.gather_batch(images, labels, orders[k][0][s], orders[k][1][s])
+
+    results = {}
+    # One after another, as K ordinary runs: each builds its model and
+    # optimizer and compiles its own step.
+    start = time.perf_counter()
+    compile_seconds = 0.0
+    for k, trial in enumerate(trials):
+        model = models.get_model("simple_cnn", **trial.model_kwargs)
+        tx = train.make_optimizer(trial.config)
+        state = parallel.replicate(train.create_train_state(model, tx, trial.config.seed, sample), mesh)
+        step = train.make_train_step(spec, mesh)
+        t0 = time.perf_counter()
+        state, metrics = step(state, parallel.shard_batch(batch(k, 0), mesh))
+        jax.block_until_ready(metrics)
+        compile_seconds += time.perf_counter() - t0
+        for s in range(1, steps):
+            state, metrics = step(state, parallel.shard_batch(batch(k, s), mesh))
+        jax.block_until_ready(state)
+    results["sequential"] = {"wall_seconds": time.perf_counter() - start, "compile_seconds": compile_seconds}
+
+    for strategy in strategies:
+        start = time.perf_counter()
+        fields = sweep.swept_model_fields(trials)
+        model = models.get_model("simple_cnn")
+        states = parallel.replicate(sweep.init_trial_states(trials, model, steps, sample), mesh)
+        hparams = parallel.replicate({f: jnp.asarray([t.model_kwargs[f] for t in trials]) for f in fields}, mesh)
+        step = sweep.make_trials_step(model, spec, strategy, mesh)
+
+        def batches(s):
+            return parallel.shard_steps(sweep.stack([batch(k, s) for k in range(trial_count)]), mesh)
+
+        t0 = time.perf_counter()
+        states, metrics = step(states, hparams, batches(0))
+        jax.block_until_ready(metrics)
+        compiled = time.perf_counter() - t0
+        for s in range(1, steps):
+            states, metrics = step(states, hparams, batches(s))
+        jax.block_until_ready(states)
+        results[strategy] = {"wall_seconds": time.perf_counter() - start, "compile_seconds": compiled}
+
+    for timing in results.values():
+        run_seconds = timing["wall_seconds"] - timing["compile_seconds"]
+        timing["examples_per_second"] = trial_count * (steps - 1) * batch_size / run_seconds
+        timing["speedup_vs_sequential"] = results["sequential"]["wall_seconds"] / timing["wall_seconds"]
+    return {
+        "model": "simple_cnn",
+        "trials": trial_count,
+        "steps_per_trial": steps,
+        "batch_size": batch_size,
+        "timings": results,
+        "device": parallel.describe(mesh),
+        "jax": jax.__version__,
+    }
+
+
+def format_sweep_result(result: dict) -> str:
+    lines = [
+        f"{result['trials']} simple-CNN trials x {result['steps_per_trial']} steps, batch {result['batch_size']}, "
+        f"{parallel.format_devices(result['device'])}, jax {result['jax']}",
+        "| trials trained             | wall s (with compile) | compile s | examples/s | vs sequential |",
+        "|----------------------------|-----------------------|-----------|------------|---------------|",
+    ]
+    names = {"sequential": "one after another", "unroll": "together, unrolled", "vmap": "together, vmapped"}
+    for name, t in result["timings"].items():
+        lines.append(f"| {names[name]:<26} | {t['wall_seconds']:21.1f} | {t['compile_seconds']:9.1f} | "
+                     f"{t['examples_per_second']:10.0f} | {t['speedup_vs_sequential']:12.2f}x |")
+    return "\n".join(lines)
+
+
 def format_result(result: dict) -> str:
     rate = result["examples_per_second"]
     return "\n".join([
         f"CNN train step, batch {result['batch_size']}, {result['timed_steps']} timed steps, "
         f"{result['dtype']}, {parallel.format_devices(result['device'])}, jax {result['jax']}",
-        f"| measure                                               | value      |",
-        f"|-------------------------------------------------------|------------|",
+        "| measure                                               | value      |",
+        "|-------------------------------------------------------|------------|",
         f"| step alone, batch already on device (examples/s)      | {rate['step_alone']:10.0f} |",
         f"| data on the host, one call a step (examples/s)        | {rate['host_data']:10.0f} |",
         f"| data on the device, lax.scan over steps (examples/s)  | {rate['device_data_scan']:10.0f} |",
@@ -144,6 +248,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--idx-dir", type=pathlib.Path)
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/benchmark/benchmark.json"))
     parser.add_argument("--quick", action="store_true", help="5 timed steps: a smoke test")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time --trials sweep trials together vs one after another instead")
+    parser.add_argument("--trials", type=int, default=8, help="--sweep: trials (default 8)")
+    parser.add_argument("--strategies", default="unroll,vmap",
+                        help="--sweep: how trials share a step, comma-separated (unroll, vmap)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
@@ -155,8 +264,16 @@ def main(argv=None) -> dict:
         data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
-    result = run(steps, args.batch_size, noise, args.dtype, args.data_dir, args.idx_dir)
-    print(format_result(result))
+    if args.sweep:
+        strategies = tuple(x for x in args.strategies.split(",") if x)
+        if args.trials < 1 or not set(strategies) <= {"unroll", "vmap"}:
+            parser.error("--sweep needs --trials >= 1 and --strategies from unroll, vmap")
+        result = run_sweep_benchmark(2 if args.quick else args.trials, 3 if args.quick else args.steps,
+                                     args.batch_size, strategies, args.data_dir, args.idx_dir)
+        print(format_sweep_result(result))
+    else:
+        result = run(steps, args.batch_size, noise, args.dtype, args.data_dir, args.idx_dir)
+        print(format_result(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"\nwritten to {args.output}")

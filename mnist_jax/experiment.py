@@ -12,7 +12,7 @@ import datetime
 import logging
 import pathlib
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mnist_jax import data as data_lib, parallel
 from mnist_jax.checkpoints import has_checkpoints
@@ -48,6 +48,7 @@ def build_parser(name: str, description: str) -> argparse.ArgumentParser:
     add("--learning-rate", "--lr", type=float, help="peak learning rate")
     add("--weight-decay", type=float, help="L2 weight decay")
     add("--seed", type=int, help="seed for init, split, shuffling, dropout and noise")
+    add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
     add("--noise", choices=NOISE_KINDS, help="noise added to training images on the fly")
     add("--noise-level", type=float, help="Gaussian sigma, or salt-and-pepper probability")
     add_run_flags(parser, name)
@@ -85,7 +86,7 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
     base = quick if args.quick else config
     overrides = {
         field: getattr(args, field)
-        for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "dtype",
+        for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "split_seed", "dtype",
                       "data_placement")
         if getattr(args, field, None) is not None
     }
@@ -99,13 +100,15 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
     return config
 
 
-def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool) -> pathlib.Path:
-    """The run directory: named, the newest one to resume, or a new one."""
+def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool,
+                    is_run: Callable[[pathlib.Path], bool] = has_checkpoints) -> pathlib.Path:
+    """The run directory: named, the newest one to resume (a dir that
+    `is_run` accepts), or a new one."""
     if workdir is not None:
         return workdir
     root = DEFAULT_RUNS_DIR / name
     if resume:
-        runs = sorted(p for p in root.glob("*") if has_checkpoints(p)) if root.is_dir() else []
+        runs = sorted(p for p in root.glob("*") if is_run(p)) if root.is_dir() else []
         if not runs:
             raise ResumeError(f"--resume: no run with checkpoints under {root}; name one with --workdir.")
         return runs[-1]
@@ -171,7 +174,7 @@ def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
 def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib.Splits, str]:
     mnist = load_mnist_or_exit(args)
     splits = data_lib.make_splits(
-        mnist, val_fraction=config.val_fraction, seed=config.seed,
+        mnist, val_fraction=config.val_fraction, seed=config.data_seed,
         train_size=config.train_size, test_size=config.test_size,
     )
     return splits, mnist.source

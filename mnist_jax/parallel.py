@@ -166,14 +166,16 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def steps_sharded(mesh: Mesh) -> NamedSharding:
-    """(steps, batch) arrays: every step's batch axis split across the mesh."""
-    return NamedSharding(mesh, P(None, DATA_AXIS))
+def steps_sharded(mesh: Mesh, leading: int = 1) -> NamedSharding:
+    """(steps, batch) arrays: every step's batch axis split across the mesh.
+    leading: axes before the batch axis, e.g. 2 for (steps, trials, batch)."""
+    return NamedSharding(mesh, P(*([None] * leading), DATA_AXIS))
 
 
-def shard_steps(tree: Any, mesh: Mesh) -> Any:
-    """Places (steps, batch, ...) arrays with their batch axis split across the mesh."""
-    sharding = steps_sharded(mesh)
+def shard_steps(tree: Any, mesh: Mesh, leading: int = 1) -> Any:
+    """Places (steps, batch, ...) arrays with their batch axis split across
+    the mesh; `leading` axes come before it (steps_sharded)."""
+    sharding = steps_sharded(mesh, leading)
     return jax.tree.map(lambda x: _global_array(x, sharding), tree)
 
 

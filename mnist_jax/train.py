@@ -77,6 +77,9 @@ class TrainConfig:
     dtype: str = "float32"
     data_placement: str = "auto"  # One of DATA_PLACEMENTS.
     seed: int = 0
+    # Seed of the train/validation split; None: `seed`. A sweep fixes it, so
+    # that trials with other seeds are all scored on one validation set.
+    split_seed: int | None = None
     val_fraction: float = 0.1
     noise: NoiseConfig = NoiseConfig()
     # Stratified subsets for quick runs and tests; None = the whole split.
@@ -108,6 +111,11 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
         self.step_config()  # Validates task, input_norm and recon_weight.
+
+    @property
+    def data_seed(self) -> int:
+        """The seed that splits the data (split_seed, else seed)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def step_config(self) -> StepConfig:
         return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
@@ -184,6 +192,24 @@ def current_learning_rate(opt_state) -> float:
 
     jax.tree.map(lambda _: None, opt_state, is_leaf=visit)
     return float(found[0]) if found else float("nan")
+
+
+def set_hyperparams(opt_state, **values: float):
+    """The optimizer state with new values of injected hyperparameters
+    (e.g. learning_rate, weight_decay): trials that share one optimizer
+    structure keep their own values in their own states."""
+    def replace(node):
+        hyperparams = dict(node.hyperparams)
+        for name, value in values.items():
+            if name not in hyperparams:
+                raise ValueError(f"the optimizer has no injected hyperparameter {name!r}; "
+                                 f"it has {sorted(hyperparams)}")
+            hyperparams[name] = jnp.asarray(value, jnp.result_type(hyperparams[name]))
+        return node._replace(hyperparams=hyperparams)
+
+    is_injected = lambda node: isinstance(getattr(node, "hyperparams", None), dict)
+    return jax.tree.map(lambda node: replace(node) if is_injected(node) else node, opt_state,
+                        is_leaf=is_injected)
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -332,7 +358,7 @@ def eval_step(state: TrainState, batch: dict, *, spec: StepConfig) -> dict:
     return result
 
 
-def _means(sums: dict) -> dict:
+def metric_means(sums: dict) -> dict:
     """{"loss": ..., "accuracy": ..., "mse": ...} from {"loss_sum": ..., "count": ...}."""
     count = max(float(sums["count"]), 1.0)
     names = {"loss_sum": "loss", "correct_sum": "accuracy", "mse_sum": "mse", "psnr_sum": "psnr",
@@ -362,7 +388,7 @@ def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig 
                                        targets=split.targets if spec.reconstructs else None)
     outputs = jax.device_get([step(state, parallel.shard_batch(batch, mesh)) for batch in batches])
     sums = {k: sum(o[k] for o in outputs) for k in outputs[0] if k != "predictions"}
-    result = _means(sums)
+    result = metric_means(sums)
     if spec.classifies:
         result["predictions"] = np.concatenate([o["predictions"] for o in outputs])[: len(split)]
     return result
@@ -452,7 +478,7 @@ class _EpochSums:
         return window.get("loss_sum", 0.0), window.get("count", 0.0)
 
     def means(self) -> dict:
-        return _means(self.sums) if self.sums else {}
+        return metric_means(self.sums) if self.sums else {}
 
 
 def write_atomically(path: pathlib.Path, write: Callable[[Any], None], binary: bool = False) -> None:

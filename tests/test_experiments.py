@@ -81,6 +81,16 @@ def test_benchmark_quick(tmp_path, real_mnist, capsys):
     assert "examples/s" in capsys.readouterr().out
 
 
+def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_path, real_mnist, capsys):
+    result = benchmark.main(["--sweep", "--quick", "--strategies", "vmap", "--data-dir", str(REAL_TFDS_DIR),
+                             "--output", str(tmp_path / "b.json")])
+    assert set(result["timings"]) == {"sequential", "vmap"} and result["trials"] == 2
+    assert result["timings"]["sequential"]["speedup_vs_sequential"] == 1.0
+    assert all(t["wall_seconds"] > t["compile_seconds"] > 0 for t in result["timings"].values())
+    assert json.loads((tmp_path / "b.json").read_text())["model"] == "simple_cnn"
+    assert "together, vmapped" in capsys.readouterr().out
+
+
 QUICK_EXPERIMENTS = ["simple_cnn", "deep_cnn", "vit", "linear_ae", "conv_ae", "vgg16", "alexnet"]
 
 

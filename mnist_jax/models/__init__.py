@@ -25,6 +25,15 @@ MODELS = {
     "classifier_decoding": ClassifierDecoding,
 }
 
+# Model fields that are dropout rates (models.layers.Dropout): they may be
+# traced arrays, so sweep trials that differ only in them train together.
+DROPOUT_FIELDS = {
+    "cnn": ("conv_dropout", "fc_dropout"),
+    "simple_cnn": ("dropout",),
+    "deep_cnn": ("conv_dropout", "fc_dropout"),
+    "vit": ("dropout",),
+}
+
 
 def get_model(name: str, **kwargs):
     """Builds the model registered under `name` with its hyperparameters."""

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import Dropout
 
 
 class ConvBlock(nn.Module):
@@ -23,7 +24,7 @@ class ConvBlock(nn.Module):
         )
         x = nn.relu(x)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
 class CNN(nn.Module):
@@ -53,5 +54,5 @@ class CNN(nn.Module):
         x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 128)
         for width in self.hidden:
             x = nn.relu(nn.Dense(width, kernel_init=torch_kernel_init)(x))
-            x = nn.Dropout(self.fc_dropout, deterministic=not train)(x)
+            x = Dropout(self.fc_dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, kernel_init=torch_kernel_init)(x)  # (B, 10)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import Dropout
 
 
 class ConvBNReLU(nn.Module):
@@ -44,8 +45,8 @@ class DeepCNN(nn.Module):
             x = ConvBNReLU(features)(x, train=train, mask=mask)
             x = ConvBNReLU(features)(x, train=train, mask=mask)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            x = nn.Dropout(self.conv_dropout, deterministic=not train)(x)
+            x = Dropout(self.conv_dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 256)
         x = nn.relu(nn.Dense(self.hidden, kernel_init=torch_kernel_init)(x))
-        x = nn.Dropout(self.fc_dropout, deterministic=not train)(x)
+        x = Dropout(self.fc_dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, kernel_init=torch_kernel_init)(x)  # (B, 10)

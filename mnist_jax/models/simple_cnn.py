@@ -3,6 +3,7 @@
 import flax.linen as nn
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import Dropout
 
 
 class SimpleCNN(nn.Module):
@@ -26,6 +27,6 @@ class SimpleCNN(nn.Module):
         for features in self.features:  # 28 -> 14 -> 7
             x = nn.relu(nn.Conv(features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)  # (B, 7 * 7 * 64)
         return nn.Dense(self.num_classes, kernel_init=torch_kernel_init)(x)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import Dropout
 
 _embedding_init = nn.initializers.truncated_normal(0.02)
 
@@ -28,10 +29,10 @@ class SelfAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
         weights = jax.nn.softmax(logits, axis=-1)  # (B, H, T, T)
         attended = jnp.einsum(
-            "bhqk,bkhd->bqhd", nn.Dropout(self.dropout, deterministic=not train)(weights), v
+            "bhqk,bkhd->bqhd", Dropout(self.dropout, deterministic=not train)(weights), v
         ).reshape(batch, tokens, dim)
         out = nn.Dense(dim, kernel_init=torch_kernel_init, name="proj")(attended)
-        return nn.Dropout(self.dropout, deterministic=not train)(out), weights
+        return Dropout(self.dropout, deterministic=not train)(out), weights
 
 
 class TransformerBlock(nn.Module):
@@ -47,9 +48,9 @@ class TransformerBlock(nn.Module):
         attended, weights = SelfAttention(self.num_heads, self.dropout)(nn.LayerNorm()(x), train=train)
         x = x + attended
         h = nn.Dense(int(dim * self.mlp_ratio), kernel_init=torch_kernel_init)(nn.LayerNorm()(x))
-        h = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(h, approximate=False))
+        h = Dropout(self.dropout, deterministic=not train)(nn.gelu(h, approximate=False))
         h = nn.Dense(dim, kernel_init=torch_kernel_init)(h)
-        return x + nn.Dropout(self.dropout, deterministic=not train)(h), weights
+        return x + Dropout(self.dropout, deterministic=not train)(h), weights
 
 
 class ViT(nn.Module):
@@ -80,7 +81,7 @@ class ViT(nn.Module):
         cls = self.param("cls_token", _embedding_init, (1, 1, self.dim))
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), x], axis=1)
         x = x + self.param("pos_embedding", _embedding_init, (1, x.shape[1], self.dim))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)  # (B, 50, D)
+        x = Dropout(self.dropout, deterministic=not train)(x)  # (B, 50, D)
         attention = []
         for _ in range(self.depth):
             x, weights = TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout)(x, train=train)
