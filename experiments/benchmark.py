@@ -172,8 +172,7 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
 
     for strategy in strategies:
         start = time.perf_counter()
-        fields = sweep.swept_model_fields(trials)
-        model = models.get_model("simple_cnn")
+        model, fields = sweep.group_model(trials)
         states = parallel.replicate(sweep.init_trial_states(trials, model, steps, sample), mesh)
         hparams = parallel.replicate({f: jnp.asarray([t.model_kwargs[f] for t in trials]) for f in fields}, mesh)
         step = sweep.make_trials_step(model, spec, strategy, mesh)

@@ -18,7 +18,11 @@ validation accuracy is saved as a run in <workdir>/best (loadable like any
 run's best checkpoint) and scored on the test set. Written to --workdir:
 sweep.json, trials.csv, best/ (metrics.json, confusion_matrix.png,
 checkpoints), groups/ (checkpoints), tensorboard/ (one run per trial, with
-the HParams dashboard). Measured results are in the README.
+the HParams dashboard).
+
+Measured with the defaults on 2 CPU cores (README, results/sweep_cpu_seed0.json):
+best trial 2 (lr 1.2e-3, weight decay 1e-4, dropout 0.5, batch 128, seed 1),
+validation 99.02 %, test 99.01 %, F1 0.9901, test loss 0.0284; 53.6 min.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import dataclasses
 import json
 import pathlib
 
-from mnist_jax import data as data_lib, sweep as sweep_lib
-from mnist_jax.experiment import (Reference, build_parser, comparison_table, config_from_args, load_mnist_or_exit,
+from mnist_jax import sweep as sweep_lib
+from mnist_jax.experiment import (Reference, build_parser, comparison_table, config_from_args, load_splits,
                                   resolve_workdir, setup)
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import DROPOUT_FIELDS
@@ -125,12 +129,9 @@ def main(argv=None) -> dict:
             raise ValueError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
     except (ValueError, ResumeError) as e:
         parser.error(str(e))
-    mnist = load_mnist_or_exit(args)
-    base = sweep.base
-    splits = data_lib.make_splits(mnist, val_fraction=base.val_fraction, seed=base.data_seed,
-                                  train_size=base.train_size, test_size=base.test_size)
-    print(f"{NAME}: {base.model}, train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
-          f"examples from {mnist.source}; run dir {workdir}", flush=True)
+    splits, source = load_splits(args, sweep.base)  # Split by the base's data seed.
+    print(f"{NAME}: {sweep.base.model}, train {len(splits.train)}, val {len(splits.val)}, "
+          f"test {len(splits.test)} examples from {source}; run dir {workdir}", flush=True)
     try:
         check_same_sweep(workdir, sweep, args.resume)
         summary = sweep_lib.run_sweep(

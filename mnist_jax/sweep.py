@@ -48,7 +48,7 @@ from mnist_jax.models import get_model
 from mnist_jax.search_space import MODEL_PREFIX, SweepConfig, Trial, batched_fields, group_trials, make_trials
 from mnist_jax.tasks import StepConfig
 from mnist_jax.train import (ResumeError, TrainState, create_train_state, evaluate, flat_hparams,
-                             make_optimizer, metric_means, resolve_data_placement, run_keys, score_split,
+                             _is_better, make_optimizer, metric_means, resolve_data_placement, run_keys, score_split,
                              set_hyperparams, train_step, write_atomically, write_json)
 
 STRATEGIES = ("auto", "vmap", "unroll")
@@ -81,6 +81,14 @@ def swept_model_fields(trials: list[Trial]) -> tuple[str, ...]:
     _, batched = batched_fields(trials[0])
     swept = {n.removeprefix(MODEL_PREFIX) for n in trials[0].params if n.startswith(MODEL_PREFIX)}
     return tuple(sorted(batched & swept))
+
+
+def group_model(trials: list[Trial]) -> tuple[nn.Module, tuple[str, ...]]:
+    """The group's shared model (the settings its trials share) and the
+    model fields each trial sets itself, as arrays (swept_model_fields)."""
+    fields = swept_model_fields(trials)
+    shared = {k: v for k, v in trials[0].model_kwargs.items() if k not in fields}
+    return get_model(trials[0].config.model, **shared), fields
 
 
 def init_trial_states(trials: list[Trial], model: nn.Module, steps_per_epoch: int,
@@ -167,10 +175,6 @@ def epoch_batches(trials: list[Trial], epoch: int, num_examples: int) -> tuple[n
     return np.stack([o[0] for o in orders], 1), np.stack([o[1] for o in orders], 1)
 
 
-def _is_better(value: float, best: dict | None, key: str, mode: str) -> bool:
-    return best is None or (value > best[key] if mode == "max" else value < best[key])
-
-
 def train_group(trials: list[Trial], splits: Splits, group_dir: pathlib.Path, tensorboard_dir: pathlib.Path, *,
                 strategy: str = "auto", mesh: jax.sharding.Mesh | None = None, resume: bool = False,
                 progress: bool = True) -> dict:
@@ -191,8 +195,7 @@ def train_group(trials: list[Trial], splits: Splits, group_dir: pathlib.Path, te
     train = splits.train
     steps_per_epoch = pipeline.num_batches(len(train), first.batch_size)
     select_key, select_mode = spec.selection
-    fields = swept_model_fields(trials)
-    model = get_model(first.model, **{k: v for k, v in trials[0].model_kwargs.items() if k not in fields})
+    model, fields = group_model(trials)
     sample = jnp.zeros((1, *train.images.shape[1:]), jnp.float32)
     states = parallel.replicate(init_trial_states(trials, model, steps_per_epoch, sample), mesh)
     model_hparams = parallel.replicate(
@@ -281,8 +284,7 @@ def restore_trial_best(trials: list[Trial], k: int, splits: Splits, group_dir: p
                        mesh: jax.sharding.Mesh) -> TrainState:
     """Trial k's best state, from its group's checkpoint of best states."""
     first = trials[0].config
-    fields = swept_model_fields(trials)
-    model = get_model(first.model, **{k_: v for k_, v in trials[0].model_kwargs.items() if k_ not in fields})
+    model, _ = group_model(trials)
     steps_per_epoch = pipeline.num_batches(len(splits.train), first.batch_size)
     sample = jnp.zeros((1, *splits.train.images.shape[1:]), jnp.float32)
     target = parallel.replicate(init_trial_states(trials, model, steps_per_epoch, sample), mesh)
