@@ -8,9 +8,10 @@ seed), so a group compiles once. How the K trials run inside that step:
 
 - "vmap": jax.vmap over the trial axis, one batched program; for GPU/TPU.
 - "unroll": K copies of the single-trial step in one program. On XLA:CPU
-  vmap turns each convolution into a grouped one that runs ~3.5x slower than
-  K plain ones (simple CNN, K=8: 200 vs 740 examples/s), while K unrolled
-  copies beat K separate calls (~860 examples/s); see experiments.benchmark.
+  vmap turns each convolution into a grouped one, which runs slowly there.
+  Measured (simple CNN, K=8, `python -m experiments.benchmark --sweep
+  --steps 60`, 2 CPU cores): 208 examples/s vmapped, 806 unrolled, 619 for
+  the same trials one after another.
 - "auto": "unroll" on CPU, "vmap" elsewhere.
 
 Per-trial dropout rates enter the step as arrays: each trial's model is the
