@@ -18,5 +18,8 @@ EXPERIMENTS = {
     "noisy": "report 000's noisy chain: CNN on noise, denoising AE, CNN on denoised data; robustness curve",
     "transfer": "report 003's encoder classifiers with 100-3,000 labels: scratch vs frozen vs fine-tuned vs decoding",
     "sweep": "report 000's hyperparameter sweep of the simple CNN: trials trained together, best by validation",
+    "eda": "report 000's data exploration: labels per split, 5 samples per label, pixel statistics",
+    "feature_maps": "report 000's feature maps of a trained model for one image; the ViT's attention maps",
+    "compare": "report 004's comparison of every classifier: accuracy, F1, time, parameters, over seeds",
     "benchmark": "training throughput (examples/s) of the CNN step: alone, data on the host, data on the device",
 }

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from mnist_jax import data as data_lib, parallel
 from mnist_jax.checkpoints import has_checkpoints
+from mnist_jax.figures import FILES as FIGURE_FILES
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
@@ -190,7 +191,7 @@ def print_results(name: str, summary: dict, reference: Reference, workdir: pathl
     print(f"\nTest set ({summary['data']['test']} images), best checkpoint by "
           f"{best['kind'].removeprefix('best_').replace('_', ' ')} (epoch {best['epoch']}):")
     print(comparison_table(reference, summary, title))
-    figures = [f for f in ("confusion_matrix.png", "reconstructions.png") if (workdir / f).exists()]
+    figures = [f for f in FIGURE_FILES if (workdir / f).exists()]
     print(f"\nmetrics.json, {', '.join(figures + ['checkpoints/', 'tensorboard/'])} are in {workdir}")
 
 

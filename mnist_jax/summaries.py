@@ -8,6 +8,7 @@ into the same run rather than a timestamped sub-run (tensorboardX's
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Mapping
 
 import numpy as np
@@ -51,6 +52,40 @@ class MetricWriter:
         for summary in hparams_summaries(dict(hparams), dict(metrics)):
             file_writer.add_summary(summary)
         self.scalars(0, metrics)
+
+    def embedding(self, tag: str, step: int, features: np.ndarray, images: np.ndarray,
+                  metadata: Mapping[str, np.ndarray]) -> None:
+        """Points (N, D) for TensorBoard's projector, each shown as its image.
+
+        images: uint8 (N, H, H, 1), drawn into the projector's sprite.
+        metadata: columns of N values each, e.g. {"label": ..., "predicted": ...}.
+
+        Written again (a resumed run), the embedding replaces the old one
+        instead of being listed twice.
+        """
+        if self._writer is None:
+            return
+        features = np.asarray(features, np.float32)
+        columns = {name: np.asarray(values) for name, values in metadata.items()}
+        if features.ndim != 2 or np.asarray(images).shape[0] != len(features) or any(
+                len(v) != len(features) for v in columns.values()):
+            raise ValueError(f"embedding {tag!r}: features {features.shape}, images "
+                             f"{np.asarray(images).shape} and metadata must have one row per point")
+        logdir = pathlib.Path(self._writer._get_file_writer().get_logdir())
+        subdir = logdir / f"{int(step):05d}" / self._writer._encode(tag)
+        if subdir.exists():
+            shutil.rmtree(subdir)
+        config = logdir / "projector_config.pbtxt"
+        before = config.read_text() if config.exists() else ""
+        rows = [[str(v) for v in row] for row in zip(*columns.values())]
+        label_img = np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0  # (N, 1, H, H)
+        self._writer.add_embedding(
+            features, metadata=rows if len(columns) > 1 else [r[0] for r in rows],
+            label_img=label_img, global_step=int(step), tag=tag,
+            metadata_header=list(columns) if len(columns) > 1 else None)
+        added = config.read_text()[len(before):]
+        if added in before:  # tensorboardX appends; keep one entry per embedding.
+            config.write_text(before)
 
     def flush(self) -> None:
         if self._writer is None:

@@ -29,7 +29,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from mnist_jax import checkpoints, metrics as metrics_lib, parallel, pipeline, precision, summaries, tasks, viz
+from mnist_jax import checkpoints, figures, metrics as metrics_lib, parallel, pipeline, precision, summaries, tasks
 from mnist_jax.data import Split, Splits
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
@@ -243,6 +243,12 @@ def create_train_state(
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def model_hyperparameters(model: nn.Module) -> dict:
+    """The module's own fields (JSON-ready), to rebuild it from metrics.json."""
+    return {f.name: list(v) if isinstance(v := getattr(model, f.name), tuple) else v
+            for f in dataclasses.fields(model) if f.init and f.name not in ("parent", "name")}
+
+
 def count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
@@ -395,14 +401,18 @@ def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig 
 
 
 def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConfig,
-                mesh: jax.sharding.Mesh | None = None) -> dict:
+                mesh: jax.sharding.Mesh | None = None, keep_predictions: bool = False) -> dict:
     """evaluate(), plus macro F1, the per-class report and the confusion
-    matrix where the task classifies."""
+    matrix where the task classifies; the "predictions" (N,) too with
+    `keep_predictions`."""
     result = evaluate(state, split, batch_size, spec, mesh)
     if not spec.classifies:
         return result
-    cm = metrics_lib.confusion_matrix(split.labels, result.pop("predictions"))
+    predictions = result.pop("predictions")
+    cm = metrics_lib.confusion_matrix(split.labels, predictions)
     report = metrics_lib.classification_report(cm)
+    if keep_predictions:
+        result["predictions"] = predictions
     return {**result, "f1_macro": report["f1_macro"], "per_class": report["per_class"],
             "confusion_matrix": cm.tolist()}
 
@@ -728,14 +738,6 @@ def flat_hparams(config: TrainConfig) -> dict:
     return flat
 
 
-def reconstruction_examples(state: TrainState, split: Split, spec: StepConfig, count: int = 10):
-    """(originals, reconstructions) of the split's first `count` images, [0, 1] floats."""
-    images = split.images[:count]
-    inputs, clean = tasks.model_inputs(jnp.asarray(images), None, spec)
-    recon = tasks.reconstruction(jax.jit(predict, static_argnums=2)(state, inputs, spec.dtype), spec)
-    return np.asarray(clean), np.asarray(recon)
-
-
 def train_and_evaluate(
     config: TrainConfig,
     model: nn.Module,
@@ -749,13 +751,17 @@ def train_and_evaluate(
     extra: dict | None = None,
     pretrained: dict | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    test_pictures: np.ndarray | None = None,
 ) -> dict:
     """Trains, scores the best checkpoint on the test set, and writes
-    `metrics.json`, figures (confusion matrix, reconstructions) and
+    `metrics.json`, the figures of mnist_jax.figures (curves, confusion
+    matrix, misclassified images, reconstructions, projector embedding) and
     TensorBoard hparams (process 0 only, where several run).
 
     Without `resume`, a `workdir` that already holds checkpoints is refused,
     so nothing saved is overwritten. `mesh`: the devices (default: all).
+    `test_pictures`: the test images as uint8 pictures, where `splits.test`
+    holds something else (cached features), for the figures.
 
     Returns the contents of metrics.json plus the final "state" and the
     "best_state" that was scored.
@@ -779,19 +785,14 @@ def train_and_evaluate(
                      progress=progress, pretrained=pretrained, mesh=mesh)
         state = result["state"]
         best_state, _ = ckpts.restore_best(state)
-        test = score_split(best_state, splits.test, config.eval_batch_size, spec, mesh)
-        final_step = int(state.step)
-        if spec.classifies and is_main:
-            cm_image = viz.confusion_matrix_image(
-                np.array(test["confusion_matrix"]), f"{experiment}: test confusion matrix"
-            )
-            writer.image("test/confusion_matrix", final_step, cm_image)
-            viz.save_png(cm_image, workdir / "confusion_matrix.png")
-        if spec.reconstructs and splits.test.images.dtype == np.uint8 and is_main:
-            originals, recon = reconstruction_examples(best_state, splits.test, spec)
-            grid = viz.reconstruction_grid_image(originals, recon, f"{experiment}: test reconstructions")
-            writer.image("test/reconstructions", final_step, grid)
-            viz.save_png(grid, workdir / "reconstructions.png")
+        test = score_split(best_state, splits.test, config.eval_batch_size, spec, mesh,
+                           keep_predictions=True)
+        predictions = test.pop("predictions", None)
+        if is_main:
+            figures.write_run_figures(
+                workdir, writer, experiment=experiment, state=best_state, test=splits.test, spec=spec,
+                history=result["history"], step=int(state.step), predictions=predictions,
+                confusion_matrix=test.get("confusion_matrix"), test_pictures=test_pictures)
         select_key = spec.selection[0]
         writer.hparams(flat_hparams(config), {
             **{f"hparam/test_{k}": v for k, v in test.items() if isinstance(v, float)},
@@ -800,7 +801,8 @@ def train_and_evaluate(
     summary = {
         "experiment": experiment,
         "config": config.to_dict(),
-        "model": {"name": config.model, "parameters": count_params(state.params),
+        "model": {"name": config.model, "hyperparameters": model_hyperparameters(model),
+                  "parameters": count_params(state.params),
                   "trainable_parameters": count_params(
                       {k: v for k, v in state.params.items()
                        if not config.trainable or k in config.trainable})},

@@ -152,7 +152,7 @@ def run_transfer(
                 dataclasses.replace(config, trainable=()), head_for(model), feature_splits, workdir,
                 experiment=name, resume=args.resume, progress=not args.no_progress,
                 pretrained={"classifier": weights["classifier"]} if weights else None,
-                extra={**extra, "feature_seconds": feature_seconds},
+                extra={**extra, "feature_seconds": feature_seconds}, test_pictures=splits.test.images,
             )
             summary["classifier_seconds"] = summary["train_seconds"]
             summary["train_seconds"] = feature_seconds + summary["classifier_seconds"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -111,3 +112,223 @@ def accuracy_vs_labels_figure(curves: dict[str, list[tuple[int, float]]],
     """One line per method: (number of labels, test accuracy) points, log x."""
     return curves_figure(curves, xlabel="labelled training images", ylabel="test accuracy (%)",
                          title=title, log_x=True)
+
+
+def _hide_ticks(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def training_curves_figure(history: list[dict], title: str = "Training curves") -> Figure:
+    """Loss, and accuracy where there is one, per epoch: train and validation.
+
+    history: a run's per-epoch records (metrics.json "history"), with keys
+    "epoch", "train_loss", "val_loss" and maybe "train_accuracy", "val_accuracy".
+    """
+    if not history:
+        raise ValueError("no epochs in the history to plot")
+    panels = [("loss", "loss", False)]
+    if "val_accuracy" in history[0]:
+        panels.append(("accuracy", "accuracy (%)", True))
+    fig = Figure(figsize=(5.2 * len(panels), 4.0), dpi=100)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    epochs = [h["epoch"] for h in history]
+    for ax, (metric, ylabel, percent) in zip(axes, panels):
+        for split in ("train", "val"):
+            values = [h.get(f"{split}_{metric}") for h in history]
+            if any(v is None for v in values):
+                continue
+            ax.plot(epochs, [100 * v if percent else v for v in values], marker="o",
+                    label="validation" if split == "val" else split)
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def labelled_images_figure(images: np.ndarray, captions: list[str], title: str = "",
+                           columns: int = 10) -> Figure:
+    """A grid of (N, 28, 28, 1) images in [0, 1], each with a caption above."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    n = max(len(images), 1)
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    fig = Figure(figsize=(1.15 * columns, 0.5 + 1.3 * rows), dpi=100)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        _hide_ticks(ax)
+        if i < len(images):
+            ax.imshow(np.clip(images[i, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(captions[i], fontsize=7)
+        else:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                         title: str = "Misclassified test images", limit: int = 30) -> Figure:
+    """The first `limit` images whose prediction is wrong, captioned
+    "true T / pred P"; images uint8 (N, 28, 28, 1)."""
+    wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predictions))
+    if not len(wrong):
+        fig = Figure(figsize=(5, 1.2), dpi=100)
+        fig.text(0.5, 0.5, f"{title}: none of {len(labels)}", ha="center", va="center", fontsize=10)
+        return fig
+    shown = wrong[:limit]
+    captions = [f"true {labels[i]} / pred {predictions[i]}" for i in shown]
+    return labelled_images_figure(np.asarray(images)[shown] / 255.0, captions,
+                                  f"{title} ({len(shown)} shown of {len(wrong)} wrong in {len(labels)})")
+
+
+def label_distribution_figure(counts: dict[str, np.ndarray], title: str = "Labels per split") -> Figure:
+    """Grouped bars: for each digit, its count in every split ({split: (10,) counts})."""
+    fig = Figure(figsize=(8, 4), dpi=100)
+    ax = fig.add_subplot()
+    width = 0.8 / len(counts)
+    for i, (split, values) in enumerate(counts.items()):
+        xs = np.arange(len(values)) + (i - (len(counts) - 1) / 2) * width
+        ax.bar(xs, values, width=width, label=f"{split} ({int(np.sum(values)):,})")
+    ax.set(xticks=range(len(next(iter(counts.values())))), xlabel="digit", ylabel="images", title=title)
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def samples_per_label_figure(images: np.ndarray, labels: np.ndarray, per_label: int = 5,
+                             title: str = "Samples per label") -> Figure:
+    """A row per digit with its first `per_label` images; uint8 (N, 28, 28, 1)."""
+    classes = np.unique(labels)
+    fig = Figure(figsize=(1.0 * per_label + 0.6, 0.4 + 1.0 * len(classes)), dpi=100)
+    axes = fig.subplots(len(classes), per_label, squeeze=False)
+    for row, label in enumerate(classes):
+        picks = np.flatnonzero(labels == label)[:per_label]
+        for col in range(per_label):
+            ax = axes[row, col]
+            _hide_ticks(ax)
+            if col < len(picks):
+                ax.imshow(images[picks[col], ..., 0], cmap="gray", vmin=0, vmax=255)
+        axes[row, 0].set_ylabel(str(label), rotation=0, labelpad=10)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_statistics_figure(mean_image: np.ndarray, std_image: np.ndarray,
+                            histograms: dict[str, np.ndarray], title: str = "Pixel statistics") -> Figure:
+    """The mean and standard deviation per pixel (28, 28) in [0, 1], and a
+    log-scale histogram of pixel values per split ({split: (256,) counts})."""
+    fig = Figure(figsize=(12, 3.8), dpi=100)
+    ax_mean, ax_std, ax_hist = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    for ax, image, name in ((ax_mean, mean_image, "mean"), (ax_std, std_image, "standard deviation")):
+        shown = ax.imshow(image, cmap="viridis")
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+        ax.set_title(f"{name} per pixel", fontsize=9)
+        _hide_ticks(ax)
+    for split, counts in histograms.items():
+        fractions = np.asarray(counts, np.float64) / max(np.sum(counts), 1)
+        ax_hist.step(np.arange(len(counts)), fractions, where="mid", label=split)
+    ax_hist.set(yscale="log", xlabel="pixel value (0-255)", ylabel="fraction of pixels",
+                title="pixel values")
+    ax_hist.legend()
+    ax_hist.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _channel_grid(maps: np.ndarray, columns: int) -> tuple[int, int]:
+    n = maps.shape[-1]
+    columns = min(columns, n)
+    return -(-n // columns), columns
+
+
+def feature_maps_figure(maps: np.ndarray, title: str, columns: int = 8) -> Figure:
+    """One layer's activations (h, w, C): a panel per channel, each scaled to
+    its own range (a flat channel shows as uniform grey)."""
+    rows, columns = _channel_grid(maps, columns)
+    fig = Figure(figsize=(1.2 * columns, 0.5 + 1.2 * rows), dpi=100)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for c, ax in enumerate(axes.flat):
+        _hide_ticks(ax)
+        if c < maps.shape[-1]:
+            ax.imshow(maps[..., c], cmap="viridis")
+            ax.set_title(str(c), fontsize=6, pad=2)
+        else:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _overlay(ax, image: np.ndarray, heat: np.ndarray) -> None:
+    """image (H, W) in [0, 1] in grey, `heat` (g, g) stretched over it."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
+              interpolation="nearest")
+    _hide_ticks(ax)
+
+
+def attention_figure(image: np.ndarray, cls_maps: np.ndarray, rollout: np.ndarray,
+                     title: str = "ViT attention") -> Figure:
+    """The image; the rollout over it; then a row per layer with each head's
+    CLS attention (depth, heads, g, g) over the image. image: (28, 28) in [0, 1]."""
+    depth, heads = cls_maps.shape[:2]
+    fig = Figure(figsize=(1.3 * (heads + 1), 0.6 + 1.3 * (depth + 1)), dpi=100)
+    axes = fig.subplots(depth + 1, heads + 1, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("input", fontsize=7)
+    _overlay(axes[0, 1], image, rollout)
+    axes[0, 1].set_title("rollout", fontsize=7)
+    for layer in range(depth):
+        axes[layer + 1, 0].text(0.5, 0.5, f"layer {layer + 1}", ha="center", va="center", fontsize=8)
+        for head in range(heads):
+            ax = axes[layer + 1, head + 1]
+            _overlay(ax, image, cls_maps[layer, head])
+            if layer == 0:
+                ax.set_title(f"head {head + 1}", fontsize=7)
+    for ax in axes[:, 1:].flat:
+        ax.axis("on")
+        _hide_ticks(ax)
+    for ax in axes[0, 2:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_figure(rows: list[dict], title: str = "Accuracy against training time") -> Figure:
+    """Test accuracy against training time, one point per model.
+
+    rows: {"label", "accuracy", "train_seconds"} and optionally
+    "accuracy_std", "train_seconds_std" (error bars, over seeds) and
+    "reference" ({"accuracy", "train_seconds"}: the report's point, hollow,
+    joined to ours by a dotted line). Accuracies are fractions.
+    """
+    fig = Figure(figsize=(7.5, 4.8), dpi=100)
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    for row, color in zip(rows, colors):
+        x, y = row["train_seconds"], 100 * row["accuracy"]
+        ax.errorbar(x, y, xerr=row.get("train_seconds_std"), yerr=100 * (row.get("accuracy_std") or 0),
+                    fmt="o", color=color, capsize=3, label=row["label"])
+        ax.annotate(row["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        reference = row.get("reference") or {}
+        if reference.get("accuracy") is not None and reference.get("train_seconds") is not None:
+            rx, ry = reference["train_seconds"], 100 * reference["accuracy"]
+            ax.plot([rx], [ry], marker="o", markerfacecolor="none", color=color, linestyle="none")
+            ax.plot([x, rx], [y, ry], linestyle=":", color=color, linewidth=1)
+    ax.plot([], [], marker="o", markerfacecolor="none", color="gray", linestyle="none", label="report (PyTorch)")
+    ax.set(xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (%)", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -72,3 +72,46 @@ def caches(tmp_path_factory):
     # Strict, as equinox tests: an accidental broadcast between ranks is a bug.
     jax.config.update("jax_numpy_rank_promotion", "raise")
     yield
+
+
+# The experiments whose --quick run the suite trains once and shares (`quick_runs`).
+QUICK_EXPERIMENTS = ["cnn", "simple_cnn", "deep_cnn", "vit", "vgg16", "alexnet", "linear_ae", "conv_ae"]
+
+
+class QuickRuns:
+    """Each experiment's --quick run with seed 0, trained on first use.
+
+    Classifiers land in <root>/compare/<name>/seed0, where `python -m
+    experiments.compare --train` puts seed 0, so compare finds them.
+    """
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+        self.runs: dict[str, dict] = {}
+
+    def workdir(self, name: str) -> pathlib.Path:
+        from experiments.compare import CLASSIFIERS
+
+        return self.root / ("compare" if name in CLASSIFIERS else "other") / name / "seed0"
+
+    def args(self, name: str) -> list[str]:
+        return ["--quick", "--seed", "0", "--workdir", str(self.workdir(name)),
+                "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
+
+    def get(self, name: str) -> dict:
+        """{"summary", "out" (what it printed), "workdir"}."""
+        import contextlib
+        import importlib
+        import io
+
+        if name not in self.runs:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                summary = importlib.import_module(f"experiments.{name}").main(self.args(name))
+            self.runs[name] = {"summary": summary, "out": out.getvalue(), "workdir": self.workdir(name)}
+        return self.runs[name]
+
+
+@pytest.fixture(scope="session")
+def quick_runs(tmp_path_factory, real_mnist):
+    return QuickRuns(tmp_path_factory.mktemp("runs"))

@@ -11,7 +11,7 @@ import pytest
 import experiments
 from experiments import alexnet, benchmark, cnn
 from mnist_jax import data, models, pretrained, train
-from tests.conftest import REAL_TFDS_DIR
+from tests.conftest import QUICK_EXPERIMENTS, REAL_TFDS_DIR
 
 
 def test_every_experiment_module_is_registered_and_has_main():
@@ -28,15 +28,15 @@ def test_listing(capsys):
     assert all(name in out for name in experiments.EXPERIMENTS)
 
 
-def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(tmp_path, real_mnist, capsys):
-    args = ["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
-    summary = cnn.main(args)
-    out = capsys.readouterr().out
-    assert "99.38 %" in out and f"{100 * summary['test']['accuracy']:.2f} %" in out  # report beside ours
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_runs, capsys):
+    run = quick_runs.get("cnn")
+    summary, workdir = run["summary"], run["workdir"]
+    assert "99.38 %" in run["out"] and f"{100 * summary['test']['accuracy']:.2f} %" in run["out"]
+    saved = json.loads((workdir / "metrics.json").read_text())
     assert saved["experiment"] == "cnn" and saved["data"]["test"] == 1000
     assert saved["reference"]["accuracy"] == 0.9938
     assert saved["test"]["accuracy"] > 0.8  # 2 epochs on 4,500 images
+    args = quick_runs.args("cnn")
     with pytest.raises(SystemExit):  # The run exists: refused without --resume.
         cnn.main(args)
     again = cnn.main(args + ["--resume"])  # Finished: resuming only re-evaluates.
@@ -91,34 +91,32 @@ def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_p
     assert "together, vmapped" in capsys.readouterr().out
 
 
-QUICK_EXPERIMENTS = ["simple_cnn", "deep_cnn", "vit", "linear_ae", "conv_ae", "vgg16", "alexnet"]
-
-
-@pytest.mark.parametrize("name", QUICK_EXPERIMENTS)
-def test_quick_run_of_every_experiment(name, tmp_path, real_mnist, capsys):
-    module = importlib.import_module(f"experiments.{name}")
-    summary = module.main(["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR),
-                           "--no-progress"])
-    out = capsys.readouterr().out
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["experiment"] == name and saved["test"] == json.loads(json.dumps(summary["test"]))
+@pytest.mark.parametrize("name", [n for n in QUICK_EXPERIMENTS if n != "cnn"])
+def test_quick_run_of_every_experiment(name, quick_runs):
+    run = quick_runs.get(name)
+    module, out, workdir = importlib.import_module(f"experiments.{name}"), run["out"], run["workdir"]
+    saved = json.loads((workdir / "metrics.json").read_text())
+    assert saved["experiment"] == name and saved["test"] == json.loads(json.dumps(run["summary"]["test"]))
     assert "| report (" in out and f"{saved['train_seconds']:.2f}" in out
     if "accuracy" in saved["test"]:
         assert f"{100 * module.REFERENCE.accuracy:.2f} %" in out  # The report's number beside ours.
         assert f"{100 * saved['test']['accuracy']:.2f} %" in out
-        assert (tmp_path / "confusion_matrix.png").is_file()
+        figures = ("curves.png", "confusion_matrix.png", "misclassified.png")
     else:
         assert saved["test"]["mse"] < 0.1 and f"{saved['test']['psnr']:.2f}" in out
-        assert (tmp_path / "reconstructions.png").is_file()
+        figures = ("curves.png", "reconstructions.png")
+    for figure in figures:
+        assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert "curves.png" in out  # Listed with the run's files.
+    assert (workdir / "tensorboard" / "projector_config.pbtxt").is_file()
     assert all(np.isfinite(r["learning_rate"]) for r in saved["history"])
 
 
-def test_transfer_without_weights_is_labelled_random_init(tmp_path, real_mnist, capsys):
-    alexnet.main(["--quick", "--weights", "none", "--workdir", str(tmp_path),
-                  "--data-dir", str(REAL_TFDS_DIR), "--no-progress"])
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+def test_transfer_without_weights_is_labelled_random_init(quick_runs):
+    run = quick_runs.get("alexnet")  # --quick defaults to --weights none.
+    saved = json.loads((run["workdir"] / "metrics.json").read_text())
     assert saved["weights"].startswith("none (random init")
-    assert "this run (random init)" in capsys.readouterr().out
+    assert "this run (random init)" in run["out"]
 
 
 def test_transfer_offline_says_what_to_do(tmp_path, monkeypatch, capsys):

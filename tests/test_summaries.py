@@ -32,8 +32,10 @@ def test_scalars_and_confusion_matrix_image_are_logged(finished_run):
 
 
 def test_hparams_are_in_the_same_run(finished_run):
-    run_dirs = [p for p in (finished_run / "tensorboard").iterdir() if p.is_dir()]
-    assert run_dirs == []  # No timestamped sub-run (tensorboardX #519).
+    # No timestamped sub-run (tensorboardX #519): no events below the run's own
+    # (the projector's files are in a step folder, without events).
+    events_below = list((finished_run / "tensorboard").glob("*/**/events.out.tfevents.*"))
+    assert events_below == []
     events = EventAccumulator(str(finished_run / "tensorboard")).Reload()
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(hparams)
@@ -51,3 +53,60 @@ def test_metrics_json_has_the_shared_shape(finished_run):
     assert summary["devices"]["count"] >= 1 and summary["devices"]["platform"] == "cpu"
     assert summary["model"]["parameters"] == 422_474
     assert summary["config"]["batch_size"] == 32 and len(summary["history"]) == 2
+
+
+def test_a_run_leaves_curves_misclassified_images_and_a_projector_embedding(finished_run):
+    from PIL import Image
+
+    for name in ("curves.png", "misclassified.png", "confusion_matrix.png"):
+        with Image.open(finished_run / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100, name
+    events = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "test/misclassified" in events.Tags()["images"]
+    config = (finished_run / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert config.count("embeddings {") == 1
+    (folder,) = (finished_run / "tensorboard").glob("*/test%2fembedding")
+    assert np.loadtxt(folder / "tensors.tsv").shape == (100, 128)  # The 100 test images, CNN width.
+    labels = [int(line.split("\t")[0]) for line in (folder / "metadata.tsv").read_text().splitlines()[1:]]
+    assert labels == synthetic_test_labels()
+
+
+def synthetic_test_labels():
+    from tests.conftest import synthetic_split
+
+    return synthetic_split(100, 2).labels.tolist()
+
+
+def test_load_run_rebuilds_the_model_and_its_best_checkpoint(finished_run, synthetic_splits):
+    from mnist_jax import runs
+
+    run = runs.load_run(finished_run)
+    summary = json.loads((finished_run / "metrics.json").read_text())
+    assert run.config == runs.config_from_dict(summary["config"]) and run.config.batch_size == 32
+    assert summary["model"]["hyperparameters"]["features"] == [32, 64, 128]
+    test = train.score_split(run.state, synthetic_splits.test, 50, run.config.step_config())
+    assert test["accuracy"] == summary["test"]["accuracy"] and test["loss"] == pytest.approx(summary["test"]["loss"])
+
+
+def test_load_run_says_what_is_wrong(finished_run, tmp_path):
+    from mnist_jax import runs
+
+    with pytest.raises(runs.RunError, match="no metrics.json"):
+        runs.load_run(tmp_path)
+    summary = json.loads((finished_run / "metrics.json").read_text())
+    (tmp_path / "metrics.json").write_text(json.dumps({**summary, "cached_features": True}))
+    with pytest.raises(runs.RunError, match="no-cache-features"):
+        runs.load_run(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps(summary))
+    with pytest.raises(runs.RunError, match="cannot load the best checkpoint"):
+        runs.load_run(tmp_path)  # metrics.json without checkpoints beside it.
+    with pytest.raises(runs.RunError, match="unknown to this version"):
+        runs.config_from_dict({**summary["config"], "new_field": 1})
+
+
+def test_config_round_trips_through_json():
+    from mnist_jax import runs
+    from mnist_jax.pipeline import NoiseConfig
+
+    config = train.TrainConfig(model="vit", noise=NoiseConfig("salt_pepper", 0.1), trainable=("head",), seed=4)
+    assert runs.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config

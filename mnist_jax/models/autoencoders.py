@@ -23,6 +23,7 @@ class LinearAutoencoder(nn.Module):
     def __call__(self, x, *, train: bool):
         shape = x.shape  # (B, 28, 28, 1)
         z = nn.relu(_dense(self.latent_dim, name="encoder")(x.reshape(shape[0], -1)))  # (B, 128)
+        self.sow("intermediates", "embedding", z)  # For mnist_jax.inspection.
         out = nn.sigmoid(_dense(shape[1] * shape[2] * shape[3], name="decoder")(z))  # (B, 784)
         return out.reshape(shape)
 
@@ -98,7 +99,9 @@ class ConvAutoencoder(nn.Module):
         return self.encoder(x)
 
     def __call__(self, x, *, train: bool):
-        return self.decoder(self.encoder(x))
+        z = self.encoder(x)  # (B, latent)
+        self.sow("intermediates", "embedding", z)  # For mnist_jax.inspection.
+        return self.decoder(z)
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -128,6 +131,7 @@ class DenoisingAutoencoder(nn.Module):
         init = nn.initializers.he_normal()
         for width in self.features:  # (B, 28, 28, 1) -> (B, 7, 7, 64)
             x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2), padding=1, kernel_init=init)(x))
+        self.sow("intermediates", "embedding", x)  # The code (B, 7, 7, 64): for mnist_jax.inspection.
         for width in (*reversed(self.features[:-1]), None):  # -> (B, 28, 28, 1)
             bias = nn.initializers.zeros_init() if width else nn.initializers.constant(-2.0)
             x = torch_conv_transpose(width or 1, 3, 2, 1, 1, kernel_init=init, bias_init=bias)(x)
@@ -175,7 +179,9 @@ class EncoderClassifier(nn.Module):
         self.head = MLPHead(self.hidden, self.num_classes, self.dropout)
 
     def __call__(self, x, *, train: bool):
-        return self.head(self.encoder(x), train=train)  # (B, 10)
+        z = self.encoder(x)  # (B, latent)
+        self.sow("intermediates", "embedding", z)  # For mnist_jax.inspection.
+        return self.head(z, train=train)  # (B, 10)
 
 
 class ClassifierDecoding(EncoderClassifier):
@@ -189,5 +195,6 @@ class ClassifierDecoding(EncoderClassifier):
         self.decoder = ConvDecoder()
 
     def __call__(self, x, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        z = self.encoder(x)
+        z = self.encoder(x)  # (B, latent)
+        self.sow("intermediates", "embedding", z)  # For mnist_jax.inspection.
         return self.head(z, train=train), self.decoder(z)

@@ -55,4 +55,5 @@ class CNN(nn.Module):
         for width in self.hidden:
             x = nn.relu(nn.Dense(width, kernel_init=torch_kernel_init)(x))
             x = Dropout(self.fc_dropout, deterministic=not train)(x)
+        self.sow("intermediates", "embedding", x)  # (B, 128): for mnist_jax.inspection.
         return nn.Dense(self.num_classes, kernel_init=torch_kernel_init)(x)  # (B, 10)

@@ -49,4 +49,5 @@ class DeepCNN(nn.Module):
         x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 256)
         x = nn.relu(nn.Dense(self.hidden, kernel_init=torch_kernel_init)(x))
         x = Dropout(self.fc_dropout, deterministic=not train)(x)
+        self.sow("intermediates", "embedding", x)  # (B, 512): for mnist_jax.inspection.
         return nn.Dense(self.num_classes, kernel_init=torch_kernel_init)(x)  # (B, 10)

@@ -29,4 +29,5 @@ class SimpleCNN(nn.Module):
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = Dropout(self.dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)  # (B, 7 * 7 * 64)
+        self.sow("intermediates", "embedding", x)  # For mnist_jax.inspection.
         return nn.Dense(self.num_classes, kernel_init=torch_kernel_init)(x)

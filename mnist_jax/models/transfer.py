@@ -147,6 +147,8 @@ class ClassifierHead(nn.Module):
         widths = (self.hidden, self.hidden, self.num_classes)
         for i, (index, width) in enumerate(zip(a.classifier_indices, widths)):
             last = i == 2
+            if last:
+                self.sow("intermediates", "embedding", x)  # (B, hidden): for mnist_jax.inspection.
             if a.dropout_before_linear and not last:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x = nn.Dense(width, kernel_init=torch_kernel_init, name=f"fc_{index}")(x)

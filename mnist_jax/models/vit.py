@@ -86,8 +86,9 @@ class ViT(nn.Module):
         for _ in range(self.depth):
             x, weights = TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout)(x, train=train)
             attention.append(weights)
-        logits = nn.Dense(self.num_classes, kernel_init=torch_kernel_init, name="head")(
-            nn.LayerNorm()(x[:, 0]))  # (B, 10)
+        cls = nn.LayerNorm()(x[:, 0])  # (B, D)
+        self.sow("intermediates", "embedding", cls)  # For mnist_jax.inspection.
+        logits = nn.Dense(self.num_classes, kernel_init=torch_kernel_init, name="head")(cls)  # (B, 10)
         if return_attention:
             return logits, jnp.stack(attention, axis=1)  # (B, depth, H, 50, 50)
         return logits

@@ -1,0 +1,278 @@
+"""The cross-model comparison of report 004: every classifier's test accuracy,
+macro F1, training time, parameters and throughput, over seeds.
+
+    python -m experiments.compare                      # collect the runs under runs/
+    python -m experiments.compare --train              # train each classifier with seeds 0-2 first
+    python -m experiments.compare --train --quick      # the same with the experiments' --quick settings
+    python -m experiments.compare --train --models cnn,vit --seeds 5
+    python -m experiments.compare --runs-dir results   # the summaries committed in results/
+
+Runs are found by their summaries (metrics.json, or a copy of one under
+another name) anywhere under --runs-dir and grouped by
+experiment and settings (seed aside): a group gives mean +- std (sample
+standard deviation) over its seeds. Rows whose settings are not the
+experiment's defaults say how they differ, e.g. "cnn (quick)". --train puts
+seed k of model m in runs/compare/<m>/seed<k> (runs/compare/<m>/e<N>_seed<k>
+with --epochs N; skipped where that run is finished, resumed where it was
+interrupted). Writes comparison.json,
+comparison.csv and comparison.png (test accuracy against training time, the
+report's points hollow) into --out (default runs/compare), and prints the
+table with report 004's numbers beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib
+import json
+import pathlib
+
+import numpy as np
+
+from mnist_jax import viz
+from mnist_jax.experiment import DEFAULT_RUNS_DIR, setup
+from mnist_jax.runs import find_summaries
+from mnist_jax.train import TrainConfig, write_json
+
+# The classifier experiments, in the report's order (report 000's simple CNN last).
+CLASSIFIERS = ("cnn", "deep_cnn", "vgg16", "alexnet", "vit", "simple_cnn")
+DEFAULT_SEEDS = 3
+# Fields that do not change what a run measures; the seeds are what a group averages over.
+IGNORED_FIELDS = {"seed", "split_seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                  "eval_batch_size", "data_placement"}
+# Transfer-learning settings kept in metrics.json beside the config, and their defaults.
+TRANSFER_DEFAULTS = {"image_size": 224, "weights": "ImageNet"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--runs-dir", type=pathlib.Path, default=DEFAULT_RUNS_DIR,
+        help=f"where to look for runs (default {DEFAULT_RUNS_DIR}/)")
+    add("--out", type=pathlib.Path, help=f"output folder (default {DEFAULT_RUNS_DIR}/compare)")
+    add("--models", default=",".join(CLASSIFIERS), help=f"comma-separated, of {','.join(CLASSIFIERS)}")
+    add("--train", action="store_true", help="train the missing seeds of every model first")
+    add("--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds 0..N-1 with --train (default {DEFAULT_SEEDS})")
+    add("--quick", action="store_true", help="with --train: each experiment's --quick settings")
+    add("--epochs", type=int, help="with --train: this many epochs instead of each experiment's")
+    add("--data-dir", type=pathlib.Path, help="with --train: tfds data dir holding mnist/3.0.1")
+    add("--no-download", action="store_true", help="with --train: never download MNIST or weights")
+    return parser
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CLASSIFIERS]
+    if unknown or not names:
+        raise ValueError(f"--models: unknown {unknown or 'none given'}; choose from {', '.join(CLASSIFIERS)}")
+    return names
+
+
+def experiment_module(name: str):
+    return importlib.import_module(f"experiments.{name}")
+
+
+def train_missing(models: tuple[str, ...], seeds: int, quick: bool, root: pathlib.Path,
+                  extra_args: list[str], epochs: int | None = None) -> dict[str, str]:
+    """Trains each model's seeds 0..seeds-1 into root/<model>/seed<k> (or
+    e<epochs>_seed<k>), unless finished; returns {run: why it failed} for
+    those that could not run."""
+    failed = {}
+    if epochs is not None:
+        extra_args = [*extra_args, "--epochs", str(epochs)]
+    for name in models:
+        for seed in range(seeds):
+            workdir = root / name / (f"seed{seed}" if epochs is None else f"e{epochs}_seed{seed}")
+            if (workdir / "metrics.json").is_file():
+                print(f"{name} seed {seed}: finished earlier, in {workdir}")
+                continue
+            argv = ["--seed", str(seed), "--workdir", str(workdir), "--no-progress", *extra_args]
+            if (workdir / "checkpoints").is_dir():
+                argv.append("--resume")
+            if quick:
+                argv.append("--quick")
+            print(f"\n=== {name} seed {seed}: python -m experiments.{name} {' '.join(argv)}", flush=True)
+            try:
+                experiment_module(name).main(argv)
+            except SystemExit as e:  # A model that cannot run (no weights offline) leaves the rest.
+                failed[f"{name} seed {seed}"] = f"exited with status {e.code}"
+                print(f"{name} seed {seed} failed (status {e.code}); going on with the others", flush=True)
+    return failed
+
+
+def settings_label(name: str, summary: dict) -> str:
+    """How a run's settings differ from its experiment's defaults ("" when they don't)."""
+    module = experiment_module(name)
+    config = {k: v for k, v in summary["config"].items() if k not in IGNORED_FIELDS}
+    if summary.get("cached_features"):  # Trained the classifier alone: "trainable" was dropped.
+        config.pop("trainable", None)
+
+    def differences(reference: TrainConfig) -> list[str]:
+        defaults = json.loads(json.dumps(reference.to_dict()))
+        return [f"{k}={v}" for k, v in config.items() if defaults.get(k) != v]
+
+    parts = []
+    if not differences(module.CONFIG):
+        pass
+    elif not differences(module.QUICK):
+        parts.append("quick")
+    else:
+        parts.extend(differences(module.CONFIG))
+    if "image_size" in summary and summary["image_size"] != TRANSFER_DEFAULTS["image_size"]:
+        parts.append(f"{summary['image_size']}px")
+    if "weights" in summary and not str(summary["weights"]).startswith(TRANSFER_DEFAULTS["weights"]):
+        parts.append("random init")
+    return ", ".join(parts)
+
+
+def examples_per_second(summary: dict) -> float | None:
+    """Training examples processed per second of training time."""
+    seconds = summary.get("train_seconds")
+    if not seconds:
+        return None
+    return summary["data"]["train"] * len(summary.get("history", [])) / seconds
+
+
+@dataclasses.dataclass
+class Group:
+    """The runs of one experiment with one set of settings, seeds aside."""
+
+    experiment: str
+    label: str
+    runs: list[tuple[pathlib.Path, dict]] = dataclasses.field(default_factory=list)
+
+    def values(self, get) -> list[float]:
+        return [v for v in (get(s) for _, s in self.runs) if v is not None]
+
+    def stat(self, get) -> tuple[float | None, float | None]:
+        """(mean, sample std or None for a single run)."""
+        values = self.values(get)
+        if not values:
+            return None, None
+        return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+    def row(self) -> dict:
+        accuracy, accuracy_std = self.stat(lambda s: s["test"].get("accuracy"))
+        f1, f1_std = self.stat(lambda s: s["test"].get("f1_macro"))
+        seconds, seconds_std = self.stat(lambda s: s.get("train_seconds"))
+        throughput, throughput_std = self.stat(examples_per_second)
+        reference = dataclasses.asdict(experiment_module(self.experiment).REFERENCE)
+        return {
+            "experiment": self.experiment, "label": self.label, "runs": len(self.runs),
+            "seeds": sorted(s["config"]["seed"] for _, s in self.runs),
+            "accuracy": accuracy, "accuracy_std": accuracy_std, "f1_macro": f1, "f1_macro_std": f1_std,
+            "train_seconds": seconds, "train_seconds_std": seconds_std,
+            "examples_per_second": throughput, "examples_per_second_std": throughput_std,
+            "parameters": self.runs[0][1]["model"]["parameters"],
+            "devices": self.runs[0][1].get("devices", {}).get("kind"),
+            "run_dirs": [str(path) for path, _ in self.runs],
+            "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
+        }
+
+
+def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) -> list[Group]:
+    """Groups the classifier runs by experiment and settings, in `models` order,
+    the group with the most runs first within an experiment."""
+    groups: dict[tuple, Group] = {}
+    for path, summary in found:
+        name = summary.get("experiment")
+        if name not in models or "accuracy" not in summary.get("test", {}):
+            continue
+        config = {k: v for k, v in summary["config"].items() if k not in IGNORED_FIELDS}
+        key = (name, json.dumps(config, sort_keys=True), summary.get("image_size"),
+               str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"])
+        label = settings_label(name, summary)
+        groups.setdefault(key, Group(name, f"{name} ({label})" if label else name)).runs.append((path, summary))
+    return sorted(groups.values(), key=lambda g: (models.index(g.experiment), -len(g.runs), g.label))
+
+
+def _pm(mean, std, fmt: str, scale: float = 1.0) -> str:
+    if mean is None:
+        return "-"
+    text = format(scale * mean, fmt)
+    return text + (f" +- {format(scale * std, fmt)}" if std is not None else "")
+
+
+def _ref(value, fmt: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(scale * value, fmt)
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f"{'model':<26} {'runs':>4} {'accuracy %':>16} {'macro F1':>17} {'train s':>16} "
+              f"{'parameters':>11} {'examples/s':>16} | {'report %':>8} {'F1':>6} {'s':>7}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ref = r["reference"]
+        lines.append(
+            f"{r['label']:<26} {r['runs']:>4} {_pm(r['accuracy'], r['accuracy_std'], '.2f', 100):>16} "
+            f"{_pm(r['f1_macro'], r['f1_macro_std'], '.4f'):>17} "
+            f"{_pm(r['train_seconds'], r['train_seconds_std'], '.1f'):>16} {r['parameters']:>11,} "
+            f"{_pm(r['examples_per_second'], r['examples_per_second_std'], ',.0f'):>16} | "
+            f"{_ref(ref['accuracy'], '.2f', 100):>8} {_ref(ref['f1_macro'], '.4f'):>6} "
+            f"{_ref(ref['train_seconds'], '.1f'):>7}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: pathlib.Path) -> None:
+    columns = ["label", "experiment", "runs", "accuracy", "accuracy_std", "f1_macro", "f1_macro_std",
+               "train_seconds", "train_seconds_std", "parameters", "examples_per_second",
+               "examples_per_second_std", "devices"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns + ["report_accuracy", "report_f1_macro", "report_train_seconds"])
+        for r in rows:
+            writer.writerow([r[c] for c in columns] + [r["reference"][k] for k in
+                                                       ("accuracy", "f1_macro", "train_seconds")])
+
+
+def main(argv=None) -> dict:
+    setup()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        models = parse_models(args.models)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if (args.quick or args.epochs is not None) and not args.train:
+        parser.error("--quick and --epochs choose the settings of --train; add --train")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    out = args.out or args.runs_dir / "compare"
+    failed = {}
+    if args.train:
+        extra = (["--data-dir", str(args.data_dir)] if args.data_dir else []) + \
+                (["--no-download"] if args.no_download else [])
+        failed = train_missing(models, args.seeds, args.quick, args.runs_dir / "compare", extra, args.epochs)
+
+    groups = group_runs(find_summaries(args.runs_dir), models)
+    if not groups:
+        parser.error(f"no finished classifier runs of {', '.join(models)} under {args.runs_dir}; "
+                     "train some (add --train) or point --runs-dir at them")
+    rows = [g.row() for g in groups]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "comparison.json", {"runs_dir": str(args.runs_dir), "rows": rows, "failed": failed})
+    write_csv(rows, out / "comparison.csv")
+    chart = [{**r, "accuracy_std": r["accuracy_std"] or 0.0, "train_seconds_std": r["train_seconds_std"]}
+             for r in rows if r["accuracy"] is not None and r["train_seconds"]]
+    viz.save_png(viz.figure_to_array(viz.comparison_figure(chart, "Test accuracy against training time")),
+                 out / "comparison.png")
+
+    print(f"\nClassifiers on the MNIST test set, mean +- std over seeds (runs under {args.runs_dir}); "
+          "report 004's numbers (PyTorch, GPU) on the right:\n")
+    print(format_table(rows))
+    missing = [m for m in models if m not in {g.experiment for g in groups}]
+    if missing:
+        print(f"\nno runs of: {', '.join(missing)}")
+    for run, why in failed.items():
+        print(f"failed: {run} ({why})")
+    print(f"\ncomparison.json, comparison.csv and comparison.png are in {out}")
+    return {"rows": rows, "failed": failed, "out": str(out)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Feature maps of a trained model (report 000's feature-map visualisation),
+and the ViT's attention.
+
+    python -m experiments.feature_maps --checkpoint runs/cnn/<time> --index 7
+    python -m experiments.feature_maps --checkpoint RUN_DIR --image my_digit.png [--invert]
+
+For the run's best checkpoint and one image (a test-set index, or a PNG of
+any size, made grey and resized to 28x28), writes into
+RUN_DIR/feature_maps/<image>/:
+  input.png                     the image the model saw
+  NN_<layer>.png                every convolution's output, a panel per channel
+  attention.png                 ViT only: each head's CLS attention per layer,
+                                and the attention rollout (Abnar & Zuidema 2020)
+  feature_maps.json             the prediction and each layer's statistics
+and prints the predicted digit and a table of the layers. MNIST digits are
+white on black: pass --invert for a dark digit on a light background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+from mnist_jax import data as data_lib, inspection, tasks, viz
+from mnist_jax.experiment import setup
+from mnist_jax.runs import RunError, load_run
+from mnist_jax.train import predict, write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.feature_maps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--checkpoint", type=pathlib.Path, required=True, metavar="RUN_DIR",
+        help="a finished run's directory (its metrics.json and checkpoints/)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--index", type=int, help="an image of the MNIST test set (default 0)")
+    source.add_argument("--image", type=pathlib.Path, help="a PNG (or JPEG) file of a digit")
+    add("--invert", action="store_true", help="invert --image (for a dark digit on a light background)")
+    add("--channels", type=int, default=64, help="at most this many channels per layer (default 64)")
+    add("--out", type=pathlib.Path, help="output folder (default RUN_DIR/feature_maps/<image>)")
+    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
+    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files")
+    add("--no-download", action="store_true", help="never download MNIST")
+    return parser
+
+
+def read_image(path: pathlib.Path, invert: bool) -> np.ndarray:
+    """A picture file as an MNIST-like uint8 (28, 28, 1): grey, resized, maybe inverted."""
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib.
+
+    try:
+        with Image.open(path) as picture:
+            grey = picture.convert("L")
+    except FileNotFoundError as e:
+        raise ValueError(f"--image {path}: no such file") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"--image {path}: not an image Pillow can read ({e})") from e
+    if grey.size != data_lib.IMAGE_SHAPE:
+        print(f"--image: resizing {grey.size[0]}x{grey.size[1]} to 28x28")
+        grey = grey.resize(data_lib.IMAGE_SHAPE, Image.Resampling.LANCZOS)
+    image = np.asarray(grey, np.uint8)
+    if invert:
+        image = 255 - image
+    elif image.mean() > 127:
+        print("note: this image is mostly light; MNIST digits are white on black, so "
+              "--invert may be what you want")
+    return image[..., None]
+
+
+def layer_statistics(maps: np.ndarray) -> dict:
+    """Shape, mean and the fraction of positive values of one layer's output (h, w, C)."""
+    return {"shape": list(maps.shape), "mean": float(maps.mean()),
+            "positive_fraction": float((maps > 0).mean())}
+
+
+def main(argv=None) -> dict:
+    setup()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.channels < 1:
+        parser.error(f"--channels must be >= 1, got {args.channels}")
+    try:
+        run = load_run(args.checkpoint)
+        if args.image is not None:
+            image = read_image(args.image, args.invert)
+            label, name = None, args.image.stem
+        else:
+            index = 0 if args.index is None else args.index
+            test = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir,
+                                       download=not args.no_download).test
+            if not 0 <= index < len(test):
+                raise ValueError(f"--index {index} is outside the test set (0 to {len(test) - 1})")
+            image, label, name = test.images[index], int(test.labels[index]), f"index_{index}"
+    except (RunError, ValueError) as e:
+        parser.error(str(e))
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+
+    spec = run.config.step_config()
+    images = image[None]  # (1, 28, 28, 1) uint8
+    out = args.out or args.checkpoint / "feature_maps" / name
+    out.mkdir(parents=True, exist_ok=True)
+    viz.save_png(np.repeat(image, 3, axis=-1), out / "input.png")
+
+    result = {"run": str(args.checkpoint), "model": run.config.model, "image": name, "label": label}
+    if spec.classifies:
+        inputs = inspection.clean_inputs(images, spec)
+        logits = tasks.logits_of(predict(run.state, inputs, spec.dtype), spec)  # (1, 10)
+        probabilities = np.asarray(jax.nn.softmax(logits[0]))
+        result["predicted"] = int(probabilities.argmax())
+        result["probability"] = float(probabilities.max())
+
+    maps = inspection.feature_maps(run.state, images, spec)
+    result["layers"] = {}
+    for number, (layer, values) in enumerate(maps.items(), start=1):
+        shown = values[0, ..., :args.channels]  # (h, w, <= channels)
+        channels = f"{shown.shape[-1]} of {values.shape[-1]} channels"
+        title = f"{run.config.model} {layer}: {values.shape[1]}x{values.shape[2]}, {channels}"
+        viz.save_png(viz.figure_to_array(viz.feature_maps_figure(shown, title)),
+                     out / f"{number:02d}_{layer.replace('/', '_')}.png")
+        result["layers"][layer] = layer_statistics(values[0])
+    if run.config.model == "vit":
+        weights = inspection.attention_weights(run.state, images, spec)[0]  # (depth, H, T, T)
+        viz.save_png(viz.figure_to_array(viz.attention_figure(
+            image[..., 0] / 255.0, inspection.cls_attention_maps(weights), inspection.rollout_map(weights),
+            f"{run.config.model}: CLS attention per layer and head")), out / "attention.png")
+        result["attention"] = {"layers": int(weights.shape[0]), "heads": int(weights.shape[1]),
+                               "rollout_peak_patch": int(inspection.rollout_map(weights).argmax())}
+    write_json(out / "feature_maps.json", result)
+
+    print(f"\n{run.config.model} (best checkpoint of {args.checkpoint}), image {name}"
+          + (f", true label {label}" if label is not None else ""))
+    if "predicted" in result:
+        print(f"predicted {result['predicted']} with probability {result['probability']:.3f}")
+    print(f"\n{'layer':<28} {'output':>14} {'mean':>9} {'> 0':>7}")
+    for layer, stats in result["layers"].items():
+        shape = "x".join(map(str, stats["shape"]))
+        print(f"{layer:<28} {shape:>14} {stats['mean']:>9.4f} {100 * stats['positive_fraction']:>6.1f}%")
+    print(f"\nfigures are in {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

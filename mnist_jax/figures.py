@@ -1,0 +1,91 @@
+"""The pictures every training run leaves behind, as PNG files beside its
+metrics.json and as TensorBoard images and projector embeddings.
+
+  curves.png            loss (and accuracy) per epoch, train and validation
+  confusion_matrix.png  classifiers: test confusion matrix
+  misclassified.png     classifiers: wrong test predictions, true and predicted labels
+  reconstructions.png   autoencoders: test images above their reconstructions
+  TensorBoard projector the model's embedding of the first EMBEDDING_POINTS
+                        test images, with their labels and pictures
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import inspection, summaries, tasks, viz
+from mnist_jax.data import Split
+from mnist_jax.tasks import StepConfig
+
+# Test images shown in the projector: enough to see the clusters, and a
+# sprite (32 x 32 images of 28 pixels) well within TensorBoard's 8192 pixels.
+EMBEDDING_POINTS = 1000
+FILES = ("curves.png", "confusion_matrix.png", "misclassified.png", "reconstructions.png")
+
+
+def reconstruction_examples(state, split: Split, spec: StepConfig, count: int = 10):
+    """(originals, reconstructions) of the split's first `count` images, [0, 1] floats."""
+    from mnist_jax.train import predict
+
+    inputs, clean = tasks.model_inputs(jnp.asarray(split.images[:count]), None, spec)
+    recon = tasks.reconstruction(jax.jit(predict, static_argnums=2)(state, inputs, spec.dtype), spec)
+    return np.asarray(clean), np.asarray(recon)
+
+
+def write_run_figures(
+    workdir: pathlib.Path,
+    writer: summaries.MetricWriter,
+    *,
+    experiment: str,
+    state,
+    test: Split,
+    spec: StepConfig,
+    history: list[dict],
+    step: int,
+    predictions: np.ndarray | None = None,
+    confusion_matrix: np.ndarray | None = None,
+    test_pictures: np.ndarray | None = None,
+) -> list[str]:
+    """Writes the run's figures; returns the names of the files written.
+
+    state: the evaluated (best) state. predictions, confusion_matrix: its test
+    results, where the task classifies. test_pictures: uint8 (N, 28, 28, 1)
+    pictures of the test split where `test.images` are not pictures (cached
+    transfer-learning features); None: `test.images` are the pictures.
+    """
+    pictures = test_pictures if test_pictures is not None else test.images
+    has_pictures = pictures.dtype == np.uint8 and pictures.ndim == 4
+    written = []
+
+    def save(name: str, image: np.ndarray, tag: str | None = None) -> None:
+        viz.save_png(image, workdir / name)
+        if tag:
+            writer.image(tag, step, image)
+        written.append(name)
+
+    if history:
+        save("curves.png", viz.figure_to_array(
+            viz.training_curves_figure(history, f"{experiment}: training curves")))
+    if confusion_matrix is not None:
+        save("confusion_matrix.png", viz.confusion_matrix_image(
+            np.asarray(confusion_matrix), f"{experiment}: test confusion matrix"), "test/confusion_matrix")
+    if predictions is not None and has_pictures:
+        save("misclassified.png", viz.figure_to_array(viz.misclassified_figure(
+            pictures, test.labels, predictions, f"{experiment}: misclassified test images")),
+            "test/misclassified")
+    if spec.reconstructs and test.images.dtype == np.uint8:
+        originals, recon = reconstruction_examples(state, test, spec)
+        save("reconstructions.png", viz.reconstruction_grid_image(
+            originals, recon, f"{experiment}: test reconstructions"), "test/reconstructions")
+    if has_pictures:
+        count = min(EMBEDDING_POINTS, len(test))
+        features = inspection.embeddings(state, test.images[:count], spec)
+        metadata = {"label": test.labels[:count]}
+        if predictions is not None:
+            metadata["predicted"] = np.asarray(predictions)[:count]
+        writer.embedding("test/embedding", step, features, pictures[:count], metadata)
+    return written
