@@ -10,7 +10,7 @@ macro F1, training time, parameters and throughput, over seeds.
 Runs are found by their summaries (metrics.json, or a copy of one under
 another name) anywhere under --runs-dir and grouped by
 experiment and settings (seed aside): a group gives mean +- std (sample
-standard deviation) over its seeds. Rows whose settings are not the
+standard deviation) over its seeds, each seed counted once. Rows whose settings are not the
 experiment's defaults say how they differ, e.g. "cnn (quick)". --train puts
 seed k of model m in runs/compare/<m>/seed<k> (runs/compare/<m>/e<N>_seed<k>
 with --epochs N; skipped where that run is finished, resumed where it was
@@ -185,7 +185,13 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
         key = (name, json.dumps(config, sort_keys=True), summary.get("image_size"),
                str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"])
         label = settings_label(name, summary)
-        groups.setdefault(key, Group(name, f"{name} ({label})" if label else name)).runs.append((path, summary))
+        group = groups.setdefault(key, Group(name, f"{name} ({label})" if label else name))
+        seed = summary["config"]["seed"]
+        twin = next((p for p, s in group.runs if s["config"]["seed"] == seed), None)
+        if twin is not None:  # The same run twice (a copy in results/, say): counted once.
+            print(f"note: {path} repeats seed {seed} of {twin}; counting it once")
+            continue
+        group.runs.append((path, summary))
     return sorted(groups.values(), key=lambda g: (models.index(g.experiment), -len(g.runs), g.label))
 
 

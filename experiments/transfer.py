@@ -1,7 +1,7 @@
 """Few labels: report 003's classifiers on its pretrained convolutional encoder.
 
     python -m experiments.transfer           # 100, 300, 1,000, 3,000 labels; about 22 min on 2 CPU cores
-    python -m experiments.transfer --quick   # 100 and 300 labels, a short pretraining: a smoke test
+    python -m experiments.transfer --quick   # 100 labels, a short pretraining: a smoke test
     python -m experiments.transfer --labels 50 500 --steps 1000
 
 1. Pretrain the convolutional autoencoder (latent 12) on the training
@@ -59,7 +59,7 @@ class TransferConfig:
 
 CONFIG = TransferConfig()
 QUICK = TransferConfig(
-    labels=(100, 300), steps=40, val_size=200,
+    labels=(100,), steps=40, val_size=200,
     pretrain=dataclasses.replace(CONFIG.pretrain, epochs=1, train_size=3000, test_size=500,
                                  log_every_steps=10, checkpoint_every_steps=1000),
     classifier=dataclasses.replace(CONFIG.classifier, test_size=500, log_every_steps=10),

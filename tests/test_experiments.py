@@ -155,9 +155,9 @@ def test_transfer_quick_compares_every_method_and_resumes(tmp_path, real_mnist, 
     results = transfer.main(args)
     out = capsys.readouterr().out
     runs = {(r["labels"], r["method"]): r for r in results["runs"]}
-    assert set(runs) == {(n, m) for n in (100, 300) for m in transfer.METHODS}
+    assert set(runs) == {(n, m) for n in (100,) for m in transfer.METHODS}
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in runs.values())
-    assert f"{100 * runs[300, 'frozen']['test_accuracy']:.2f} %" in out
+    assert f"{100 * runs[100, 'frozen']['test_accuracy']:.2f} %" in out
     assert (tmp_path / "accuracy_vs_labels.png").is_file()
     saved = json.loads((tmp_path / "transfer.json").read_text())
     assert saved["runs"] == json.loads(json.dumps(results["runs"]))

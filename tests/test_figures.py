@@ -1,6 +1,9 @@
 """Every figure is written as a valid PNG of the expected size (synthetic data);
 the projector embedding; the data statistics behind the EDA."""
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -61,8 +64,8 @@ def test_misclassified_captions_say_true_and_predicted():
     predictions = SPLIT.labels.copy()
     predictions[[3, 7]] = (predictions[[3, 7]] + 1) % 10
     fig = viz.misclassified_figure(SPLIT.images, SPLIT.labels, predictions)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == [f"true {SPLIT.labels[i]} / pred {predictions[i]}" for i in (3, 7)]
+    captions = [text.get_text() for text in fig.axes[0].texts]
+    assert captions == [f"true {SPLIT.labels[i]} / pred {predictions[i]}" for i in (3, 7)]
     assert "2 shown of 2 wrong in 200" in fig._suptitle.get_text()
 
 
@@ -97,3 +100,18 @@ def test_projector_embedding_with_labels_and_sprite_is_replaced_not_repeated(tmp
     assert np.loadtxt(folder / "tensors.tsv").shape == (20, 4)
     with Image.open(folder / "sprite.png") as sprite:
         assert sprite.size == (5 * 28, 5 * 28)  # 20 images, 5 to a row.
+
+
+def test_no_figure_code_imports_pyplot():
+    """Figures go through matplotlib's Agg canvas, never pyplot: no GUI
+    backend is chosen and no window can open, also without a display."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mnist_jax import figures, viz; import experiments.eda, experiments.compare, "
+            "experiments.feature_maps; viz.figure_to_array(viz.label_distribution_figure({'a': [1, 2]})); "
+            "print('matplotlib.pyplot' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND")}, cwd=pathlib.Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

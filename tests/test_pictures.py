@@ -108,6 +108,7 @@ def fake_summary(experiment: str, seed: int, accuracy: float, seconds: float, **
 def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
     runs = {
         "a": fake_summary("cnn", 0, 0.99, 10.0), "b": fake_summary("cnn", 1, 0.98, 12.0),
+        "a_copy": fake_summary("cnn", 0, 0.99, 10.0),  # Seed 0 again: counted once.
         "c": fake_summary("cnn", 2, 0.97, 14.0, epochs=3),  # Other settings: a group of its own.
         "d": fake_summary("vit", 0, 0.95, 30.0),
         "e": {**fake_summary("cnn", 0, 0.5, 1.0), "experiment": "noisy/cnn"},  # Not a classifier experiment.
