@@ -35,7 +35,8 @@ def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_run
     saved = json.loads((workdir / "metrics.json").read_text())
     assert saved["experiment"] == "cnn" and saved["data"]["test"] == 1000
     assert saved["reference"]["accuracy"] == 0.9938
-    assert saved["test"]["accuracy"] > 0.8  # 2 epochs on 4,500 images
+    # 2 epochs on 4,500 images: 93.90 % here (the full run's 99.30 % is in the README).
+    assert saved["test"]["accuracy"] > 0.92
     args = quick_runs.args("cnn")
     with pytest.raises(SystemExit):  # The run exists: refused without --resume.
         cnn.main(args)
@@ -61,16 +62,6 @@ def test_missing_data_gives_a_clear_error(tmp_path, capsys):
         cnn.main(["--quick", "--workdir", str(tmp_path / "run"), "--idx-dir", str(tmp_path / "none")])
     assert exit_info.value.code == 1
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_one_epoch_on_real_mnist_reaches_96_percent(tmp_path, real_mnist):
-    """The report's CNN and settings, one epoch on 21,598 training images."""
-    splits = data.make_splits(real_mnist, val_fraction=0.1, seed=0, train_size=24_000)
-    config = train.TrainConfig(epochs=1, train_size=24_000)
-    result = train.train_and_evaluate(config, models.get_model("cnn"), splits, tmp_path,
-                                      experiment="one-epoch", progress=False)
-    assert len(splits.train) > 21_000 and len(splits.test) == 10_000
-    assert result["test"]["accuracy"] >= 0.96, result["test"]["accuracy"]
 
 
 def test_benchmark_quick(tmp_path, real_mnist, capsys):
