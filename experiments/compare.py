@@ -207,13 +207,14 @@ def _ref(value, fmt: str, scale: float = 1.0) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'model':<26} {'runs':>4} {'accuracy %':>16} {'macro F1':>17} {'train s':>16} "
+    width = max([26, *(len(r["label"]) for r in rows)])
+    header = (f"{'model':<{width}} {'runs':>4} {'accuracy %':>16} {'macro F1':>17} {'train s':>16} "
               f"{'parameters':>11} {'examples/s':>16} | {'report %':>8} {'F1':>6} {'s':>7}")
     lines = [header, "-" * len(header)]
     for r in rows:
         ref = r["reference"]
         lines.append(
-            f"{r['label']:<26} {r['runs']:>4} {_pm(r['accuracy'], r['accuracy_std'], '.2f', 100):>16} "
+            f"{r['label']:<{width}} {r['runs']:>4} {_pm(r['accuracy'], r['accuracy_std'], '.2f', 100):>16} "
             f"{_pm(r['f1_macro'], r['f1_macro_std'], '.4f'):>17} "
             f"{_pm(r['train_seconds'], r['train_seconds_std'], '.1f'):>16} {r['parameters']:>11,} "
             f"{_pm(r['examples_per_second'], r['examples_per_second_std'], ',.0f'):>16} | "

@@ -318,7 +318,7 @@ def comparison_figure(rows: list[dict], title: str = "Accuracy against training 
     "reference" ({"accuracy", "train_seconds"}: the report's point, hollow,
     joined to ours by a dotted line). Accuracies are fractions.
     """
-    fig = Figure(figsize=(7.5, 4.8), dpi=100)
+    fig = Figure(figsize=(10, 4.8), dpi=100)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(rows))]
     for row, color in zip(rows, colors):
@@ -334,6 +334,6 @@ def comparison_figure(rows: list[dict], title: str = "Accuracy against training 
     ax.plot([], [], marker="o", markerfacecolor="none", color="gray", linestyle="none", label="report (PyTorch)")
     ax.set(xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (%)", title=title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # Beside the points, not on them.
     fig.tight_layout()
     return fig

@@ -10,7 +10,7 @@ import pytest
 
 import experiments
 from experiments import alexnet, benchmark, cnn
-from mnist_jax import data, models, pretrained, train
+from mnist_jax import pretrained
 from tests.conftest import QUICK_EXPERIMENTS, REAL_TFDS_DIR
 
 

@@ -39,7 +39,7 @@ FIGURES = {
     "comparison": (lambda: viz.comparison_figure([
         {"label": "cnn", "accuracy": 0.99, "accuracy_std": 0.001, "train_seconds": 80, "train_seconds_std": 3,
          "reference": {"accuracy": 0.9938, "train_seconds": 88.29}},
-        {"label": "vit", "accuracy": 0.98, "train_seconds": 200, "reference": {}}]), (750, 480)),
+        {"label": "vit", "accuracy": 0.98, "train_seconds": 200, "reference": {}}]), (1000, 480)),
 }
 
 
