@@ -127,11 +127,12 @@ def main(argv=None) -> dict:
         result["layers"][layer] = layer_statistics(values[0])
     if run.config.model == "vit":
         weights = inspection.attention_weights(run.state, images, spec)[0]  # (depth, H, T, T)
+        rollout = inspection.rollout_map(weights)  # (g, g)
         viz.save_png(viz.figure_to_array(viz.attention_figure(
-            image[..., 0] / 255.0, inspection.cls_attention_maps(weights), inspection.rollout_map(weights),
+            image[..., 0] / 255.0, inspection.cls_attention_maps(weights), rollout,
             f"{run.config.model}: CLS attention per layer and head")), out / "attention.png")
         result["attention"] = {"layers": int(weights.shape[0]), "heads": int(weights.shape[1]),
-                               "rollout_peak_patch": int(inspection.rollout_map(weights).argmax())}
+                               "rollout_peak_patch": int(rollout.argmax())}
     write_json(out / "feature_maps.json", result)
 
     print(f"\n{run.config.model} (best checkpoint of {args.checkpoint}), image {name}"

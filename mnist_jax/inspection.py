@@ -42,6 +42,11 @@ def clean_inputs(images, spec: StepConfig) -> jax.Array:
     return tasks.model_inputs(images, None, spec)[0]
 
 
+def _apply(state, images, spec: StepConfig, **kwargs):
+    """The model in inference mode on the clean inputs of `images`."""
+    return state.apply_fn(_variables(state), clean_inputs(images, spec), train=False, **kwargs)
+
+
 def _is_convolution(module: nn.Module, method_name: str) -> bool:
     return method_name == "__call__" and isinstance(module, (nn.Conv, nn.ConvTranspose))
 
@@ -53,8 +58,8 @@ def feature_maps(state, images, spec: StepConfig = StepConfig()) -> dict[str, np
     paths = []  # Filled while tracing: jit's outputs would come back in sorted-key order.
 
     def convolution_outputs(state, images):
-        _, variables = state.apply_fn(_variables(state), clean_inputs(images, spec), train=False,
-                                      capture_intermediates=_is_convolution, mutable=["intermediates"])
+        _, variables = _apply(state, images, spec, capture_intermediates=_is_convolution,
+                              mutable=["intermediates"])
         flat = traverse_util.flatten_dict(variables["intermediates"])
         # A captured call is stored under (..., module names, "__call__") as a
         # tuple of outputs; the sown embedding is not one of them.
@@ -67,7 +72,7 @@ def feature_maps(state, images, spec: StepConfig = StepConfig()) -> dict[str, np
 
 @functools.partial(jax.jit, static_argnames="spec")
 def _attention(state, images, spec: StepConfig) -> jax.Array:
-    return state.apply_fn(_variables(state), clean_inputs(images, spec), train=False, return_attention=True)[1]
+    return _apply(state, images, spec, return_attention=True)[1]
 
 
 def attention_weights(state, images, spec: StepConfig = StepConfig()) -> np.ndarray:
@@ -94,26 +99,28 @@ def attention_rollout(weights: np.ndarray) -> np.ndarray:
     return rollout
 
 
-def cls_attention_maps(weights: np.ndarray) -> np.ndarray:
-    """The CLS token's attention to the patches: (depth, heads, T, T) -> (depth, heads, g, g)."""
-    patches = weights.shape[-1] - 1
+def _on_patch_grid(cls_row: np.ndarray) -> np.ndarray:
+    """(..., P) values for the P patch tokens -> (..., g, g), P = g * g."""
+    patches = cls_row.shape[-1]
     grid = int(round(np.sqrt(patches)))
     if grid * grid != patches:
         raise ValueError(f"{patches} patch tokens do not form a square grid")
-    return weights[..., 0, 1:].reshape(*weights.shape[:2], grid, grid)
+    return cls_row.reshape(*cls_row.shape[:-1], grid, grid)
+
+
+def cls_attention_maps(weights: np.ndarray) -> np.ndarray:
+    """The CLS token's attention to the patches: (depth, heads, T, T) -> (depth, heads, g, g)."""
+    return _on_patch_grid(weights[..., 0, 1:])
 
 
 def rollout_map(weights: np.ndarray) -> np.ndarray:
     """attention_rollout's CLS row over the patch grid (g, g), summing to <= 1."""
-    rollout = attention_rollout(weights)[0, 1:]
-    grid = int(round(np.sqrt(rollout.size)))
-    return rollout.reshape(grid, grid)
+    return _on_patch_grid(attention_rollout(weights)[0, 1:])
 
 
 @functools.partial(jax.jit, static_argnames="spec")
 def _embed(state, images, spec: StepConfig) -> jax.Array:
-    _, variables = state.apply_fn(_variables(state), clean_inputs(images, spec), train=False,
-                                  mutable=["intermediates"])
+    _, variables = _apply(state, images, spec, mutable=["intermediates"])
     found = [v for path, v in traverse_util.flatten_dict(variables.get("intermediates", {})).items()
              if path[-1] == EMBEDDING]
     if len(found) != 1:
