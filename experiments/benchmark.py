@@ -3,6 +3,7 @@
     python -m experiments.benchmark                 # 200 timed steps each, batch 64
     python -m experiments.benchmark --steps 50 --batch-size 128 --dtype bfloat16
     python -m experiments.benchmark --sweep         # 8 sweep trials together vs one after another
+    python -m experiments.benchmark --vs-torch      # every model against plain PyTorch (`bench` extra)
 
 Prints (and writes as JSON) examples/s, on every device (data parallel), of
   - the model step alone: one batch already on the device, stepped repeatedly;
@@ -18,6 +19,10 @@ dropout and seed differ) for --steps steps each: one after another as
 ordinary runs (each compiles its own step), then trained together in one
 jitted step (mnist_jax.sweep), unrolled and vmapped; wall time with
 compilation, compile time, examples/s and the ratio to sequential.
+
+--vs-torch instead trains every model (or --models) with our step and with
+a plain PyTorch loop, alternating, in processes of their own: examples/s
+of each, the ratio, compile time and peak memory (experiments.vs_torch).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import vs_torch
+from experiments.vs_torch import format_result as format_vs_torch
 from mnist_jax import data as data_lib, models, parallel, pipeline, train
 from mnist_jax.experiment import setup
 from mnist_jax.pipeline import NoiseConfig
@@ -245,13 +252,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     parser.add_argument("--data-dir", type=pathlib.Path)
     parser.add_argument("--idx-dir", type=pathlib.Path)
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/benchmark/benchmark.json"))
+    parser.add_argument("--output", type=pathlib.Path,
+                        help="JSON file (default runs/benchmark/benchmark.json, or vs_torch.json with --vs-torch)")
     parser.add_argument("--quick", action="store_true", help="5 timed steps: a smoke test")
     parser.add_argument("--sweep", action="store_true",
                         help="time --trials sweep trials together vs one after another instead")
     parser.add_argument("--trials", type=int, default=8, help="--sweep: trials (default 8)")
     parser.add_argument("--strategies", default="unroll,vmap",
                         help="--sweep: how trials share a step, comma-separated (unroll, vmap)")
+    parser.add_argument("--vs-torch", action="store_true",
+                        help="every model against a plain PyTorch loop (needs torch: pip install -e '.[bench]')")
+    parser.add_argument("--models", default=",".join(vs_torch.MODELS),
+                        help="--vs-torch: comma-separated models (default all)")
+    parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds (default 3)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
@@ -263,7 +276,21 @@ def main(argv=None) -> dict:
         data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
-    if args.sweep:
+    if args.vs_torch:
+        try:
+            import torch  # noqa: F401  Only to fail early, with the fix.
+        except ImportError:
+            parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
+        try:
+            models = vs_torch.parse_models(args.models)
+        except ValueError as e:
+            parser.error(str(e))
+        if args.rounds < 1:
+            parser.error("--rounds must be >= 1")
+        steps = 3 if args.quick else args.steps
+        result = vs_torch.run(models, steps, 1 if args.quick else args.rounds, args.data_dir, args.idx_dir)
+        print(format_vs_torch(result))
+    elif args.sweep:
         strategies = tuple(x for x in args.strategies.split(",") if x)
         if args.trials < 1 or not set(strategies) <= {"unroll", "vmap"}:
             parser.error("--sweep needs --trials >= 1 and --strategies from unroll, vmap")
@@ -273,6 +300,7 @@ def main(argv=None) -> dict:
     else:
         result = run(steps, args.batch_size, noise, args.dtype, args.data_dir, args.idx_dir)
         print(format_result(result))
+    args.output = args.output or pathlib.Path("runs/benchmark") / ("vs_torch.json" if args.vs_torch else "benchmark.json")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"\nwritten to {args.output}")

@@ -182,9 +182,12 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
         if name not in models or "accuracy" not in summary.get("test", {}):
             continue
         config = {k: v for k, v in summary["config"].items() if k not in IGNORED_FIELDS}
+        devices = summary.get("devices", {})
+        device = "" if devices.get("platform", "cpu") == "cpu" else ", ".join(devices.get("kinds", []))
         key = (name, json.dumps(config, sort_keys=True), summary.get("image_size"),
-               str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"])
-        label = settings_label(name, summary)
+               str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"], device)
+        # Runs on another device kind are a group of their own: times do not mix.
+        label = ", ".join(x for x in (settings_label(name, summary), device) if x)
         group = groups.setdefault(key, Group(name, f"{name} ({label})" if label else name))
         seed = summary["config"]["seed"]
         twin = next((p for p, s in group.runs if s["config"]["seed"] == seed), None)

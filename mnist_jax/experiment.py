@@ -145,6 +145,8 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
             for label, key, fmt in candidates if key in test]
     rows += [
         ("training time (s)", _number(reference.train_seconds, ".2f"), _number(summary["train_seconds"], ".2f")),
+        # Compiled ahead of the clock: the report's PyTorch has nothing to compile.
+        ("compile time (s)", "—", _number(summary.get("compile_seconds"), ".2f")),
         ("device", reference.device, ours_device),
     ]
     header = ("", f"report ({reference.source})", title)

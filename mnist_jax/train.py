@@ -35,12 +35,14 @@ from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "onecycle")
 # "device": the training set lives on the devices and steps run in lax.scan;
 # "host": batches gathered on the host, one jitted call a step;
 # "auto": "device" on GPU and TPU where the set fits (parallel.fits_on_devices),
-#   "host" on CPU, where XLA runs a scanned CNN step ~6x slower than a
-#   dispatched one (experiments.benchmark) and dispatch costs nothing.
+#   "host" on CPU, where XLA (jaxlib 0.10) runs a convolution inside a
+#   while loop ~85x slower than outside one, so a scanned CNN step ~20x
+#   slower than a dispatched one (experiments.benchmark; README,
+#   "Performance"), and dispatch costs little.
 DATA_PLACEMENTS = ("auto", "device", "host")
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,9 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 1e-5
     momentum: float = 0.9
-    # "cosine": from learning_rate to 0 over the run, per step.
+    # "cosine": from learning_rate to 0 over the run, per step; "onecycle":
+    # up to learning_rate over the first 25 % of the steps, then down to ~0
+    # (torch.optim.lr_scheduler.OneCycleLR's cosine form).
     schedule: str = "constant"
     # Top-level parameter groups that train; the others stay frozen
     # (optax.set_to_zero). Empty: everything trains.
@@ -144,12 +148,15 @@ def sgd_l2(learning_rate, weight_decay: float, momentum: float) -> optax.Gradien
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int | None = None):
-    """A constant rate, or cosine decay to 0 over all the run's steps."""
+    """A constant rate, or one that follows the run's steps (see TrainConfig.schedule)."""
     if config.schedule == "constant":
         return config.learning_rate
     if steps_per_epoch is None:
-        raise ValueError("a cosine schedule needs steps_per_epoch")
-    return optax.cosine_decay_schedule(config.learning_rate, config.epochs * steps_per_epoch)
+        raise ValueError(f"a {config.schedule} schedule needs steps_per_epoch")
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return optax.cosine_onecycle_schedule(total, config.learning_rate, pct_start=0.25)
+    return optax.cosine_decay_schedule(config.learning_rate, total)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
@@ -591,8 +598,10 @@ def fit(
       mesh: the devices to train on (default: all of them).
 
     Returns:
-      {"state", "history", "best", "train_seconds", "first_step_seconds",
-       "data_placement"}.
+      {"state", "history", "best", "train_seconds", "compile_seconds",
+       "first_step_seconds", "data_placement"}: train_seconds leaves out
+      compile_seconds, the ahead-of-time compilation of the train programs
+      and the evaluation step.
     """
     train = splits.train
     spec = config.step_config()
@@ -622,15 +631,30 @@ def fit(
     print(f"training data on the {placement}: " + (
         f"lax.scan over up to {config.checkpoint_every_steps} steps a call" if placement == "device"
         else "one jitted call a step"), flush=True)
+    start = int(state.step)
     if placement == "device":
         data = parallel.replicate({"image": train.images, "label": train.labels}, mesh)
-        scan_fn = make_device_train_steps(spec, mesh)
+        scan_fn = _AheadOfTime(make_device_train_steps(spec, mesh))
         chunk_length = config.checkpoint_every_steps
+        # Every scan length the run will use (the first epoch's may start
+        # mid-way, on resume), compiled before the clock starts.
+        first_offset = start % steps_per_epoch
+        for length in sorted({e - b for offset in (first_offset, 0)
+                              for b, e in _chunks(offset, steps_per_epoch, chunk_length)}):
+            steps_input = parallel.shard_steps(pipeline.batch_indices(
+                np.zeros(length * config.batch_size, np.int64), config.batch_size), mesh)
+            scan_fn.compile(state, data, *steps_input)
     else:
-        step_fn = make_train_step(spec, mesh)
+        step_fn = _AheadOfTime(make_train_step(spec, mesh))
         chunk_length = 1
+        step_fn.compile(state, parallel.shard_batch(next(pipeline.iterate_batches(
+            train.images[: config.batch_size], train.labels[: config.batch_size], config.batch_size)), mesh))
+    compile_seconds = (scan_fn if placement == "device" else step_fn).seconds
+    # The evaluation step too: one example is padded to a full eval batch.
+    compile_start = time.perf_counter()
+    evaluate(state, splits.val.take(np.arange(1)), config.eval_batch_size, spec, mesh)
+    compile_seconds += time.perf_counter() - compile_start
 
-    start = int(state.step)
     sums = _EpochSums(meta["epoch_sums"])
     pending: list[tuple[int, dict]] = []  # (first step, device-side metric sums)
     unlogged: list[tuple[int, dict]] = []  # (step, host-side metric sums)
@@ -720,9 +744,35 @@ def fit(
         "history": meta["history"],
         "best": meta["best"],
         "train_seconds": train_seconds,
+        "compile_seconds": compile_seconds,
         "first_step_seconds": first_step_seconds,
         "data_placement": placement,
     }
+
+
+class _AheadOfTime:
+    """A jitted function's programs compiled before they run, one per input
+    shape (e.g. per scan length), so that training time can leave
+    compilation out; `seconds` adds up the compile time."""
+
+    def __init__(self, jitted: Callable):
+        self.jitted, self.programs, self.seconds = jitted, {}, 0.0
+
+    @staticmethod
+    def _key(args) -> tuple:
+        # The state (args[0]) keeps its shapes through a run: only the inputs vary.
+        return tuple((x.shape, x.dtype) for x in jax.tree.leaves(args[1:]))
+
+    def compile(self, *args):
+        key = self._key(args)
+        if key not in self.programs:
+            start = time.perf_counter()
+            self.programs[key] = self.jitted.lower(*args).compile()
+            self.seconds += time.perf_counter() - start
+        return self.programs[key]
+
+    def __call__(self, *args):
+        return self.compile(*args)(*args)
 
 
 def flat_hparams(config: TrainConfig) -> dict:
@@ -811,6 +861,7 @@ def train_and_evaluate(
         "evaluated_checkpoint": {"kind": f"best_{select_key}", **result["best"]},
         "history": result["history"],
         "train_seconds": result["train_seconds"],
+        "compile_seconds": result["compile_seconds"],
         "first_step_seconds": result["first_step_seconds"],
         "devices": devices,
         "data_placement": result["data_placement"],

@@ -82,6 +82,39 @@ def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_p
     assert "together, vmapped" in capsys.readouterr().out
 
 
+def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_processes(tmp_path, real_mnist, capsys):
+    result = benchmark.main(["--vs-torch", "--quick", "--models", "linear_ae", "--data-dir", str(REAL_TFDS_DIR),
+                             "--output", str(tmp_path / "vs.json")])
+    (row,) = result["models"]
+    assert row["model"] == "linear_ae" and row["batch_size"] == 64
+    for side in ("jax", "torch"):
+        assert len(row[side]["rounds"]) == 1 and row[side]["examples_per_second"] > 0
+        assert row[side]["peak_rss_mib"] > 100  # A process of its own: its framework and data at least.
+    assert "torch" in row["torch"]["device"] and row["jax"]["compile_seconds"] > 0
+    assert row["speedup"] == pytest.approx(row["jax"]["examples_per_second"] / row["torch"]["examples_per_second"])
+    assert json.loads((tmp_path / "vs.json").read_text())["kind"] == "vs_torch"
+    assert "| linear_ae" in capsys.readouterr().out
+
+
+def test_benchmark_vs_torch_refuses_an_unknown_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--vs-torch", "--models", "cnn,resnet"])
+    assert exit_info.value.code == 2 and "resnet" in capsys.readouterr().err
+
+
+def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_path, real_mnist, capsys):
+    from experiments import speedrun
+
+    result = speedrun.main(["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "s.json")])
+    (run,) = result["runs"]  # --quick: one seed.
+    assert run["seed"] == 0 and run["steps"] == 32  # 2,000 images at batch 64.
+    assert run["compile_seconds"] > 0 and run["train_seconds"] > 0
+    assert run["test_accuracy"] > 0.8  # 32 steps of the one-cycle schedule already learn.
+    assert result["all_reached"] == (run["test_accuracy"] >= 0.99)
+    out = capsys.readouterr().out
+    assert "tuomaso" in out and f"{100 * run['test_accuracy']:.2f}%" in out
+
+
 @pytest.mark.parametrize("name", [n for n in QUICK_EXPERIMENTS if n != "cnn"])
 def test_quick_run_of_every_experiment(name, quick_runs):
     run = quick_runs.get(name)

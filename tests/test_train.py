@@ -155,7 +155,10 @@ def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_p
     for key in ("train_loss", "val_loss", "val_accuracy"):
         np.testing.assert_allclose([h[key] for h in device["history"]], [h[key] for h in host["history"]],
                                    rtol=1e-4, err_msg=key)  # Fusion differs: not bitwise.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3),
+    # Parameters within Adam's amplification of rounding: the conv biases
+    # before batch norm get only rounding noise as gradient, and Adam moves
+    # such a weight by ~lr a step whatever the noise's size.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-3),
                  device["state"].params, host["state"].params)
 
 
@@ -171,3 +174,14 @@ def test_auto_placement_puts_mnist_on_accelerators_and_keeps_cpu_on_the_host(syn
     assert train.resolve_data_placement(auto, mnist, parallel.data_mesh()) == "host"  # This CPU.
     forced = train.TrainConfig(data_placement="device")
     assert train.resolve_data_placement(forced, mnist, parallel.data_mesh()) == "device"
+
+
+def test_onecycle_schedule_warms_up_to_the_peak_then_anneals():
+    config = train.TrainConfig(schedule="onecycle", learning_rate=1e-2, epochs=2)
+    lr = train.learning_rate_schedule(config, steps_per_epoch=50)  # 100 steps in all.
+    rates = np.array([float(lr(s)) for s in range(101)])
+    assert rates[0] == pytest.approx(1e-2 / 25)  # OneCycleLR's div_factor.
+    assert int(np.argmax(rates)) == 25 and rates.max() == pytest.approx(1e-2)
+    assert np.all(np.diff(rates[:26]) > 0) and np.all(np.diff(rates[25:]) <= 0) and rates[-1] < 1e-5
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        train.learning_rate_schedule(config)

@@ -8,6 +8,7 @@ from mnist_jax.models.autoencoders import (ClassifierDecoding, ConvAutoencoder, 
 from mnist_jax.models.cnn import CNN
 from mnist_jax.models.deep_cnn import DeepCNN
 from mnist_jax.models.simple_cnn import SimpleCNN
+from mnist_jax.models.speed_cnn import SpeedCNN
 from mnist_jax.models.transfer import TransferNet
 from mnist_jax.models.vit import ViT
 
@@ -23,6 +24,7 @@ MODELS = {
     "denoising_ae": DenoisingAutoencoder,
     "encoder_classifier": EncoderClassifier,
     "classifier_decoding": ClassifierDecoding,
+    "speed_cnn": SpeedCNN,
 }
 
 # Model fields that are dropout rates (models.layers.Dropout): they may be

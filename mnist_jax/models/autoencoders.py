@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import max_pool
 
 
 def _dense(features: int, **kw) -> nn.Dense:
@@ -59,9 +60,9 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 12, 12, 16)
+        x = max_pool(x, 2)  # (B, 12, 12, 16)
         x = nn.relu(nn.Conv(32, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 6, 6, 32)
+        x = max_pool(x, 2)  # (B, 6, 6, 32)
         x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding=1, kernel_init=torch_kernel_init)(x))
         x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 64)
         return _dense(self.latent_dim)(x)  # (B, latent)

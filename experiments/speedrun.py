@@ -1,0 +1,168 @@
+"""The shortest wall time to 99 % MNIST test accuracy, every one of 3 seeds.
+
+    python -m experiments.speedrun                  # seeds 0, 1, 2
+    python -m experiments.speedrun --seeds 5 --epochs 2 --batch-size 128 --learning-rate 0.005
+
+A small CNN (mnist_jax.models.SpeedCNN: two unpadded 5x5 convolutions with
+batch norm, FC 512 -> 256 -> 10) trained for one epoch of the 60,000
+training images with Adam and a one-cycle learning rate, then scored on the
+10,000 test images. Each seed's compile time is reported apart from its
+training time; the table gives both, the test accuracy, and whether it
+reached 99 %. The run fails (exit 1) if any seed misses.
+
+Expected: every seed at 99.0-99.2 % in about 8 s of training on this
+workplace's 2 CPU cores (README, "Performance"). Anchors: 99 % in 0.76 s
+on a laptop GPU (github.com/tuomaso/train_mnist_fast); about 60 s to
+98.3 % on 2 vCPUs in public reports.
+
+No checkpoints or TensorBoard here: a speedrun times training alone. The
+model, step and data path are the library's own (`fit` runs the same step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import data as data_lib, models, parallel, pipeline, train
+from mnist_jax.experiment import setup
+from mnist_jax.train import TrainConfig
+
+CONFIG = TrainConfig(model="speed_cnn", epochs=1, batch_size=64, learning_rate=1e-2, weight_decay=0.0,
+                     schedule="onecycle", eval_batch_size=1000)
+QUICK = dataclasses.replace(CONFIG, train_size=2000, test_size=500)
+SEEDS = 3
+TARGET = 0.99
+# Public anchors (the issue's): seconds to 99 %, and what they ran on.
+ANCHORS = (("github.com/tuomaso/train_mnist_fast, laptop GPU", 0.76, 0.99),
+           ("public reports, 2 vCPUs (to 98.3 %)", 60.0, 0.983))
+
+
+def train_one(config: TrainConfig, mnist: data_lib.MNIST, mesh) -> dict:
+    """Trains `config` on the whole training set, then scores the test set.
+
+    Returns seconds spent compiling, training (compilation excluded) and
+    testing, and the test accuracy.
+    """
+    train_split, test_split = mnist.train, mnist.test
+    if config.train_size:
+        train_split = train_split.take(data_lib.stratified_subset(train_split.labels, config.train_size, config.seed))
+    if config.test_size:
+        test_split = test_split.take(data_lib.stratified_subset(test_split.labels, config.test_size, config.seed))
+    images, labels = train_split.images, train_split.labels
+    steps_per_epoch = -(-len(labels) // config.batch_size)
+    model = models.get_model(config.model)
+    tx = train.make_optimizer(config, steps_per_epoch)
+    state = parallel.replicate(train.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
+    spec = config.step_config()
+    _, _, shuffle_key = train.run_keys(config.seed)
+    orders = [pipeline.epoch_order(shuffle_key, epoch, len(labels)) for epoch in range(config.epochs)]
+
+    # As fit's default: on GPU/TPU the set on the device and an epoch as one
+    # lax.scan; on the CPU one dispatched step per host batch.
+    on_device = train.resolve_data_placement(config, train_split, mesh) == "device"
+    start = time.perf_counter()
+    if on_device:
+        data = parallel.replicate({"image": images, "label": labels}, mesh)
+        epoch_steps = parallel.shard_steps(pipeline.batch_indices(orders[0], config.batch_size), mesh)
+        program = train.make_device_train_steps(spec, mesh).lower(state, data, *epoch_steps).compile()
+    else:
+        program = train.make_train_step(spec, mesh).lower(
+            state, parallel.shard_batch(next(pipeline.iterate_batches(images, labels, config.batch_size)), mesh)
+        ).compile()
+    train.evaluate(state, test_split.take(np.arange(1)), config.eval_batch_size, spec, mesh)  # Compiles it.
+    compile_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for order in orders:
+        if on_device:
+            state, _ = program(state, data, *parallel.shard_steps(
+                pipeline.batch_indices(order, config.batch_size), mesh))
+        else:
+            for batch in pipeline.iterate_batches(images, labels, config.batch_size, order=order):
+                state, _ = program(state, parallel.shard_batch(batch, mesh))
+    jax.block_until_ready(state)
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    accuracy = train.evaluate(state, test_split, config.eval_batch_size, spec, mesh)["accuracy"]
+    test_seconds = time.perf_counter() - start
+    return {"seed": config.seed, "compile_seconds": compile_seconds, "train_seconds": train_seconds,
+            "test_seconds": test_seconds, "test_accuracy": accuracy, "reached": accuracy >= TARGET,
+            "steps": steps_per_epoch * config.epochs, "data_placement": "device" if on_device else "host"}
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"Speedrun: {result['model']}, {result['epochs']} epoch(s), batch {result['batch_size']}, "
+        f"{result['device']}, jax {result['jax']}",
+        "| run                                   | train s | compile s | test s | test accuracy | >= 99 % |",
+        "|---------------------------------------|---------|-----------|--------|---------------|---------|",
+    ]
+    for run in result["runs"]:
+        lines.append(f"| ours, seed {run['seed']:<26d} | {run['train_seconds']:7.2f} | {run['compile_seconds']:9.2f} | "
+                     f"{run['test_seconds']:6.2f} | {100 * run['test_accuracy']:12.2f}% | "
+                     f"{'yes' if run['reached'] else 'NO':>7} |")
+    lines.append(f"| ours, slowest seed                    | {result['slowest_train_seconds']:7.2f} | "
+                 f"{'':9} | {'':6} | {100 * result['worst_accuracy']:12.2f}% | "
+                 f"{'yes' if result['all_reached'] else 'NO':>7} |")
+    for name, seconds, accuracy in ANCHORS:
+        lines.append(f"| {name[:37]:<37} | {seconds:7.2f} | {'':9} | {'':6} | {100 * accuracy:12.2f}% | "
+                     f"{'':>7} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    setup()
+    parser = argparse.ArgumentParser(prog="python -m experiments.speedrun", description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 (default {SEEDS}; 1 with --quick)")
+    parser.add_argument("--epochs", type=int, default=CONFIG.epochs)
+    parser.add_argument("--batch-size", type=int, default=CONFIG.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=CONFIG.learning_rate)
+    parser.add_argument("--quick", action="store_true", help="2,000 training images, 500 test: a smoke test")
+    parser.add_argument("--data-dir", type=pathlib.Path)
+    parser.add_argument("--idx-dir", type=pathlib.Path)
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/speedrun/speedrun.json"))
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else CONFIG
+    try:
+        args.seeds = args.seeds or (1 if args.quick else SEEDS)
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        base = dataclasses.replace(base, epochs=args.epochs, batch_size=args.batch_size,
+                                   learning_rate=args.learning_rate)
+        mesh = parallel.data_mesh()
+        parallel.check_batch_size(base.batch_size, mesh)
+        mnist = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
+    except (ValueError, data_lib.DataError) as e:
+        parser.error(str(e))
+    runs = [train_one(dataclasses.replace(base, seed=seed), mnist, mesh) for seed in range(args.seeds)]
+    result = {
+        "model": base.model, "epochs": base.epochs, "batch_size": base.batch_size,
+        "learning_rate": base.learning_rate, "quick": args.quick, "runs": runs,
+        "slowest_train_seconds": max(r["train_seconds"] for r in runs),
+        "median_train_seconds": statistics.median(r["train_seconds"] for r in runs),
+        "worst_accuracy": min(r["test_accuracy"] for r in runs),
+        "all_reached": all(r["reached"] for r in runs),
+        "device": parallel.format_devices(parallel.describe(mesh)), "jax": jax.__version__,
+    }
+    print(format_table(result))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten to {args.output}")
+    if not result["all_reached"] and not args.quick:
+        print(f"not every seed reached {TARGET:.0%}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["all_reached"] or "--quick" in sys.argv else 1)

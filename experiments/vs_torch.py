@@ -1,0 +1,291 @@
+"""Our train step against a plain PyTorch loop, model by model, side by side.
+
+    python -m experiments.benchmark --vs-torch                # every model, 3 rounds
+    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 50 --rounds 5
+
+Each model gets two worker processes, one JAX and one PyTorch
+(experiments.torch_baselines), each with its own copy of MNIST's training
+set. They never run at once: the timed rounds alternate (JAX, then torch,
+then JAX, ...), so both see the same machine, and each reports its
+examples/s per round; the table gives the median of the rounds and
+torch's / ours becomes the ratio (> 1: we are faster). A process of its
+own per framework and model also gives honest peak memory: the worker's
+peak resident set (framework, data and model included), and on a GPU the
+framework's peak device allocation.
+
+The JAX side trains as `fit` does by default: host batches, one jitted
+call a step, on the CPU; the epoch's steps as one `lax.scan` over data on
+the device on GPU and TPU (train.DATA_PLACEMENTS "auto"). Each model uses
+its experiment's configuration (optimizer, loss, input scaling, noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = ("cnn", "simple_cnn", "deep_cnn", "vit", "linear_ae", "conv_ae", "denoising_ae")
+FRAMEWORKS = ("jax", "torch")
+_REPLY = "@@ "  # Prefix of the workers' replies on stdout; other lines are passed through.
+
+
+def experiment_config(model: str):
+    """The TrainConfig that `python -m experiments.<...>` trains `model` with."""
+    from experiments import cnn, conv_ae, deep_cnn, linear_ae, noisy, simple_cnn, vit
+
+    configs = {"cnn": cnn.CONFIG, "simple_cnn": simple_cnn.CONFIG, "deep_cnn": deep_cnn.CONFIG,
+               "vit": vit.CONFIG, "linear_ae": linear_ae.CONFIG, "conv_ae": conv_ae.CONFIG,
+               "denoising_ae": noisy.CONFIG.stage("2_denoiser")}
+    if model not in configs:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    return configs[model]
+
+
+# --- Workers: one framework, one model, steered over stdin/stdout. ---------
+
+class JaxTrainer:
+    """The JAX side: `fit`'s default path for `config` on all local devices."""
+
+    def __init__(self, config, images, labels):
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from mnist_jax import models, parallel, pipeline, train
+
+        self.jax, self.np, self.parallel, self.pipeline = jax, np, parallel, pipeline
+        self.config, self.images, self.labels = config, images, labels
+        self.mesh = parallel.data_mesh()
+        steps_per_epoch = -(-len(labels) // config.batch_size)
+        tx = train.make_optimizer(config, steps_per_epoch)
+        model = models.get_model(config.model)
+        self.state = parallel.replicate(
+            train.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), self.mesh)
+        self.spec = config.step_config()
+        from mnist_jax.data import Split
+
+        self.on_device = train.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
+        self.epoch, self.position = 0, 0
+        if self.on_device:
+            self.data = parallel.replicate({"image": images, "label": labels}, self.mesh)
+            self.step = train.make_device_train_steps(self.spec, self.mesh)
+        else:
+            self.step = train.make_train_step(self.spec, self.mesh)
+        self._compiled = {}
+
+    def _indices(self, steps: int):
+        """(steps, B) example indices and masks, continuing through shuffled epochs."""
+        size, count = self.config.batch_size, len(self.labels)
+        order = []
+        while sum(map(len, order)) < steps * size:
+            epoch_order = self.pipeline.epoch_order(self.jax.random.PRNGKey(self.config.seed), self.epoch, count)
+            order.append(epoch_order[self.position:])
+            self.epoch, self.position = self.epoch + 1, 0
+        flat = self.np.concatenate(order)[: steps * size]
+        return self.pipeline.batch_indices(flat, size)
+
+    def compile(self, steps: int) -> float:
+        """Seconds to compile the program that `run(steps)` calls."""
+        start = time.perf_counter()
+        if self.on_device:
+            indices, masks = self.parallel.shard_steps(self._indices(steps), self.mesh)
+            self._compiled[steps] = self.step.lower(self.state, self.data, indices, masks).compile()
+        else:
+            batch = self._host_batches(1)[0]
+            self._compiled[1] = self.step.lower(self.state, batch).compile()
+        return time.perf_counter() - start
+
+    def _host_batches(self, steps: int):
+        indices, masks = self._indices(steps)
+        return [self.parallel.shard_batch(self.pipeline.gather_batch(self.images, self.labels, i, m), self.mesh)
+                for i, m in zip(indices, masks)]
+
+    def run(self, steps: int) -> float:
+        """Seconds for `steps` steps, batches gathered (on the host: included)."""
+        jax = self.jax
+        jax.block_until_ready(self.state)
+        start = time.perf_counter()
+        if self.on_device:
+            if steps not in self._compiled:
+                raise ValueError(f"compile({steps}) first")
+            indices, masks = self.parallel.shard_steps(self._indices(steps), self.mesh)
+            self.state, metrics = self._compiled[steps](self.state, self.data, indices, masks)
+        else:
+            # Gathered one at a time as fit does, so the host work is timed too.
+            indices, masks = self._indices(steps)
+            step = self._compiled[1]
+            for i, m in zip(indices, masks):
+                batch = self.parallel.shard_batch(self.pipeline.gather_batch(self.images, self.labels, i, m),
+                                                  self.mesh)
+                self.state, metrics = step(self.state, batch)
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - start
+
+    def device_peak_bytes(self) -> int | None:
+        stats = self.jax.local_devices()[0].memory_stats()
+        return stats.get("peak_bytes_in_use") if stats else None
+
+    def describe(self) -> str:
+        return self.parallel.format_devices(self.parallel.describe(self.mesh))
+
+
+def _reply(message: dict) -> None:
+    print(_REPLY + json.dumps(message), flush=True)
+
+
+def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) -> None:
+    """Builds `framework`'s trainer for `model`, then answers commands on
+    stdin: "run" (times `steps` steps) and "stats" (memory), until "quit"."""
+    from mnist_jax import data as data_lib
+
+    config = experiment_config(model)
+    mnist = data_lib.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
+    images, labels = mnist.train.images, mnist.train.labels
+    start = time.perf_counter()
+    if framework == "jax":
+        trainer = JaxTrainer(config, images, labels)
+        setup = {"compile_seconds": trainer.compile(steps), "device": trainer.describe()}
+    else:
+        import torch
+
+        from experiments import torch_baselines
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        trainer = torch_baselines.TorchTrainer(config, images, labels, device)
+        setup = {"first_step_seconds": trainer.run(1),
+                 "device": f"{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
+                           f"{torch.get_num_threads()} threads, torch {torch.__version__}"}
+    _reply({"ready": True, "setup_seconds": time.perf_counter() - start, **setup})
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "run":
+            _reply({"seconds": trainer.run(steps)})
+        elif command == "stats":
+            _reply({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "device_peak_mib": (lambda b: None if b is None else b / 2**20)(trainer.device_peak_bytes())})
+        elif command == "quit":
+            return
+        else:
+            _reply({"error": f"unknown command {command!r}"})
+
+
+# --- The orchestrator. -----------------------------------------------------
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Worker:
+    """A worker process; `ask` sends a command and waits for its reply."""
+
+    def __init__(self, framework: str, model: str, steps: int, data_args: list[str]):
+        self.name = f"{framework} {model}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "experiments.vs_torch", "--worker", framework, model, str(steps), *data_args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"})
+        self.output: list[str] = []
+
+    def receive(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+            self.output.append(line)
+        raise WorkerError(f"the {self.name} worker exited ({self.process.wait()}):\n" + "".join(self.output[-30:]))
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.receive()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+
+
+def compare_model(model: str, steps: int, rounds: int, data_args: list[str]) -> dict:
+    """Both frameworks on `model`: setup, `rounds` alternating timed runs, memory."""
+    config = experiment_config(model)
+    workers = {}
+    try:
+        result = {"model": model, "batch_size": config.batch_size, "steps_per_round": steps}
+        for framework in FRAMEWORKS:  # Set up one after the other: never two at once.
+            workers[framework] = Worker(framework, model, steps, data_args)
+            result[framework] = workers[framework].receive()
+        for framework in FRAMEWORKS:
+            result[framework]["rounds"] = []
+        for _ in range(rounds):
+            for framework in FRAMEWORKS:
+                seconds = workers[framework].ask("run")["seconds"]
+                result[framework]["rounds"].append(steps * config.batch_size / seconds)
+        for framework in FRAMEWORKS:
+            side = result[framework]
+            side.update(workers[framework].ask("stats"))
+            side["examples_per_second"] = statistics.median(side["rounds"])
+        result["speedup"] = result["jax"]["examples_per_second"] / result["torch"]["examples_per_second"]
+        return result
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def run(models: tuple[str, ...], steps: int, rounds: int, data_dir=None, idx_dir=None) -> dict:
+    data_args = [*(["--data-dir", str(data_dir)] if data_dir else []),
+                 *(["--idx-dir", str(idx_dir)] if idx_dir else [])]
+    import jax
+
+    results = []
+    for model in models:
+        print(f"{model}: {rounds} rounds of {steps} steps each side ...", flush=True)
+        results.append(compare_model(model, steps, rounds, data_args))
+    return {"kind": "vs_torch", "rounds": rounds, "steps_per_round": steps, "models": results,
+            "jax": jax.__version__}
+
+
+def format_result(result: dict) -> str:
+    first = result["models"][0]
+    lines = [
+        f"Training throughput, ours (JAX) against plain PyTorch; median of {result['rounds']} alternating "
+        f"rounds of {result['steps_per_round']} steps",
+        f"JAX: {first['jax']['device']}, jax {result['jax']}; PyTorch: {first['torch']['device']}",
+        "| model        | batch | JAX ex/s | torch ex/s | JAX / torch | JAX compile s | peak RSS MiB JAX / torch "
+        "| device peak MiB JAX / torch |",
+        "|--------------|-------|----------|------------|-------------|---------------|--------------------------"
+        "|-----------------------------|",
+    ]
+    for m in result["models"]:
+        j, t = m["jax"], m["torch"]
+        device = ("-" if j["device_peak_mib"] is None else
+                  f"{j['device_peak_mib']:.0f} / {t['device_peak_mib'] or 0:.0f}")
+        lines.append(
+            f"| {m['model']:<12} | {m['batch_size']:5d} | {j['examples_per_second']:8.0f} | "
+            f"{t['examples_per_second']:10.0f} | {m['speedup']:10.2f}x | {j['compile_seconds']:13.1f} | "
+            f"{j['peak_rss_mib']:11.0f} / {t['peak_rss_mib']:<10.0f} | {device:<27} |")
+    return "\n".join(lines)
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    models = tuple(m for m in text.split(",") if m)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    return models
+
+
+if __name__ == "__main__":
+    # python -m experiments.vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
+    args = sys.argv[1:]
+    if len(args) < 4 or args[0] != "--worker" or args[1] not in FRAMEWORKS:
+        sys.exit("internal: run `python -m experiments.benchmark --vs-torch` instead")
+    options = dict(zip(args[4::2], args[5::2]))
+    worker(args[1], args[2], int(args[3]), options.get("--data-dir"), options.get("--idx-dir"))
