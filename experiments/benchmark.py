@@ -4,6 +4,7 @@
     python -m experiments.benchmark --steps 50 --batch-size 128 --dtype bfloat16
     python -m experiments.benchmark --sweep         # 8 sweep trials together vs one after another
     python -m experiments.benchmark --vs-torch      # every model against plain PyTorch (`bench` extra)
+    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 --round-seconds 5
 
 Prints (and writes as JSON) examples/s, on every device (data parallel), of
   - the model step alone: one batch already on the device, stepped repeatedly;
@@ -28,6 +29,7 @@ of each, the ratio, compile time and peak memory (experiments.vs_torch).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import time
@@ -265,6 +267,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", default=",".join(vs_torch.MODELS),
                         help="--vs-torch: comma-separated models (default all)")
     parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds (default 3)")
+    parser.add_argument("--round-seconds", type=float, default=3.0,
+                        help="--vs-torch: each round runs --steps steps at a time for at least this long (default 3)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
@@ -277,9 +281,7 @@ def main(argv=None) -> dict:
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
     if args.vs_torch:
-        try:
-            import torch  # noqa: F401  Only to fail early, with the fix.
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:  # Fail before any worker starts, with the fix.
             parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
         try:
             models = vs_torch.parse_models(args.models)
@@ -288,7 +290,8 @@ def main(argv=None) -> dict:
         if args.rounds < 1:
             parser.error("--rounds must be >= 1")
         steps = 3 if args.quick else args.steps
-        result = vs_torch.run(models, steps, 1 if args.quick else args.rounds, args.data_dir, args.idx_dir)
+        result = vs_torch.run(models, steps, 1 if args.quick else args.rounds, args.data_dir, args.idx_dir,
+                              0.0 if args.quick else args.round_seconds)
         print(format_vs_torch(result))
     elif args.sweep:
         strategies = tuple(x for x in args.strategies.split(",") if x)

@@ -1,14 +1,15 @@
 """Our train step against a plain PyTorch loop, model by model, side by side.
 
-    python -m experiments.benchmark --vs-torch                # every model, 3 rounds
-    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 50 --rounds 5
+    python -m experiments.benchmark --vs-torch                # every model, 3 rounds of >= 3 s
+    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 --round-seconds 5
 
 Each model gets two worker processes, one JAX and one PyTorch
 (experiments.torch_baselines), each with its own copy of MNIST's training
 set. They never run at once: the timed rounds alternate (JAX, then torch,
-then JAX, ...), so both see the same machine, and each reports its
-examples/s per round; the table gives the median of the rounds and
-torch's / ours becomes the ratio (> 1: we are faster). A process of its
+then JAX, ...), so both see the same machine. A round runs `--steps` steps
+at a time until `--round-seconds` have passed, so fast models are timed
+over many steps too; the table gives each side's median examples/s over
+the rounds and ours / torch as the ratio (> 1: we are faster). A process of its
 own per framework and model also gives honest peak memory: the worker's
 peak resident set (framework, data and model included), and on a GPU the
 framework's peak device allocation.
@@ -70,7 +71,7 @@ class JaxTrainer:
         from mnist_jax.data import Split
 
         self.on_device = train.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
-        self.epoch, self.position = 0, 0
+        self.epoch, self.position, self._order = 0, 0, None
         if self.on_device:
             self.data = parallel.replicate({"image": images, "label": labels}, self.mesh)
             self.step = train.make_device_train_steps(self.spec, self.mesh)
@@ -79,15 +80,18 @@ class JaxTrainer:
         self._compiled = {}
 
     def _indices(self, steps: int):
-        """(steps, B) example indices and masks, continuing through shuffled epochs."""
+        """(steps, B) example indices and masks, continuing through shuffled
+        epochs; each epoch's order is drawn once, as fit draws it."""
         size, count = self.config.batch_size, len(self.labels)
-        order = []
-        while sum(map(len, order)) < steps * size:
-            epoch_order = self.pipeline.epoch_order(self.jax.random.PRNGKey(self.config.seed), self.epoch, count)
-            order.append(epoch_order[self.position:])
-            self.epoch, self.position = self.epoch + 1, 0
-        flat = self.np.concatenate(order)[: steps * size]
-        return self.pipeline.batch_indices(flat, size)
+        parts, needed = [], steps * size
+        while needed:
+            if self._order is None or self.position == count:
+                self._order = self.pipeline.epoch_order(self.jax.random.PRNGKey(self.config.seed), self.epoch, count)
+                self.epoch, self.position = self.epoch + 1, 0
+            take = self._order[self.position: self.position + needed]
+            parts.append(take)
+            self.position, needed = self.position + len(take), needed - len(take)
+        return self.pipeline.batch_indices(self.np.concatenate(parts), size)
 
     def compile(self, steps: int) -> float:
         """Seconds to compile the program that `run(steps)` calls."""
@@ -140,7 +144,8 @@ def _reply(message: dict) -> None:
 
 def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) -> None:
     """Builds `framework`'s trainer for `model`, then answers commands on
-    stdin: "run" (times `steps` steps) and "stats" (memory), until "quit"."""
+    stdin until "quit": "run SECONDS" (times runs of `steps` steps until
+    SECONDS have passed, at least one run) and "stats" (memory)."""
     from mnist_jax import data as data_lib
 
     config = experiment_config(model)
@@ -162,9 +167,12 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
                            f"{torch.get_num_threads()} threads, torch {torch.__version__}"}
     _reply({"ready": True, "setup_seconds": time.perf_counter() - start, **setup})
     for line in sys.stdin:
-        command = line.strip()
+        command, *arguments = line.split()
         if command == "run":
-            _reply({"seconds": trainer.run(steps)})
+            seconds, done = 0.0, 0
+            while done == 0 or seconds < float(arguments[0]):
+                seconds, done = seconds + trainer.run(steps), done + steps
+            _reply({"seconds": seconds, "steps": done})
         elif command == "stats":
             _reply({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "device_peak_mib": (lambda b: None if b is None else b / 2**20)(trainer.device_peak_bytes())})
@@ -213,12 +221,13 @@ class Worker:
                 self.process.kill()
 
 
-def compare_model(model: str, steps: int, rounds: int, data_args: list[str]) -> dict:
-    """Both frameworks on `model`: setup, `rounds` alternating timed runs, memory."""
+def compare_model(model: str, steps: int, rounds: int, data_args: list[str], round_seconds: float = 0.0) -> dict:
+    """Both frameworks on `model`: setup, `rounds` alternating timed rounds
+    (each runs `steps` steps at a time for at least `round_seconds`), memory."""
     config = experiment_config(model)
     workers = {}
     try:
-        result = {"model": model, "batch_size": config.batch_size, "steps_per_round": steps}
+        result = {"model": model, "batch_size": config.batch_size, "steps_per_call": steps}
         for framework in FRAMEWORKS:  # Set up one after the other: never two at once.
             workers[framework] = Worker(framework, model, steps, data_args)
             result[framework] = workers[framework].receive()
@@ -226,8 +235,8 @@ def compare_model(model: str, steps: int, rounds: int, data_args: list[str]) -> 
             result[framework]["rounds"] = []
         for _ in range(rounds):
             for framework in FRAMEWORKS:
-                seconds = workers[framework].ask("run")["seconds"]
-                result[framework]["rounds"].append(steps * config.batch_size / seconds)
+                timed = workers[framework].ask(f"run {round_seconds}")
+                result[framework]["rounds"].append(timed["steps"] * config.batch_size / timed["seconds"])
         for framework in FRAMEWORKS:
             side = result[framework]
             side.update(workers[framework].ask("stats"))
@@ -239,24 +248,26 @@ def compare_model(model: str, steps: int, rounds: int, data_args: list[str]) -> 
             w.close()
 
 
-def run(models: tuple[str, ...], steps: int, rounds: int, data_dir=None, idx_dir=None) -> dict:
+def run(models: tuple[str, ...], steps: int, rounds: int, data_dir=None, idx_dir=None,
+        round_seconds: float = 0.0) -> dict:
     data_args = [*(["--data-dir", str(data_dir)] if data_dir else []),
                  *(["--idx-dir", str(idx_dir)] if idx_dir else [])]
     import jax
 
     results = []
     for model in models:
-        print(f"{model}: {rounds} rounds of {steps} steps each side ...", flush=True)
-        results.append(compare_model(model, steps, rounds, data_args))
-    return {"kind": "vs_torch", "rounds": rounds, "steps_per_round": steps, "models": results,
-            "jax": jax.__version__}
+        print(f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, each side ...",
+              flush=True)
+        results.append(compare_model(model, steps, rounds, data_args, round_seconds))
+    return {"kind": "vs_torch", "rounds": rounds, "steps_per_call": steps, "round_seconds": round_seconds,
+            "models": results, "jax": jax.__version__}
 
 
 def format_result(result: dict) -> str:
     first = result["models"][0]
     lines = [
         f"Training throughput, ours (JAX) against plain PyTorch; median of {result['rounds']} alternating "
-        f"rounds of {result['steps_per_round']} steps",
+        f"rounds (>= {result['round_seconds']} s each, {result['steps_per_call']} steps at a time)",
         f"JAX: {first['jax']['device']}, jax {result['jax']}; PyTorch: {first['torch']['device']}",
         "| model        | batch | JAX ex/s | torch ex/s | JAX / torch | JAX compile s | peak RSS MiB JAX / torch "
         "| device peak MiB JAX / torch |",

@@ -16,7 +16,7 @@ from tests.test_models import MODELS
 EMBEDDING_WIDTHS = {
     "cnn": 128, "simple_cnn": 7 * 7 * 64, "deep_cnn": 512, "vit": 128, "linear_ae": 128, "conv_ae": 12,
     "denoising_ae": 7 * 7 * 64, "encoder_classifier": 12, "classifier_decoding": 12,
-    "vgg16": 64, "alexnet": 64,
+    "vgg16": 64, "alexnet": 64, "speed_cnn": 256,
 }
 IMAGES = synthetic_split(7, seed=3).images  # (7, 28, 28, 1) uint8
 

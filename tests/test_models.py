@@ -180,3 +180,25 @@ def test_our_max_pool_matches_reduce_window(shape):
     # Without ties, the gradient goes where reduce_window's does.
     grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * jnp.arange(expected.size).reshape(expected.shape)))(x)
     chex.assert_trees_all_close(grad(lambda x: max_pool(x, 2)), grad(lambda x: nn.max_pool(x, (2, 2), (2, 2))))
+
+
+@pytest.mark.parametrize("features", [1, 3])  # One output channel takes the dilated form.
+def test_our_convolutions_match_flax_in_values_and_gradients(features):
+    import flax.linen as nn
+
+    from mnist_jax.models.layers import Conv, ConvTranspose
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+    pairs = [
+        (Conv(features, (3, 3), strides=(2, 2), padding=1), nn.Conv(features, (3, 3), strides=(2, 2), padding=1)),
+        (ConvTranspose(features, (3, 3), (2, 2), ((1, 2), (1, 2))),
+         nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)))),
+    ]
+    for ours, theirs in pairs:
+        variables = theirs.init(jax.random.PRNGKey(1), x)
+        variables = jax.tree.map(lambda v: v + 0.1, variables)  # A non-zero bias.
+        chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(1), x), variables)
+        loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+        chex.assert_trees_all_close(ours.apply(variables, x), theirs.apply(variables, x), atol=1e-5)
+        chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                                    jax.grad(loss(theirs), argnums=(0, 1))(variables, x), atol=1e-4)
