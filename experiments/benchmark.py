@@ -23,7 +23,7 @@ compilation, compile time, examples/s and the ratio to sequential.
 
 --vs-torch instead trains every model (or --models) with our step and with
 a plain PyTorch loop, alternating, in processes of their own: examples/s
-of each, the ratio, compile time and peak memory (experiments.vs_torch).
+of each, the ratio, compile time and peak memory (experiments._vs_torch).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import vs_torch
-from experiments.vs_torch import format_result as format_vs_torch
+from experiments import _vs_torch as vs_torch
+from experiments._vs_torch import format_result as format_vs_torch
 from mnist_jax import data as data_lib, models, parallel, pipeline, train
 from mnist_jax.experiment import setup
 from mnist_jax.pipeline import NoiseConfig
@@ -274,6 +274,7 @@ def main(argv=None) -> dict:
         parser.error("--steps and --batch-size must be >= 1")
     steps = 5 if args.quick else args.steps
     try:
+        models_asked = vs_torch.parse_models(args.models)  # Before the data: a bad name fails at once.
         noise = NoiseConfig(args.noise, args.noise_level)
         parallel.check_batch_size(args.batch_size, parallel.data_mesh())
         # First load decodes and fills the cache; the measured load is the second.
@@ -283,10 +284,7 @@ def main(argv=None) -> dict:
     if args.vs_torch:
         if importlib.util.find_spec("torch") is None:  # Fail before any worker starts, with the fix.
             parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
-        try:
-            models = vs_torch.parse_models(args.models)
-        except ValueError as e:
-            parser.error(str(e))
+        models = models_asked
         if args.rounds < 1:
             parser.error("--rounds must be >= 1")
         steps = 3 if args.quick else args.steps

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,21 +122,16 @@ def test_set_hyperparams_gives_each_state_its_values():
         train.set_hyperparams(state, beta=1.0)
 
 
-def test_dropout_takes_a_traced_rate_and_keeps_the_rate_and_the_scale():
-    x = jnp.ones((200, 500))
+def test_dropout_takes_a_traced_rate_and_matches_flax_for_a_float():
+    x = jnp.arange(1.0, 1001.0).reshape(10, 100)
     key = {"dropout": jax.random.PRNGKey(7)}
     ours = Dropout(0.3).apply({}, x, rngs=key)
-    kept = np.asarray(ours != 0)
-    assert abs(kept.mean() - 0.7) < 0.005  # 100,000 draws: 0.7 +- 0.0015 (1 sigma).
-    np.testing.assert_allclose(np.asarray(ours)[kept], 1 / 0.7, rtol=1e-6)  # flax's inverted scaling.
-    assert abs(np.corrcoef(kept[:, :-1].ravel(), kept[:, 1:].ravel())[0, 1]) < 0.02  # Neighbours independent.
-    np.testing.assert_array_equal(Dropout(0.3).apply({}, x, rngs=key), ours)  # Same key, same mask.
-    assert not np.array_equal(Dropout(0.3).apply({}, x, rngs={"dropout": jax.random.PRNGKey(8)}), ours)
+    flax_ = nn.Dropout(0.3, deterministic=False).apply({}, x, rngs=key)
+    np.testing.assert_array_equal(ours, flax_)
     traced = jax.jit(lambda rate: Dropout(rate).apply({}, x, rngs=key))(jnp.float32(0.3))
     np.testing.assert_allclose(traced, ours, rtol=1e-6)
+    assert 0.6 < float(jnp.mean(traced != 0)) < 0.8
     np.testing.assert_array_equal(Dropout(0.3, deterministic=True).apply({}, x), x)
-    odd = Dropout(0.5).apply({}, jnp.ones((3, 7)), rngs=key)  # An odd number of values.
-    assert odd.shape == (3, 7) and set(np.unique(np.asarray(odd))) <= {0.0, 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +168,7 @@ def test_trials_trained_together_equal_each_trained_alone(strategy, placement, t
         for ours, theirs in zip(together["histories"][k], alone["history"], strict=True):
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (k, key)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                      sweep.take(together["states"], k).params, alone["state"].params)
         assert together["best"][k]["epoch"] == alone["best"]["epoch"]
 

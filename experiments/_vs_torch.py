@@ -4,7 +4,7 @@
     python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 --round-seconds 5
 
 Each model gets two worker processes, one JAX and one PyTorch
-(experiments.torch_baselines), each with its own copy of MNIST's training
+(experiments._torch_baselines), each with its own copy of MNIST's training
 set. They never run at once: the timed rounds alternate (JAX, then torch,
 then JAX, ...), so both see the same machine. A round runs `--steps` steps
 at a time until `--round-seconds` have passed, so fast models are timed
@@ -158,7 +158,7 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
     else:
         import torch
 
-        from experiments import torch_baselines
+        from experiments import _torch_baselines as torch_baselines
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         trainer = torch_baselines.TorchTrainer(config, images, labels, device)
@@ -194,7 +194,7 @@ class Worker:
     def __init__(self, framework: str, model: str, steps: int, data_args: list[str]):
         self.name = f"{framework} {model}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "experiments.vs_torch", "--worker", framework, model, str(steps), *data_args],
+            [sys.executable, "-m", "experiments._vs_torch", "--worker", framework, model, str(steps), *data_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "TQDM_DISABLE": "1"})
         self.output: list[str] = []
@@ -294,7 +294,7 @@ def parse_models(text: str) -> tuple[str, ...]:
 
 
 if __name__ == "__main__":
-    # python -m experiments.vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
+    # python -m experiments._vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
     args = sys.argv[1:]
     if len(args) < 4 or args[0] != "--worker" or args[1] not in FRAMEWORKS:
         sys.exit("internal: run `python -m experiments.benchmark --vs-torch` instead")
