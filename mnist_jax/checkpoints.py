@@ -49,7 +49,12 @@ class _Manager:
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                # "latest" and "best" can save the same step at once; across
+                # processes their barriers would then share one name
+                # ("_async_write_complete.<step>") and the second one hangs.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=directory.name),
             ),
             item_names=("state", "meta"),
         )
