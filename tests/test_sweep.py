@@ -168,7 +168,10 @@ def test_trials_trained_together_equal_each_trained_alone(strategy, placement, t
         for ours, theirs in zip(together["histories"][k], alone["history"], strict=True):
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (k, key)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        # One program for three trials fuses differently from three programs:
+        # rounding, which Adam's normalised steps carry into a few weights
+        # (seen: 2.7e-6 on a weight of 0.016 after 20 steps).
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                      sweep.take(together["states"], k).params, alone["state"].params)
         assert together["best"][k]["epoch"] == alone["best"]["epoch"]
 
