@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import _vs_torch as vs_torch
-from experiments._vs_torch import format_result as format_vs_torch
 from mnist_jax import data as data_lib, models, parallel, pipeline, train
 from mnist_jax.experiment import setup
 from mnist_jax.pipeline import NoiseConfig
@@ -270,8 +269,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--round-seconds", type=float, default=3.0,
                         help="--vs-torch: each round runs --steps steps at a time for at least this long (default 3)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be >= 1")
+    if args.steps < 1 or args.batch_size < 1 or args.rounds < 1:
+        parser.error("--steps, --batch-size and --rounds must be >= 1")
     steps = 5 if args.quick else args.steps
     try:
         models_asked = vs_torch.parse_models(args.models)  # Before the data: a bad name fails at once.
@@ -284,13 +283,10 @@ def main(argv=None) -> dict:
     if args.vs_torch:
         if importlib.util.find_spec("torch") is None:  # Fail before any worker starts, with the fix.
             parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
-        models = models_asked
-        if args.rounds < 1:
-            parser.error("--rounds must be >= 1")
         steps = 3 if args.quick else args.steps
-        result = vs_torch.run(models, steps, 1 if args.quick else args.rounds, args.data_dir, args.idx_dir,
+        result = vs_torch.run(models_asked, steps, 1 if args.quick else args.rounds, args.data_dir, args.idx_dir,
                               0.0 if args.quick else args.round_seconds)
-        print(format_vs_torch(result))
+        print(vs_torch.format_result(result))
     elif args.sweep:
         strategies = tuple(x for x in args.strategies.split(",") if x)
         if args.trials < 1 or not set(strategies) <= {"unroll", "vmap"}:

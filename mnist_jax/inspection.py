@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from mnist_jax import tasks
+from mnist_jax.models import layers
 from mnist_jax.tasks import StepConfig
 
 EMBEDDING = "embedding"
@@ -48,7 +49,7 @@ def _apply(state, images, spec: StepConfig, **kwargs):
 
 
 def _is_convolution(module: nn.Module, method_name: str) -> bool:
-    return method_name == "__call__" and isinstance(module, (nn.Conv, nn.ConvTranspose))
+    return method_name == "__call__" and isinstance(module, layers.CONVOLUTIONS)
 
 
 def feature_maps(state, images, spec: StepConfig = StepConfig()) -> dict[str, np.ndarray]:

@@ -1,11 +1,8 @@
 """XLA options that make these models train faster on the CPU.
 
 They are read once, when JAX starts its backends, so `mnist_jax` sets them
-on import (its __init__), before anything runs, when MNIST_JAX_XLA_DEFAULTS=1
-asks for them; options the user already put in XLA_FLAGS win. Opt-in for
-now: with them, a CNN trained on 8 simulated CPU devices drifts from one
-device beyond tests/test_parallel.py's tolerance (rounding amplified by
-Adam), which is still to be understood.
+on import (its __init__), before anything runs; options the user already
+put in XLA_FLAGS win. MNIST_JAX_XLA_DEFAULTS=0 turns this off.
 
 Measured with `python -m experiments.benchmark --vs-torch` (README,
 "Performance"): on XLA:CPU of jaxlib 0.10, YNNPACK takes reductions and
@@ -38,7 +35,7 @@ def with_defaults(xla_flags: str, jaxlib_version: str) -> str:
 
 def apply(environ=os.environ) -> None:
     """Adds CPU_FLAGS to environ["XLA_FLAGS"] (see the module docstring)."""
-    if environ.get("MNIST_JAX_XLA_DEFAULTS", "0") != "1":
+    if environ.get("MNIST_JAX_XLA_DEFAULTS", "1") == "0":
         return
     from jaxlib import version  # Imports no backend.
 

@@ -27,6 +27,41 @@ def synthetic_split(n: int, seed: int = 0):
     return Split(images, labels)
 
 
+def assert_runs_agree(a_history: list[dict], b_history: list[dict]) -> None:
+    """Short runs of the same math in two different programs (device counts,
+    data placement): epoch losses within what float32 rounding alone does
+    to these runs.
+
+    Over the 10-20 Adam steps of small_run_config on 300 examples, rounding
+    is amplified about a thousandfold: changing every initial weight by one
+    ulp, on one device, moved epoch 1's train loss by 5e-4 (relative),
+    epoch 2's by up to 4.8e-3 and its validation loss by up to 5.3e-2, and
+    validation accuracy by 14 points (CPU box, 3 random ulp patterns). So
+    accuracies are not compared, and the losses get about twice that
+    envelope: enough to catch a device training on the wrong share of a
+    batch or a mean over the wrong count (a real partitioning bug moved
+    epoch 2's train loss by 3.3e-2). One step is compared to rounding in
+    tests/test_train.py and tests/test_parallel.py.
+    """
+    assert [h["epoch"] for h in a_history] == [h["epoch"] for h in b_history]
+    for key, rtol in (("train_loss", 1e-2), ("val_loss", 1e-1)):
+        np.testing.assert_allclose([h[key] for h in a_history], [h[key] for h in b_history], rtol=rtol,
+                                   err_msg=key)
+
+
+def assert_weights_agree(a, b, *, max_move: float) -> None:
+    """Parameter trees of two such runs: no weight further from its twin
+    than `max_move`, what the runs' steps can move a weight. Adam moves one
+    by about the learning rate a step whatever its gradient's size, so
+    weights whose gradient is rounding noise (conv biases before batch
+    norm) wander by up to that, and a quarter of the CNN's weights differ
+    beyond 1e-5 after 10 steps. One step is compared to rounding in
+    tests/test_train.py and tests/test_parallel.py."""
+    import jax
+
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=max_move), a, b)
+
+
 def small_run_config(**overrides):
     """The CNN settings of the tests' short runs on 300 synthetic examples:
     10 steps an epoch (the last one padded), a checkpoint every 4, a log every 3."""

@@ -25,8 +25,48 @@ def job_config(job: dict):
                             dtype=job.get("dtype", "float32"))
 
 
+def step_job(job: dict) -> dict:
+    """One plain-SGD step (learning rate 1, so the update is the gradient)
+    from the initial state on a full batch and on a padded one, and the
+    initial state's evaluation of the validation split: numbers that
+    rounding cannot amplify, to compare across device counts tightly."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mnist_jax import models, parallel, pipeline, train
+    from tests.conftest import small_run_config, synthetic_split
+
+    config = small_run_config(optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=1.0)
+    mesh = parallel.data_mesh(jax.devices()[: job["devices"]])
+    spec, model = config.step_config(), models.get_model("cnn")
+    split = synthetic_split(300, 0)
+    batches = list(pipeline.iterate_batches(split.images, split.labels, config.batch_size))
+    full, padded = batches[0], batches[-1]
+    assert full["mask"].all() and 0 < padded["mask"].sum() < config.batch_size
+
+    def initial_state():
+        return parallel.replicate(train.create_train_state(
+            model, train.make_optimizer(config), config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
+
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
+    step = train.make_train_step(spec, mesh)
+    result = {"steps": []}
+    for batch in (full, padded):
+        state = initial_state()
+        before = flat(state.params)  # The step donates the state's buffers.
+        state, metrics = step(state, parallel.shard_batch(batch, mesh))
+        result["steps"].append({"metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
+                                "update": (before - flat(state.params)).tolist()})
+    evaluation = train.evaluate(initial_state(), synthetic_split(100, 1), config.eval_batch_size, spec, mesh)
+    result["evaluation"] = {k: float(v) for k, v in evaluation.items() if k != "predictions"}
+    return result
+
+
 def run_job(job: dict) -> dict:
     """Trains as `job` says; returns its history and flattened final parameters."""
+    if job.get("kind") == "step":
+        return step_job(job)
     import jax
     import numpy as np
 

@@ -134,3 +134,71 @@ def test_encoder_groups_are_shared_between_autoencoder_and_classifiers():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         models.get_model("resnet")
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_our_batch_norm_matches_flax(use_mask):
+    """layers.BatchNorm (a (B,) mask, not one broadcast to the input) gives
+    flax's BatchNorm: outputs, gradients and running statistics."""
+    import flax.linen as nn
+
+    from mnist_jax.models.layers import BatchNorm
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 4)) * 3.0 + 1.0
+    mask = jnp.array([True, True, False, True, False, True]) if use_mask else None
+    ours, flax_bn = BatchNorm(use_running_average=False), nn.BatchNorm(use_running_average=False, momentum=0.9)
+    variables = flax_bn.init(jax.random.PRNGKey(1), x)
+    chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(1), x), variables)
+    variables = {"params": {"scale": jnp.arange(1.0, 5.0), "bias": jnp.arange(4.0)},
+                 "batch_stats": variables["batch_stats"]}
+    flax_mask = None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
+
+    def run(module, m):
+        def loss(params, x):
+            y, updates = module.apply({**variables, "params": params}, x, mask=m, mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y)), (y, updates)
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], x)
+
+    (_, (y_ours, stats_ours)), grads_ours = run(ours, mask)
+    (_, (y_flax, stats_flax)), grads_flax = run(flax_bn, flax_mask)
+    chex.assert_trees_all_close((y_ours, stats_ours, grads_ours), (y_flax, stats_flax, grads_flax),
+                                rtol=1e-5, atol=1e-5)
+    eval_ours = BatchNorm(use_running_average=True).apply({**variables, **stats_ours}, x)
+    eval_flax = nn.BatchNorm(use_running_average=True).apply({**variables, **stats_flax}, x)
+    chex.assert_trees_all_close(eval_ours, eval_flax, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 5)])
+def test_our_max_pool_matches_reduce_window(shape):
+    import flax.linen as nn
+
+    from mnist_jax.models.layers import max_pool
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    expected = nn.max_pool(x, (2, 2), strides=(2, 2))
+    chex.assert_trees_all_equal(max_pool(x, 2), expected)
+    # Without ties, the gradient goes where reduce_window's does.
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * jnp.arange(expected.size).reshape(expected.shape)))(x)
+    chex.assert_trees_all_close(grad(lambda x: max_pool(x, 2)), grad(lambda x: nn.max_pool(x, (2, 2), (2, 2))))
+
+
+@pytest.mark.parametrize("features", [1, 3])  # One output channel takes the dilated form.
+def test_our_convolutions_match_flax_in_values_and_gradients(features):
+    import flax.linen as nn
+
+    from mnist_jax.models.layers import Conv, ConvTranspose
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
+    pairs = [
+        (Conv(features, (3, 3), strides=(2, 2), padding=1), nn.Conv(features, (3, 3), strides=(2, 2), padding=1)),
+        (ConvTranspose(features, (3, 3), (2, 2), ((1, 2), (1, 2))),
+         nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)))),
+    ]
+    for ours, theirs in pairs:
+        variables = theirs.init(jax.random.PRNGKey(1), x)
+        variables = jax.tree.map(lambda v: v + 0.1, variables)  # A non-zero bias.
+        chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(1), x), variables)
+        loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+        chex.assert_trees_all_close(ours.apply(variables, x), theirs.apply(variables, x), atol=1e-5)
+        chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                                    jax.grad(loss(theirs), argnums=(0, 1))(variables, x), atol=1e-4)

@@ -1,5 +1,6 @@
-"""Data parallelism: batch-size checks, multi-host setup, and 8 simulated
-CPU devices giving 1 device's numbers, checkpoints moving between the two."""
+"""Data parallelism: batch-size checks, multi-host setup, 8 simulated CPU
+devices taking 1 device's step (to rounding) and training as it does,
+checkpoints moving between the two."""
 
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from mnist_jax import models, parallel, train
 from tests import multidevice
+from tests.conftest import assert_runs_agree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,13 +76,15 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multidevice")
     one_then_eight = root / "one_then_eight"
     eight_then_one = root / "eight_then_one"
-    here = {"one": multidevice.run_job(host_job(root / "one", 2))}
+    here = {"one": multidevice.run_job(host_job(root / "one", 2)),
+            "step_one": multidevice.run_job({"kind": "step", "devices": 1})}
     multidevice.run_job(host_job(one_then_eight, 1))
     jobs = {
         "eight": host_job(root / "eight", 2, devices=8),
         "eight_device_data": host_job(root / "eight_device_data", 2, devices=8, placement="device"),
         "one_then_eight": host_job(one_then_eight, 2, devices=8, resume=True),
         "eight_then_one_first": host_job(eight_then_one, 1, devices=8),
+        "step_eight": {"kind": "step", "devices": 8},
     }
     (root / "jobs.json").write_text(json.dumps(list(jobs.values())))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -94,12 +98,21 @@ def runs(tmp_path_factory):
 
 
 def assert_same_training(a, b):
-    """Same losses to float tolerance; parameters within Adam's amplification
-    of rounding differences (its update is ~lr * sign for tiny gradients)."""
-    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
-        np.testing.assert_allclose([h[key] for h in a["history"]], [h[key] for h in b["history"]],
-                                   rtol=1e-4, err_msg=key)
-    np.testing.assert_allclose(a["params"], b["params"], atol=2e-3)
+    assert_runs_agree(a["history"], b["history"])
+
+
+def test_one_step_on_eight_devices_is_one_step_on_one(runs):
+    """The gradient of one batch, full or padded, and the evaluation of a
+    split, on 8 devices and on 1: the same to float32 rounding."""
+    eight, one = runs["step_eight"], runs["step_one"]
+    for a, b in zip(eight["steps"], one["steps"], strict=True):
+        assert a["metrics"].keys() == b["metrics"].keys()
+        for key in a["metrics"]:
+            assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-5), key
+        gradient = np.asarray(b["update"])
+        np.testing.assert_allclose(a["update"], gradient, rtol=1e-4, atol=1e-5 * np.abs(gradient).max())
+    for key in one["evaluation"]:
+        assert eight["evaluation"][key] == pytest.approx(one["evaluation"][key], rel=1e-5), key
 
 
 def test_the_subprocess_really_used_eight_devices(runs):

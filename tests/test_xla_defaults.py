@@ -22,11 +22,11 @@ def test_another_jaxlib_gets_nothing_it_might_not_know():
     assert xla_defaults.with_defaults("", "0.11.2") == ""
 
 
-def test_importing_mnist_jax_sets_them_before_jax_starts_when_asked():
+def test_importing_mnist_jax_sets_them_before_jax_starts_and_can_be_turned_off():
     code = "import os, mnist_jax, jax; jax.numpy.ones(1); print(os.environ.get('XLA_FLAGS', ''))"
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MNIST_JAX_XLA_DEFAULTS")}
-    on = subprocess.run([sys.executable, "-c", code], env={**env, "MNIST_JAX_XLA_DEFAULTS": "1"},
-                        capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert f"{FLAG}=dot" in on.stdout
-    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert FLAG not in off.stdout  # Opt-in for now (mnist_jax/xla_defaults.py).
+    off = subprocess.run([sys.executable, "-c", code], env={**env, "MNIST_JAX_XLA_DEFAULTS": "0"},
+                         capture_output=True, text=True, check=True)
+    assert FLAG not in off.stdout

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import Conv, ConvTranspose, max_pool
 
 
 def _dense(features: int, **kw) -> nn.Dense:
@@ -31,8 +32,8 @@ class LinearAutoencoder(nn.Module):
 def torch_conv_transpose(features: int, kernel: int, stride: int, padding: int,
                          output_padding: int, name: str | None = None,
                          kernel_init=torch_kernel_init, bias_init=nn.initializers.zeros_init()
-                         ) -> nn.ConvTranspose:
-    """nn.ConvTranspose with PyTorch's ConvTranspose2d geometry.
+                         ) -> ConvTranspose:
+    """A transposed convolution (layers.ConvTranspose) with PyTorch's ConvTranspose2d geometry.
 
     PyTorch's output size is (n - 1) * stride - 2 * padding + kernel +
     output_padding. lax.conv_transpose pads the stride-dilated input by the
@@ -41,8 +42,8 @@ def torch_conv_transpose(features: int, kernel: int, stride: int, padding: int,
     """
     low = kernel - 1 - padding
     pads = ((low, low + output_padding),) * 2
-    return nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding=pads,
-                            kernel_init=kernel_init, bias_init=bias_init, name=name)
+    return ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding=pads,
+                         kernel_init=kernel_init, bias_init=bias_init, name=name)
 
 
 class ConvEncoder(nn.Module):
@@ -58,11 +59,11 @@ class ConvEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 12, 12, 16)
-        x = nn.relu(nn.Conv(32, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, 6, 6, 32)
-        x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding=1, kernel_init=torch_kernel_init)(x))
+        x = nn.relu(Conv(16, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x))
+        x = max_pool(x, 2)  # (B, 12, 12, 16)
+        x = nn.relu(Conv(32, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
+        x = max_pool(x, 2)  # (B, 6, 6, 32)
+        x = nn.relu(Conv(64, (3, 3), strides=(2, 2), padding=1, kernel_init=torch_kernel_init)(x))
         x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 64)
         return _dense(self.latent_dim)(x)  # (B, latent)
 
@@ -130,7 +131,7 @@ class DenoisingAutoencoder(nn.Module):
         # avoids that plunge (tests/test_denoising.py trains it).
         init = nn.initializers.he_normal()
         for width in self.features:  # (B, 28, 28, 1) -> (B, 7, 7, 64)
-            x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2), padding=1, kernel_init=init)(x))
+            x = nn.relu(Conv(width, (3, 3), strides=(2, 2), padding=1, kernel_init=init)(x))
         self.sow("intermediates", "embedding", x)  # The code (B, 7, 7, 64): for mnist_jax.inspection.
         for width in (*reversed(self.features[:-1]), None):  # -> (B, 28, 28, 1)
             bias = nn.initializers.zeros_init() if width else nn.initializers.constant(-2.0)

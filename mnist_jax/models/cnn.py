@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
-from mnist_jax.models.layers import Dropout
+from mnist_jax.models.layers import BatchNorm, Conv, Dropout, max_pool
 
 
 class ConvBlock(nn.Module):
@@ -17,13 +17,13 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask: jax.Array | None = None):
-        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x)
+        x = Conv(self.features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x)
         # PyTorch's BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(
             x, mask=None if mask is None else mask[:, None, None, None]
         )
         x = nn.relu(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, 2)
         return Dropout(self.dropout_rate, deterministic=not train)(x)
 
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
-from mnist_jax.models.layers import Dropout
+from mnist_jax.models.layers import BatchNorm, Conv, Dropout, max_pool
 
 
 class ConvBNReLU(nn.Module):
@@ -16,8 +16,8 @@ class ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool, mask: jax.Array | None = None):
-        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(
+        x = Conv(self.features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x)
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(
             x, mask=None if mask is None else mask[:, None, None, None]
         )
         return nn.relu(x)
@@ -44,7 +44,7 @@ class DeepCNN(nn.Module):
         for features in self.features:  # 28 -> 14 -> 7 -> 3
             x = ConvBNReLU(features)(x, train=train, mask=mask)
             x = ConvBNReLU(features)(x, train=train, mask=mask)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, 2)
             x = Dropout(self.conv_dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)  # (B, 3 * 3 * 256)
         x = nn.relu(nn.Dense(self.hidden, kernel_init=torch_kernel_init)(x))

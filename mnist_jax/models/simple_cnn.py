@@ -3,7 +3,7 @@
 import flax.linen as nn
 
 from mnist_jax.models.init import torch_kernel_init
-from mnist_jax.models.layers import Dropout
+from mnist_jax.models.layers import Conv, Dropout, max_pool
 
 
 class SimpleCNN(nn.Module):
@@ -25,8 +25,8 @@ class SimpleCNN(nn.Module):
     def __call__(self, x, *, train: bool):
         """x: (B, 28, 28, 1) normalised images -> logits (B, 10)."""
         for features in self.features:  # 28 -> 14 -> 7
-            x = nn.relu(nn.Conv(features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = nn.relu(Conv(features, (3, 3), padding=1, kernel_init=torch_kernel_init)(x))
+            x = max_pool(x, 2)
         x = Dropout(self.dropout, deterministic=not train)(x)
         x = x.reshape(x.shape[0], -1)  # (B, 7 * 7 * 64)
         self.sow("intermediates", "embedding", x)  # For mnist_jax.inspection.

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models.layers import BatchNorm, Conv, max_pool
 
 
 class SpeedCNN(nn.Module):
@@ -30,10 +31,9 @@ class SpeedCNN(nn.Module):
     def __call__(self, x, *, train: bool, mask: jax.Array | None = None):
         """x: (B, 28, 28, 1) normalised images; mask: (B,) bool, False on padding."""
         for features in self.features:  # 28 -> 24 -> 12 -> 8 -> 4
-            x = nn.Conv(features, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(
-                x, mask=None if mask is None else mask[:, None, None, None])
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = Conv(features, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x)
+            x = BatchNorm(use_running_average=not train)(x, mask=mask)
+            x = max_pool(nn.relu(x), 2)
         x = x.reshape(x.shape[0], -1)  # (B, 4 * 4 * 32)
         x = nn.relu(nn.Dense(self.hidden, kernel_init=torch_kernel_init)(x))
         self.sow("intermediates", "embedding", x)  # (B, 256): for mnist_jax.inspection.
