@@ -73,6 +73,25 @@ def small_run_config(**overrides):
     return TrainConfig(**{**defaults, **overrides})
 
 
+def plain_sgd_cnn(learning_rate: float, mesh):
+    """small_run_config with plain SGD (no momentum, no weight decay: an
+    update is the learning rate times the gradient), and a function giving
+    the CNN's initial train state replicated on `mesh` (a fresh one each
+    call: a train step donates its input's buffers). For the one-step
+    comparisons of tests/test_train.py and tests/multidevice.py."""
+    import jax.numpy as jnp
+
+    from mnist_jax import models, parallel, train
+
+    config = small_run_config(optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=learning_rate)
+
+    def initial_state():
+        return parallel.replicate(train.create_train_state(
+            models.get_model("cnn"), train.make_optimizer(config), config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
+
+    return config, initial_state
+
+
 @pytest.fixture(scope="session")
 def synthetic_splits():
     from mnist_jax.data import Splits

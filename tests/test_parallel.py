@@ -69,9 +69,10 @@ def host_job(workdir, epochs, **kw):
 def runs(tmp_path_factory):
     """Runs on 1 device here and on 8 simulated ones in a subprocess.
 
-    Returns {name: {"history", "params"}}: "one"/"eight" (2 epochs, host
+    Returns {name: {"history", "devices", ...}}: "one"/"eight" (2 epochs, host
     data), "eight_device_data", "one_then_eight" (epoch 1 here, epoch 2
-    resumed on 8 devices) and "eight_then_one" (the other way round).
+    resumed on 8 devices), "eight_then_one" (the other way round), and
+    "step_one"/"step_eight" (one plain-SGD step and an evaluation).
     """
     root = tmp_path_factory.mktemp("multidevice")
     one_then_eight = root / "one_then_eight"
@@ -97,10 +98,6 @@ def runs(tmp_path_factory):
     return {**here, **there}
 
 
-def assert_same_training(a, b):
-    assert_runs_agree(a["history"], b["history"])
-
-
 def test_one_step_on_eight_devices_is_one_step_on_one(runs):
     """The gradient of one batch, full or padded, and the evaluation of a
     split, on 8 devices and on 1: the same to float32 rounding."""
@@ -123,13 +120,13 @@ def test_the_subprocess_really_used_eight_devices(runs):
 
 @pytest.mark.parametrize("name", ["eight", "eight_device_data"])
 def test_eight_devices_train_like_one(runs, name):
-    assert_same_training(runs[name], runs["one"])
+    assert_runs_agree(runs[name]["history"], runs["one"]["history"])
 
 
 @pytest.mark.parametrize("name", ["one_then_eight", "eight_then_one"])
 def test_a_checkpoint_moves_between_one_and_eight_devices(runs, name):
     assert [h["epoch"] for h in runs[name]["history"]] == [1, 2]
-    assert_same_training(runs[name], runs["one"])
+    assert_runs_agree(runs[name]["history"], runs["one"]["history"])
 
 
 def free_port() -> int:

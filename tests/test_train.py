@@ -12,7 +12,8 @@ import pytest
 from mnist_jax import models, parallel, pipeline, train
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
-from tests.conftest import assert_runs_agree, assert_weights_agree, small_run_config, synthetic_split
+from tests.conftest import (assert_runs_agree, assert_weights_agree, plain_sgd_cnn, small_run_config,
+                            synthetic_split)
 
 
 @pytest.fixture
@@ -146,15 +147,12 @@ def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_spli
     """Two plain-SGD steps (a full batch, then the padded last one) as one
     lax.scan gathering from data on the device, and as two dispatched steps
     on host batches: the same parameters and metrics to float32 rounding."""
-    config = small_run_config(optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=0.1)
-    spec, mesh, split = config.step_config(), parallel.data_mesh(), synthetic_splits.train
+    mesh, split = parallel.data_mesh(), synthetic_splits.train
+    config, initial_state = plain_sgd_cnn(0.1, mesh)
+    spec = config.step_config()
     indices, masks = pipeline.batch_indices(np.arange(len(split.labels)), config.batch_size)
     indices, masks = indices[[0, -1]], masks[[0, -1]]  # (2, B)
     assert not masks[1].all()
-
-    def initial_state():
-        return parallel.replicate(train.create_train_state(
-            models.get_model("cnn"), train.make_optimizer(config), config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
 
     host, host_metrics = initial_state(), []
     step = train.make_train_step(spec, mesh)
