@@ -4,8 +4,9 @@ and the ViT's attention.
     python -m experiments.feature_maps --checkpoint runs/cnn/<time> --index 7
     python -m experiments.feature_maps --checkpoint RUN_DIR --image my_digit.png [--invert]
 
-For the run's best checkpoint and one image (a test-set index, or a PNG of
-any size, made grey and resized to 28x28), writes into
+For the run's best checkpoint and one image (a test-set index, or a PNG or
+JPEG of any size, brought to MNIST's form as `python -m mnist_jax.predict`
+does), writes into
 RUN_DIR/feature_maps/<image>/:
   input.png                     the image the model saw
   NN_<layer>.png                every convolution's output, a panel per channel
@@ -13,7 +14,7 @@ RUN_DIR/feature_maps/<image>/:
                                 and the attention rollout (Abnar & Zuidema 2020)
   feature_maps.json             the prediction and each layer's statistics
 and prints the predicted digit and a table of the layers. MNIST digits are
-white on black: pass --invert for a dark digit on a light background.
+white on black: an image with a light border is inverted (--invert forces it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import jax
 import numpy as np
 
-from mnist_jax import data as data_lib, inspection, tasks, viz
+from mnist_jax import data as data_lib, digits, inspection, tasks, viz
 from mnist_jax.experiment import setup
 from mnist_jax.runs import RunError, load_run
 from mnist_jax.train import predict, write_json
@@ -40,36 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--index", type=int, help="an image of the MNIST test set (default 0)")
     source.add_argument("--image", type=pathlib.Path, help="a PNG (or JPEG) file of a digit")
-    add("--invert", action="store_true", help="invert --image (for a dark digit on a light background)")
+    add("--invert", action="store_true", help="invert --image (dark digit on light paper; default: decided by its border)")
     add("--channels", type=int, default=64, help="at most this many channels per layer (default 64)")
     add("--out", type=pathlib.Path, help="output folder (default RUN_DIR/feature_maps/<image>)")
     add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
     add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files")
     add("--no-download", action="store_true", help="never download MNIST")
     return parser
-
-
-def read_image(path: pathlib.Path, invert: bool) -> np.ndarray:
-    """A picture file as an MNIST-like uint8 (28, 28, 1): grey, resized, maybe inverted."""
-    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib.
-
-    try:
-        with Image.open(path) as picture:
-            grey = picture.convert("L")
-    except FileNotFoundError as e:
-        raise ValueError(f"--image {path}: no such file") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"--image {path}: not an image Pillow can read ({e})") from e
-    if grey.size != data_lib.IMAGE_SHAPE:
-        print(f"--image: resizing {grey.size[0]}x{grey.size[1]} to 28x28")
-        grey = grey.resize(data_lib.IMAGE_SHAPE, Image.Resampling.LANCZOS)
-    image = np.asarray(grey, np.uint8)
-    if invert:
-        image = 255 - image
-    elif image.mean() > 127:
-        print("note: this image is mostly light; MNIST digits are white on black, so "
-              "--invert may be what you want")
-    return image[..., None]
 
 
 def layer_statistics(maps: np.ndarray) -> dict:
@@ -87,7 +65,8 @@ def main(argv=None) -> dict:
     try:
         run = load_run(args.checkpoint)
         if args.image is not None:
-            image = read_image(args.image, args.invert)
+            # As MNIST's digits (mnist_jax.digits): grey, 20x20 box, centred by mass.
+            image = digits.load_digit(args.image, invert=True if args.invert else None)
             label, name = None, args.image.stem
         else:
             index = 0 if args.index is None else args.index

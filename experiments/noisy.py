@@ -39,7 +39,7 @@ import numpy as np
 from experiments import simple_cnn
 from mnist_jax import data as data_lib, denoising, parallel, pipeline, summaries, viz
 from mnist_jax.checkpoints import has_checkpoints
-from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup
+from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup, training_errors
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
@@ -343,10 +343,11 @@ def config_from_args(args: argparse.Namespace) -> NoisyConfig:
     shared = {k: getattr(args, k) for k in ("dtype", "data_placement") if getattr(args, k) is not None}
     config = dataclasses.replace(
         config, noise=noise, seed=config.seed if args.seed is None else args.seed,
-        classifier=dataclasses.replace(config.classifier, epochs=args.epochs or config.classifier.epochs,
-                                       **shared),
-        denoiser=dataclasses.replace(config.denoiser, epochs=args.denoiser_epochs or config.denoiser.epochs,
-                                     **shared),
+        classifier=dataclasses.replace(
+            config.classifier, epochs=config.classifier.epochs if args.epochs is None else args.epochs, **shared),
+        denoiser=dataclasses.replace(
+            config.denoiser, epochs=config.denoiser.epochs if args.denoiser_epochs is None else args.denoiser_epochs,
+            **shared),
     )
     mesh = parallel.data_mesh()
     for part in (config.classifier, config.denoiser):
@@ -369,11 +370,9 @@ def main(argv=None) -> dict:
     print(f"noisy: {config.noise.kind} noise, level {config.noise.level}; train {len(splits.train)}, "
           f"val {len(splits.val)}, test {len(splits.test)} examples from {mnist.source}; run dir {workdir}",
           flush=True)
-    try:
+    with training_errors(parser):
         results = run(config, splits, workdir, resume=args.resume, progress=not args.no_progress,
                       source=mnist.source, clean_run=args.clean_run)
-    except ResumeError as e:
-        parser.error(str(e))
 
     for set_name, name in OWN_MODEL.items():
         print(f"\n{name} CNN on the {set_name} test set:")

@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     base = QUICK if args.quick else CONFIG
     try:
-        args.seeds = args.seeds or (1 if args.quick else SEEDS)
+        args.seeds = (1 if args.quick else SEEDS) if args.seeds is None else args.seeds
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         base = dataclasses.replace(base, epochs=args.epochs, batch_size=args.batch_size,

@@ -34,7 +34,7 @@ import pathlib
 
 from mnist_jax import sweep as sweep_lib
 from mnist_jax.experiment import (Reference, build_parser, comparison_table, config_from_args, load_splits,
-                                  resolve_workdir, setup)
+                                  resolve_workdir, setup, training_errors)
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import DROPOUT_FIELDS
 from mnist_jax.search_space import METHODS, Choice, LogUniform, SweepConfig, parse_param
@@ -132,14 +132,12 @@ def main(argv=None) -> dict:
     splits, source = load_splits(args, sweep.base)  # Split by the base's data seed.
     print(f"{NAME}: {sweep.base.model}, train {len(splits.train)}, val {len(splits.val)}, "
           f"test {len(splits.test)} examples from {source}; run dir {workdir}", flush=True)
-    try:
+    with training_errors(parser):
         check_same_sweep(workdir, sweep, args.resume)
         summary = sweep_lib.run_sweep(
             sweep, splits, workdir, strategy=args.parallel, max_group_size=args.max_group_size,
             budget_seconds=None if args.budget_minutes is None else 60 * args.budget_minutes,
             resume=args.resume, progress=not args.no_progress)
-    except ResumeError as e:
-        parser.error(str(e))
     if args.wandb:
         from mnist_jax import wandb_log
 

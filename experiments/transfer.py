@@ -32,7 +32,7 @@ import pathlib
 
 from mnist_jax import data as data_lib, summaries, viz
 from mnist_jax import parallel
-from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup
+from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup, training_errors
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import num_batches
 from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
@@ -156,10 +156,11 @@ def main(argv=None) -> dict:
         config = dataclasses.replace(
             config,
             labels=tuple(args.labels) if args.labels else config.labels,
-            steps=args.steps or config.steps,
+            steps=config.steps if args.steps is None else args.steps,
             seed=seed,
             pretrain=dataclasses.replace(config.pretrain, seed=seed,
-                                         epochs=args.pretrain_epochs or config.pretrain.epochs, **shared),
+                                         epochs=config.pretrain.epochs if args.pretrain_epochs is None else args.pretrain_epochs,
+                                         **shared),
             classifier=dataclasses.replace(config.classifier, seed=seed, **shared),
         )
         mesh = parallel.data_mesh()
@@ -172,11 +173,9 @@ def main(argv=None) -> dict:
     p = config.pretrain
     splits = data_lib.make_splits(mnist, val_fraction=p.val_fraction, seed=seed, train_size=p.train_size,
                                   test_size=config.classifier.test_size)
-    try:
+    with training_errors(parser):
         results = run(config, splits, workdir, resume=args.resume, progress=not args.no_progress,
                       source=mnist.source)
-    except ResumeError as e:
-        parser.error(str(e))
 
     curves = {m: [(r["labels"], r["test_accuracy"]) for r in results["runs"] if r["method"] == m]
               for m in METHODS}

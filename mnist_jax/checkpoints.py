@@ -11,10 +11,16 @@ Each checkpoint holds the train state (arrays) and a JSON `meta` item (the
 config, history, best score, where in the epoch training stopped).
 Restores go against an abstract target so that arrays come back with the
 target's structure, dtypes and shardings (orbax #648, #678).
+
+A checkpoint that cannot be read back (files missing, truncated or garbled)
+is moved to `<workdir>/checkpoints/damaged/` with a warning, and the restore
+falls back to the next older one: nothing is deleted, and the step can be
+saved again by the resumed run.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pathlib
 from typing import Any
@@ -25,6 +31,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
+DAMAGED_DIR = "damaged"
 
 
 class CheckpointError(Exception):
@@ -60,6 +67,12 @@ class _Manager:
         )
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        if step in self.manager.all_steps():
+            # A resumed run replays the steps after its checkpoint exactly;
+            # this step was saved before the process died (e.g. "best" saved,
+            # "latest" not yet): the same state is already on disk.
+            log.info("Checkpoint %s/%d exists already; kept as it is", self.directory, step)
+            return
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -77,6 +90,65 @@ class _Manager:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def restore_newest_good(self, target: Any) -> tuple[Any, dict, int]:
+        """(state, meta, step) of the newest checkpoint that reads back.
+
+        Damaged newer ones are moved aside (`set_aside`) with a warning.
+        Raises CheckpointError when there is none, or none is readable.
+        """
+        self.wait()
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        for step in steps:
+            try:
+                state, meta = self.restore(step, target)
+                return state, meta, step
+            # Orbax, TensorStore and json raise many kinds of error for
+            # missing, truncated or garbled files, and ValueError for a
+            # target that does not fit: read back as stored to tell them apart.
+            except Exception as e:  # noqa: BLE001
+                if self.readable(step):
+                    raise CheckpointError(
+                        f"checkpoint {self.directory / str(step)} holds another model or optimizer than "
+                        f"the one asked for ({type(e).__name__}: {_first_line(e)})") from e
+                moved = self.set_aside(step)
+                log.warning("Checkpoint %s is damaged and cannot be restored (%s: %s); moved it to %s "
+                            "and falling back to the one before it.",
+                            self.directory / str(step), type(e).__name__, _first_line(e), moved)
+        raise CheckpointError(
+            f"every checkpoint in {self.directory} is damaged (steps {sorted(steps)}, now in "
+            f"{self.directory.parent / DAMAGED_DIR}); start a new run in another --workdir.")
+
+    def readable(self, step: int) -> bool:
+        """Whether the checkpoint of `step` reads back as stored (no target)."""
+        try:
+            self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            return True
+        except Exception:  # noqa: BLE001 (see restore_newest_good)
+            return False
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Moves the folder of `step` into checkpoints/damaged/ (kept for a
+        look, out of the manager's way); returns where it went."""
+        source = self.directory / str(step)
+        damaged = self.directory.parent / DAMAGED_DIR
+        damaged.mkdir(exist_ok=True)  # Every process: all of them look for a free name.
+        target = damaged / f"{self.directory.name}-{step}"
+        for n in itertools.count(1):
+            if not target.exists():
+                break
+            target = damaged / f"{self.directory.name}-{step}.{n}"
+        if jax.process_index() == 0:  # One process moves it; the folder is shared.
+            try:
+                source.rename(target)
+            except OSError as e:
+                log.warning("Could not move %s aside (%s); left where it is.", source, e)
+                return source
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -113,17 +185,13 @@ class RunCheckpoints:
         return self.latest.latest_step()
 
     def restore_latest(self, target: Any) -> tuple[Any, dict]:
-        step = self.latest.latest_step()
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.latest.directory} to resume from")
-        return self.latest.restore(step, target)
+        """The newest readable latest checkpoint (damaged newer ones set aside)."""
+        state, meta, _ = self.latest.restore_newest_good(target)
+        return state, meta
 
     def restore_best(self, target: Any) -> tuple[Any, dict]:
-        self.best.wait()
-        step = self.best.latest_step()
-        if step is None:
-            raise CheckpointError(f"no best checkpoint in {self.best.directory}")
-        return self.best.restore(step, target)
+        state, meta, _ = self.best.restore_newest_good(target)
+        return state, meta
 
     def wait(self) -> None:
         self.latest.wait()
@@ -132,6 +200,10 @@ class RunCheckpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def has_checkpoints(workdir: str | pathlib.Path) -> bool:

@@ -7,6 +7,7 @@ An experiment module holds its config, the report's reference numbers and a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -21,7 +22,8 @@ from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
-from mnist_jax.train import DATA_PLACEMENTS, ResumeError, TrainConfig, train_and_evaluate
+from mnist_jax.train import (DATA_PLACEMENTS, NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted,
+                             train_and_evaluate)
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
 
@@ -165,6 +167,24 @@ def setup() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def training_errors(parser: argparse.ArgumentParser):
+    """How a command-line run ends when training cannot go on: a run that
+    cannot be resumed as asked is a usage error (status 2); a NaN loss
+    exits with status 1 and a SIGINT/SIGTERM with 128 + its number, each
+    with its message (which checkpoint holds what) and no traceback."""
+    try:
+        yield
+    except ResumeError as e:
+        parser.error(str(e))
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from e
+
+
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
     """MNIST from the data flags; a DataError is printed and exits with status 1."""
     try:
@@ -219,13 +239,11 @@ def run_experiment(
     splits, source = load_splits(args, config)
     print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
           f"examples from {source}; run dir {workdir}", flush=True)
-    try:
+    with training_errors(parser):
         summary = train_and_evaluate(
             config, model, splits, workdir, experiment=name, resume=args.resume,
             progress=not args.no_progress,
             extra={"data_source": source, "reference": dataclasses.asdict(reference)},
         )
-    except ResumeError as e:
-        parser.error(str(e))
     print_results(name, summary, reference, workdir)
     return summary

@@ -13,6 +13,7 @@ import pathlib
 import flax.linen as nn
 
 from mnist_jax import models
+from mnist_jax.checkpoints import CheckpointError
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.train import ResumeError, TrainConfig, TrainState, restore_best_state
 
@@ -70,7 +71,7 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
     try:
         model = models.get_model(config.model, **hyperparameters)
         state = restore_best_state(config, model, run_dir)
-    except (ResumeError, TypeError, ValueError) as e:
+    except (CheckpointError, ResumeError, TypeError, ValueError) as e:
         raise RunError(f"cannot load the best checkpoint of {run_dir}: {e}") from e
     return LoadedRun(summary, config, model, state)
 

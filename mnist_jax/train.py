@@ -11,13 +11,17 @@ checkpoint replays exactly the steps it would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
 import pathlib
+import signal
+import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -428,6 +432,19 @@ class ResumeError(Exception):
     """A run cannot be resumed as asked."""
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss or the parameters became NaN or infinite; nothing
+    from that step on was saved."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int, step: int):
+        super().__init__(message)
+        self.signum, self.step = signum, step
+
+
 # Config fields a resumed run may change without changing its numbers
 # (data_placement: beyond float rounding).
 RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
@@ -544,8 +561,8 @@ def _is_better(value: float, best: dict | None, key: str, mode: str) -> bool:
 
 def _chunks(offset: int, steps_per_epoch: int, length: int) -> list[tuple[int, int]]:
     """[begin, end) step ranges of an epoch from `offset`, cut at multiples of `length`."""
-    bounds = sorted({*range(offset, steps_per_epoch, length), offset, steps_per_epoch})
-    bounds = [b for b in bounds if b >= offset]
+    first_cut = (offset // length + 1) * length
+    bounds = [offset, *range(first_cut, steps_per_epoch, length), steps_per_epoch]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
@@ -555,6 +572,58 @@ def _per_step(first_step: int, metrics: dict) -> list[tuple[int, dict]]:
         return [(first_step, metrics)]
     count = len(next(iter(metrics.values())))
     return [(first_step + i, {k: v[i] for k, v in metrics.items()}) for i in range(count)]
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _nonfinite_message(what: str, value: str, step: int, steps_per_epoch: int, config: TrainConfig,
+                       ckpts: checkpoints.RunCheckpoints, last_saved: int | None) -> str:
+    kept = (f"The last good checkpoint, step {last_saved}, is intact in {ckpts.latest.directory / str(last_saved)}."
+            if last_saved is not None else "No checkpoint had been saved yet.")
+    return (f"{what} became {value} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
+            f"training stopped and nothing from that step on was saved. {kept} The usual cause is a "
+            f"learning rate too high for the model (this run: {config.learning_rate:g}): start a new run "
+            "in another --workdir with a lower --learning-rate.")
+
+
+def _check_finite_losses(steps: list[tuple[int, dict]], steps_per_epoch: int, config: TrainConfig,
+                         ckpts: checkpoints.RunCheckpoints, last_saved: int | None) -> None:
+    """Raises NonFiniteLossError at the first fetched step whose loss is NaN or infinite."""
+    for step, sums in steps:
+        if not np.isfinite(sums["loss_sum"]):
+            loss = float(sums["loss_sum"]) / max(float(sums["count"]), 1.0)
+            raise NonFiniteLossError(_nonfinite_message(
+                "the training loss", str(loss), step, steps_per_epoch, config, ckpts, last_saved))
+
+
+@contextlib.contextmanager
+def stop_signals_caught():
+    """While training: SIGINT and SIGTERM are noted (the yielded list of
+    signal numbers) for the loop to save a checkpoint and stop; a second
+    one gets the previous handler (Ctrl-C twice stops at once)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # Python runs handlers in the main thread only.
+        return
+    previous = {}
+
+    def note(signum, frame):
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.signal(signum, note)
+        previous[signum] = signal.SIG_DFL if handler is None else handler
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def resolve_data_placement(config: TrainConfig, train: Split, mesh: jax.sharding.Mesh) -> str:
@@ -586,6 +655,13 @@ def fit(
     that classify) or the lowest validation loss (reconstruction). A latest
     checkpoint is saved every `checkpoint_every_steps` steps into each epoch
     and at its end.
+
+    Faults: step losses are checked whenever they are fetched (every log
+    and checkpoint) and the parameters before every save; a NaN or an
+    infinity raises NonFiniteLossError naming the step and the last good
+    checkpoint, and nothing after it is saved. SIGINT and SIGTERM (main
+    thread) finish the current step call, save a latest checkpoint and
+    raise TrainingInterrupted; a second signal gets the previous handler.
 
     Args:
       resume: continue from the newest checkpoint, exactly where it stopped
@@ -622,7 +698,10 @@ def fit(
     if resume:
         if ckpts.latest_step() is None:
             raise ResumeError(f"--resume: no checkpoint in {ckpts.latest.directory} to resume from.")
-        state, saved = ckpts.restore_latest(state)
+        try:
+            state, saved = ckpts.restore_latest(state)  # Damaged newer ones are set aside.
+        except checkpoints.CheckpointError as e:
+            raise ResumeError(f"--resume: {e}") from e
         _check_resumable(saved["config"], config)
         meta.update({k: saved[k] for k in meta})
         log.info("Resumed at step %d", int(state.step))
@@ -666,77 +745,115 @@ def fit(
         return {**meta, "config": config.to_dict(), "epoch_sums": dict(sums.sums),
                 "train_seconds": elapsed_before + time.perf_counter() - clock}
 
+    last_saved = start if resume else None  # The newest good latest checkpoint.
+
     def fetch_pending() -> None:
         nonlocal pending
         for first, fetched in zip([p[0] for p in pending], jax.device_get([p[1] for p in pending])):
-            unlogged.extend(_per_step(first, fetched))
+            steps = _per_step(first, fetched)
+            _check_finite_losses(steps, steps_per_epoch, config, ckpts, last_saved)
+            unlogged.extend(steps)
         pending = []
 
-    for epoch in range(start // steps_per_epoch, config.epochs):
-        epoch_start = epoch * steps_per_epoch
-        offset = start - epoch_start if epoch == start // steps_per_epoch else 0
-        order = pipeline.epoch_order(shuffle_key, epoch, len(train))
-        indices, masks = pipeline.batch_indices(order, config.batch_size)  # (steps, B) each
-        bar = tqdm(total=steps_per_epoch, initial=offset, disable=not progress,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
-        for begin, end in _chunks(offset, steps_per_epoch, chunk_length):
-            if placement == "device":
-                steps_input = parallel.shard_steps((indices[begin:end], masks[begin:end]), mesh)
-                state, step_metrics = scan_fn(state, data, *steps_input)
-            else:
-                batch = pipeline.gather_batch(train.images, train.labels, indices[begin], masks[begin])
-                state, step_metrics = step_fn(state, parallel.shard_batch(batch, mesh))
-            pending.append((epoch_start + begin + 1, step_metrics))
-            step = epoch_start + end
-            if first_step_seconds is None:
-                jax.block_until_ready(step_metrics)
-                first_step_seconds = time.perf_counter() - clock
-            end_of_epoch = end == steps_per_epoch
-            log_steps = [s for s in range(epoch_start + begin + 1, step + 1) if s % config.log_every_steps == 0]
-            if end_of_epoch and step not in log_steps:
-                log_steps.append(step)
-            if log_steps:
-                fetch_pending()
-                for log_step in log_steps:
-                    window = [m for s, m in unlogged if s <= log_step]
-                    unlogged = [(s, m) for s, m in unlogged if s > log_step]
-                    loss, count = sums.add(window)
-                    writer.scalars(log_step, {"train/loss_step": loss / max(count, 1)})
-                bar.set_postfix(loss=f"{sums.means().get('loss', float('nan')):.4f}")
-            if end % config.checkpoint_every_steps == 0 and not end_of_epoch:
-                fetch_pending()
-                sums.add([m for _, m in unlogged])
-                unlogged = []
-                ckpts.save_latest(step, state, snapshot())
-            bar.update(end - begin)
-            if on_step is not None:
-                on_step(step)
-        bar.close()
+    def prepare_save(step: int) -> None:
+        """Fetches every step's metrics into the epoch's sums; raises
+        NonFiniteLossError unless the losses and parameters are finite."""
+        nonlocal unlogged
+        fetch_pending()
+        sums.add([m for _, m in unlogged])
+        unlogged = []
+        if not bool(_all_finite(state.params)):
+            raise NonFiniteLossError(
+                _nonfinite_message("the parameters", "NaN or infinite", step, steps_per_epoch, config, ckpts, last_saved))
 
-        val = evaluate(state, splits.val, config.eval_batch_size, spec, mesh)
-        val.pop("predictions", None)
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            **{f"train_{k}": v for k, v in sums.means().items()},
-            **{f"val_{k}": v for k, v in val.items()},
-            "learning_rate": current_learning_rate(state.opt_state),
-        }
-        meta["history"].append(record)
-        sums = _EpochSums()
-        writer.scalars(step, {
-            k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k: v
-            for k, v in record.items() if k not in ("epoch", "step")
-        })
-        shown = "  ".join(
-            f"{k.replace('_', ' ')} {v:.4f}" for k, v in record.items()
-            if k.startswith(("train_", "val_")) and not k.endswith(("cross_entropy", "psnr"))
-        )
-        print(f"epoch {epoch + 1:>3}/{config.epochs}  {shown}", flush=True)
-        if _is_better(record[select_key], meta["best"], select_key, select_mode):
-            meta["best"] = {"epoch": epoch + 1, "step": step, select_key: record[select_key]}
-            ckpts.save_best(step, state, snapshot())
+    def save_latest(step: int) -> None:
+        nonlocal last_saved
+        prepare_save(step)
         ckpts.save_latest(step, state, snapshot())
+        last_saved = step
+
+    def stop_if_asked(step: int) -> None:
+        """After SIGINT/SIGTERM: a checkpoint of this step, then TrainingInterrupted."""
+        if not stop_signals:
+            return
+        if last_saved != step:
+            save_latest(step)
+        ckpts.wait()
+        name = signal.Signals(stop_signals[0]).name
+        raise TrainingInterrupted(
+            f"{name} received: stopped at step {step} (epoch {step / steps_per_epoch:.2f} of "
+            f"{config.epochs}) after saving checkpoint {ckpts.latest.directory / str(step)}; "
+            "run again with --resume to continue.", stop_signals[0], step)
+
+    with stop_signals_caught() as stop_signals:
+        for epoch in range(start // steps_per_epoch, config.epochs):
+            epoch_start = epoch * steps_per_epoch
+            offset = start - epoch_start if epoch == start // steps_per_epoch else 0
+            order = pipeline.epoch_order(shuffle_key, epoch, len(train))
+            indices, masks = pipeline.batch_indices(order, config.batch_size)  # (steps, B) each
+            bar = tqdm(total=steps_per_epoch, initial=offset, disable=not progress,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
+            for begin, end in _chunks(offset, steps_per_epoch, chunk_length):
+                if placement == "device":
+                    steps_input = parallel.shard_steps((indices[begin:end], masks[begin:end]), mesh)
+                    state, step_metrics = scan_fn(state, data, *steps_input)
+                else:
+                    batch = pipeline.gather_batch(train.images, train.labels, indices[begin], masks[begin])
+                    state, step_metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+                pending.append((epoch_start + begin + 1, step_metrics))
+                step = epoch_start + end
+                if first_step_seconds is None:
+                    jax.block_until_ready(step_metrics)
+                    first_step_seconds = time.perf_counter() - clock
+                end_of_epoch = end == steps_per_epoch
+                log_steps = [s for s in range(epoch_start + begin + 1, step + 1) if s % config.log_every_steps == 0]
+                if end_of_epoch and step not in log_steps:
+                    log_steps.append(step)
+                if log_steps:
+                    fetch_pending()
+                    for log_step in log_steps:
+                        window = [m for s, m in unlogged if s <= log_step]
+                        unlogged = [(s, m) for s, m in unlogged if s > log_step]
+                        loss, count = sums.add(window)
+                        writer.scalars(log_step, {"train/loss_step": loss / max(count, 1)})
+                    bar.set_postfix(loss=f"{sums.means().get('loss', float('nan')):.4f}")
+                if end % config.checkpoint_every_steps == 0 and not end_of_epoch:
+                    save_latest(step)
+                bar.update(end - begin)
+                if on_step is not None:
+                    on_step(step)
+                if not end_of_epoch:  # At the end, after the epoch's validation.
+                    stop_if_asked(step)
+            bar.close()
+
+            val = evaluate(state, splits.val, config.eval_batch_size, spec, mesh)
+            val.pop("predictions", None)
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                **{f"train_{k}": v for k, v in sums.means().items()},
+                **{f"val_{k}": v for k, v in val.items()},
+                "learning_rate": current_learning_rate(state.opt_state),
+            }
+            meta["history"].append(record)
+            sums = _EpochSums()
+            writer.scalars(step, {
+                k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k: v
+                for k, v in record.items() if k not in ("epoch", "step")
+            })
+            shown = "  ".join(
+                f"{k.replace('_', ' ')} {v:.4f}" for k, v in record.items()
+                if k.startswith(("train_", "val_")) and not k.endswith(("cross_entropy", "psnr"))
+            )
+            print(f"epoch {epoch + 1:>3}/{config.epochs}  {shown}", flush=True)
+            prepare_save(step)
+            # "best" before "latest": a run killed between the two replays
+            # the epoch from an older latest and finds this best saved.
+            if _is_better(record[select_key], meta["best"], select_key, select_mode):
+                meta["best"] = {"epoch": epoch + 1, "step": step, select_key: record[select_key]}
+                ckpts.save_best(step, state, snapshot())
+            save_latest(step)
+            stop_if_asked(step)
     ckpts.wait()
     train_seconds = elapsed_before + time.perf_counter() - clock
     return {

@@ -23,7 +23,7 @@ import numpy as np
 
 from mnist_jax import data as data_lib, parallel, pipeline, pretrained
 from mnist_jax.experiment import (Reference, build_parser, config_from_args, load_splits,
-                                  print_results, resolve_workdir, setup)
+                                  print_results, resolve_workdir, setup, training_errors)
 from mnist_jax.models.transfer import ARCHITECTURES, TransferNet, head_for
 from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
 
@@ -106,7 +106,7 @@ def run_transfer(
                         help="run the frozen layers at every step instead of once per image")
     args = parser.parse_args(argv)
     weights_choice = args.weights or ("none" if args.quick else "torchvision")
-    image_size = args.image_size or (quick_image_size if args.quick else 224)
+    image_size = (quick_image_size if args.quick else 224) if args.image_size is None else args.image_size
     # Quick runs shrink the classifier (unless real weights need its width).
     hidden = 256 if args.quick and weights_choice == "none" else 4096
     try:
@@ -138,7 +138,7 @@ def run_transfer(
         ))()["params"]["features"]
     extra = {"data_source": source, "reference": dataclasses.asdict(reference), "weights": weights_label,
              "image_size": image_size, "classifier_hidden": hidden, "cached_features": cache}
-    try:
+    with training_errors(parser):
         if cache:
             start = time.perf_counter()
             extractor = make_feature_extractor(model)
@@ -164,8 +164,6 @@ def run_transfer(
                 progress=not args.no_progress, pretrained=weights or {"features": feature_params},
                 extra=extra,
             )
-    except ResumeError as e:
-        parser.error(str(e))
     title = "this run" if weights else "this run (random init)"
     print_results(name, summary, reference, workdir, title)
     if cache:

@@ -1,0 +1,129 @@
+"""Digit pictures from image files, prepared the way MNIST's were.
+
+MNIST's digits (LeCun et al., 1998) were size-normalised to fit a 20x20
+box, keeping their aspect ratio (anti-aliased, hence grey levels), then
+placed in a 28x28 field so that their centre of mass sits at its centre:
+white ink on black. A photo or a drawing of a digit is brought to that
+form here, so that a model trained on MNIST sees what it was trained on:
+
+    grey levels -> ink white on black (inverted when the background is
+    light) -> background to 0, ink up to 255 -> cropped to the ink's
+    bounding box -> longer side scaled to 20 px -> centre of mass moved to
+    (14, 14) of a 28x28 field (MNIST's test set: mean 14.0, 14.0).
+
+Files are decoded by Pillow; anything it cannot decode, or that holds no
+digit, raises ImageError naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+
+import numpy as np
+
+SIZE = 28  # The field.
+BOX = 20  # The longer side of the digit's bounding box.
+CENTRE = SIZE / 2  # Where MNIST's centres of mass sit, in pixel-index coordinates.
+INK_THRESHOLD = 0.25  # Share of the brightest ink that counts towards the bounding box.
+MIN_CONTRAST = 16  # Grey levels between background and ink below which an image is blank.
+MAX_PIXELS = 50_000_000  # Larger files are refused before decoding (decompression bombs).
+
+
+class ImageError(ValueError):
+    """A file that cannot be made into a digit picture."""
+
+
+def read_grey(path: str | os.PathLike) -> np.ndarray:
+    """The image in `path` as grey levels (H, W) float32 in [0, 255].
+
+    Any format and colour mode Pillow reads; transparent pixels count as
+    white paper, and a photo's EXIF orientation is applied.
+    """
+    from PIL import Image, ImageOps
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns of large sizes as it opens; they are refused below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large for a digit "
+                                 f"(at most {MAX_PIXELS:,}); scale it down first")
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # Deep grey: scaled by its range.
+                grey = np.asarray(image, np.float64)
+                span = grey.max() - grey.min() if grey.size else 0.0
+                return ((grey - grey.min()) * (255.0 / span if span else 0.0)).astype(np.float32)
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(paper, image.convert("RGBA"))
+            return np.asarray(image.convert("L"), np.float32)
+    except ImageError:
+        raise
+    # Pillow's decoders raise many kinds of error for damaged or foreign
+    # bytes (OSError, ValueError, SyntaxError, EOFError, struct.error, ...).
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"{path}: not an image Pillow can read ({type(e).__name__}: {e})") from e
+
+
+def to_mnist(grey: np.ndarray, *, invert: bool | None = None, name: str = "image") -> np.ndarray:
+    """A digit picture (H, W) of any size as MNIST has them: (28, 28, 1) uint8.
+
+    invert: True for dark ink on light paper, False for light ink on dark;
+      None decides by the border (mostly light: inverted).
+    name: how errors name the picture (its file).
+    """
+    grey = np.asarray(grey, np.float64)
+    if grey.ndim != 2 or grey.size == 0:
+        raise ImageError(f"{name}: an image of shape {grey.shape} holds no picture")
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if invert is None:
+        invert = np.median(border) > 127
+    if invert:
+        grey, border = 255.0 - grey, 255.0 - border
+    background = np.median(border)
+    contrast = grey.max() - background
+    if contrast < MIN_CONTRAST:
+        raise ImageError(f"{name} is blank: no {'dark' if invert else 'light'} digit stands out from its "
+                         "background")
+    ink = np.clip((grey - background) / contrast, 0.0, 1.0) * 255.0  # Background 0, ink up to 255.
+    rows, cols = np.nonzero(ink >= INK_THRESHOLD * 255.0)
+    digit = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    digit = _fit_box(digit)  # (h, w), max(h, w) == BOX
+    return _centre_by_mass(digit)[..., None]
+
+
+def _fit_box(digit: np.ndarray) -> np.ndarray:
+    """Scales the longer side to BOX pixels, keeping the aspect ratio (anti-aliased)."""
+    from PIL import Image
+
+    h, w = digit.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow: (width, height).
+    resized = Image.fromarray(digit.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized, np.float64), 0.0, 255.0)
+
+
+def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """The digit in a SIZE x SIZE field, its centre of mass moved to (CENTRE, CENTRE)."""
+    h, w = digit.shape
+    mass = digit.sum()
+    com_row = (digit.sum(1) @ np.arange(h)) / mass
+    com_col = (digit.sum(0) @ np.arange(w)) / mass
+    # Whole-pixel shifts, as MNIST's, kept inside the field.
+    top = int(np.clip(round(CENTRE - com_row), 0, SIZE - h))
+    left = int(np.clip(round(CENTRE - com_col), 0, SIZE - w))
+    field = np.zeros((SIZE, SIZE))
+    field[top:top + h, left:left + w] = digit
+    return np.round(field).astype(np.uint8)
+
+
+def load_digit(path: str | os.PathLike, *, invert: bool | None = None) -> np.ndarray:
+    """An image file as an MNIST digit (28, 28, 1) uint8 (see the module docstring)."""
+    return to_mnist(read_grey(path), invert=invert, name=str(path))

@@ -1,0 +1,132 @@
+"""Read handwritten digits from image files with a trained classifier.
+
+    python -m mnist_jax.predict --checkpoint RUN_DIR IMAGE... [--json]
+
+RUN_DIR is a finished run of any classifier (what `python -m
+experiments.cnn --workdir RUN_DIR` leaves); its best checkpoint is used.
+Each IMAGE (PNG, JPEG, ... of any size and colour mode) is brought to
+MNIST's form first (mnist_jax.digits: grey, white on black, 20x20 box,
+centred by mass). Prints each image's digit and its top-3 probabilities,
+or with --json one JSON document. An image that cannot be read gets an
+error line naming it and the others are still read; the exit status is
+then 1 (2 for a run directory that cannot be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from mnist_jax import digits, runs
+
+TOP = 3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mnist_jax.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=pathlib.Path, required=True, metavar="RUN_DIR",
+                        help="a finished classifier run (its metrics.json and checkpoints/)")
+    parser.add_argument("images", type=pathlib.Path, nargs="+", metavar="IMAGE", help="image files of digits")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ink = parser.add_mutually_exclusive_group()
+    ink.add_argument("--invert", dest="invert", action="store_const", const=True,
+                     help="dark digits on light paper (default: decided from each image's border)")
+    ink.add_argument("--no-invert", dest="invert", action="store_const", const=False,
+                     help="light digits on dark paper, as MNIST's")
+    return parser.parse_args(argv)
+
+
+def run_dir_of(path: pathlib.Path) -> pathlib.Path:
+    """The run directory for a path to it, its metrics.json or its checkpoints/ folder."""
+    path = path.expanduser()
+    if path.name == "metrics.json":
+        return path.parent
+    if path.name == "checkpoints":
+        return path.parent
+    if path.parent.name == "checkpoints":  # checkpoints/best, checkpoints/latest
+        return path.parent.parent
+    return path
+
+
+def load_classifier(path: pathlib.Path) -> runs.LoadedRun:
+    """The best checkpoint of the classifier run at `path`; RunError if it is none."""
+    run = runs.load_run(run_dir_of(path))
+    if not run.config.step_config().classifies:
+        raise runs.RunError(f"{path} is a run of {run.config.model} (task {run.config.task!r}), which does "
+                            "not classify digits; give the run of a classifier (e.g. python -m "
+                            "experiments.cnn --workdir RUN_DIR)")
+    return run
+
+
+def probabilities(run: runs.LoadedRun, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of uint8 digits (N, 28, 28, 1)."""
+    import jax
+
+    from mnist_jax import inspection, tasks, train
+
+    spec = run.config.step_config()
+
+    @jax.jit
+    def forward(state, images):
+        outputs = train.predict(state, inspection.clean_inputs(images, spec), spec.dtype)
+        return jax.nn.softmax(tasks.logits_of(outputs, spec), axis=-1)
+
+    return np.asarray(forward(run.state, images))
+
+
+def top_classes(probs: np.ndarray, k: int = TOP) -> list[dict]:
+    """The k likeliest digits, likeliest first: [{"digit", "probability"}, ...]."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"digit": int(d), "probability": float(probs[d])} for d in order]
+
+
+def predict_files(run: runs.LoadedRun, paths: list[pathlib.Path], invert: bool | None = None) -> list[dict]:
+    """{"image", "digit", "top3"} per readable file, {"image", "error"} per other, in order."""
+    results, pictures = [], []
+    for path in paths:
+        try:
+            pictures.append(digits.load_digit(path, invert=invert))
+            results.append({"image": str(path)})
+        except digits.ImageError as e:
+            results.append({"image": str(path), "error": str(e)})
+    if pictures:
+        probs = iter(probabilities(run, np.stack(pictures)))
+        for result in results:
+            if "error" not in result:
+                top = top_classes(next(probs))
+                result.update(digit=top[0]["digit"], top3=top)
+    return results
+
+
+def format_line(result: dict) -> str:
+    if "error" in result:
+        return f"error: {result['error']}"  # It names the file.
+    top = ", ".join(f"{t['digit']} {t['probability']:.3f}" for t in result["top3"])
+    return f"{result['image']}: {result['digit']}  (top {TOP}: {top})"
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    try:
+        run = load_classifier(args.checkpoint)
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    results = predict_files(run, args.images, args.invert)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "model": run.config.model,
+                          "results": results}, indent=2))
+    else:
+        for result in results:
+            print(format_line(result), file=sys.stderr if "error" in result else sys.stdout)
+    if any("error" in r for r in results):
+        raise SystemExit(1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""A short training run for tests/test_faults.py to kill, in a process of its own.
+
+    python -m tests.crash_job WORKDIR [--resume]
+
+Trains the CNN of the tests' short runs on synthetic digits (30 steps, a
+checkpoint every 2) through `train.train_and_evaluate`, as an experiment
+does, and prints "step N" after every step so that the test can pick the
+moment to kill it. Ends as the experiments' command lines do
+(`experiment.training_errors`): 128 + the signal after SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.crash_job")
+    parser.add_argument("workdir", type=pathlib.Path)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    from mnist_jax import checkpoints, models, train
+    from mnist_jax.data import Splits
+    from mnist_jax.experiment import training_errors
+    from tests.conftest import small_run_config, synthetic_split
+
+    config = small_run_config(checkpoint_every_steps=2, data_placement="host")
+    splits = Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+    # A run killed before its first checkpoint was finished has nothing to
+    # resume: it starts again, as a job script that always passes --resume would.
+    resume = args.resume and checkpoints.has_checkpoints(args.workdir)
+    with training_errors(parser):
+        train.train_and_evaluate(config, models.get_model("cnn"), splits, args.workdir, experiment="crash_job",
+                                 resume=resume, progress=False,
+                                 on_step=lambda step: print(f"step {step}", flush=True))
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
