@@ -7,6 +7,7 @@ into the same run rather than a timestamped sub-run (tensorboardX's
 
 from __future__ import annotations
 
+import math
 import pathlib
 import shutil
 from typing import Mapping
@@ -14,6 +15,18 @@ from typing import Mapping
 import numpy as np
 import tensorboardX
 from tensorboardX.summary import hparams as hparams_summaries
+
+
+def sprite(images: np.ndarray) -> np.ndarray:
+    """The projector's sprite of uint8 images (N, H, H, 1): a square grid of
+    ceil(sqrt(N)) cells a side, filled row by row, the cells left over
+    black. Returns (S, S, 3) uint8."""
+    count, size = len(images), images.shape[1]
+    side = math.ceil(math.sqrt(count))
+    cells = np.zeros((side * side, size, size), np.uint8)
+    cells[:count] = images[..., 0]
+    grid = cells.reshape(side, side, size, size).transpose(0, 2, 1, 3).reshape(side * size, side * size)
+    return np.repeat(grid[..., None], 3, axis=-1)
 
 
 class MetricWriter:
@@ -86,6 +99,11 @@ class MetricWriter:
         added = config.read_text()[len(before):]
         if added in before:  # tensorboardX appends; keep one entry per embedding.
             config.write_text(before)
+        # tensorboardX leaves the sprite's cells past the last image
+        # uninitialised (np.ndarray): garbage pixels. Ours are black.
+        from PIL import Image
+
+        Image.fromarray(sprite(np.asarray(images))).save(subdir / "sprite.png")
 
     def flush(self) -> None:
         if self._writer is None:

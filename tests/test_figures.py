@@ -99,7 +99,11 @@ def test_projector_embedding_with_labels_and_sprite_is_replaced_not_repeated(tmp
     assert metadata[0] == "label\tpredicted" and len(metadata) == 21
     assert np.loadtxt(folder / "tensors.tsv").shape == (20, 4)
     with Image.open(folder / "sprite.png") as sprite:
-        assert sprite.size == (5 * 28, 5 * 28)  # 20 images, 5 to a row.
+        cells = np.asarray(sprite.convert("L")).reshape(5, 28, 5, 28).transpose(0, 2, 1, 3).reshape(25, 28, 28)
+    # 20 images, 5 to a row, in order; the 5 cells left over black (tensorboardX
+    # leaves them uninitialised).
+    np.testing.assert_array_equal(cells[:20], SPLIT.images[:20, ..., 0])
+    assert not cells[20:].any()
 
 
 def test_no_figure_code_imports_pyplot():
