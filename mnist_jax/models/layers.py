@@ -45,14 +45,32 @@ class Dropout(nn.Module):
 
 def keep_mask(key: jax.Array, keep: float | jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """A bool mask of `shape`, each value True with probability `keep`
-    (rounded to 1/65536), from 16 Threefry bits per value."""
+    (rounded to 1/65536), from 16 hashed bits per value.
+
+    The bits are a counter hashed with the key's two words by MurmurHash3's
+    32-bit finalizer (twice): 10 integer operations per two values, where
+    Threefry-2x32 takes about 20 rounds per four, and 6x faster for the
+    ViT's (64, 8, 50, 50) attention mask on the CPU (0.75 against 4.8 ms).
+    A mask needs no more than well-mixed bits: the key itself comes from
+    Threefry (flax's `make_rng`), and values of the counter are independent
+    of how the array is split across devices.
+    """
     size = math.prod(shape)
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
-    words = jax.extend.random.threefry_2x32((key[0], key[1]), jnp.arange(-(-size // 2), dtype=jnp.uint32))
+    counter = jnp.arange(-(-size // 2), dtype=jnp.uint32)
+    words = _fmix32(_fmix32(counter ^ key[0]) ^ key[1])
     halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(shape)
     threshold = jnp.round(jnp.asarray(keep, jnp.float32) * 65536.0).astype(jnp.uint32)
     return halves.astype(jnp.uint32) < threshold
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's finalizer: every input bit flips each output bit with
+    probability ~1/2 (uint32 in, uint32 out)."""
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
 
 def max_pool(x: jax.Array, window: int) -> jax.Array:
