@@ -43,9 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_dir_of(path: pathlib.Path) -> pathlib.Path:
     """The run directory for a path to it, its metrics.json or its checkpoints/ folder."""
     path = path.expanduser()
-    if path.name == "metrics.json":
-        return path.parent
-    if path.name == "checkpoints":
+    if path.name in ("metrics.json", "checkpoints"):
         return path.parent
     if path.parent.name == "checkpoints":  # checkpoints/best, checkpoints/latest
         return path.parent.parent
