@@ -1,26 +1,50 @@
 """The registry of experiments: `python -m experiments.<name>` runs one.
 
-`python -m experiments` lists them. Each module holds its config, the
-report's reference numbers and a `main()`; its docstring gives the command
-and the result it should reach.
+Every module of this package whose name does not start with "_" is an
+experiment: it holds its config, the report's reference numbers and a
+`main()`, and its docstring's first line says what it reproduces. The
+registry is read from the files, so adding an experiment is adding its
+module; `python -m experiments` lists them without importing any.
 """
 
-# name -> what it reproduces (kept import-free so listing is instant).
-EXPERIMENTS = {
-    "cnn": "3-conv CNN of report 004 (Lab 2): 99.38 % test accuracy, F1 0.9938, 88.29 s",
-    "simple_cnn": "simple CNN of report 000: 99.10 % test accuracy, test loss 0.0264",
-    "deep_cnn": "deep CNN ('Faster R-CNN adapted') of report 004: 99.40 %, F1 0.9940, 101.16 s",
-    "vit": "Vision Transformer from scratch of report 004: 97.97 %, F1 0.9797, 189.49 s",
-    "vgg16": "VGG16 transfer learning of report 004: 99.08 %, F1 0.9908, 996.34 s",
-    "alexnet": "AlexNet transfer learning of report 004: 99.26 %, F1 0.9926, 333.10 s",
-    "linear_ae": "linear autoencoder 784-128-784 of report 001: test MSE, reconstructions",
-    "conv_ae": "convolutional autoencoder (latent 12) of report 003: test MSE and PSNR, reconstructions",
-    "noisy": "report 000's noisy chain: CNN on noise, denoising AE, CNN on denoised data; robustness curve",
-    "transfer": "report 003's encoder classifiers with 100-3,000 labels: scratch vs frozen vs fine-tuned vs decoding",
-    "sweep": "report 000's hyperparameter sweep of the simple CNN: trials trained together, best by validation",
-    "eda": "report 000's data exploration: labels per split, 5 samples per label, pixel statistics",
-    "feature_maps": "report 000's feature maps of a trained model for one image; the ViT's attention maps",
-    "compare": "report 004's comparison of every classifier: accuracy, F1, time, parameters, over seeds",
-    "benchmark": "training throughput (examples/s) of the CNN step; --vs-torch: every model against plain PyTorch",
-    "speedrun": "the shortest wall time to 99 % test accuracy, every one of 3 seeds (a small CNN, one epoch)",
-}
+import ast
+import importlib
+import pathlib
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def names() -> list[str]:
+    """Every experiment's name, sorted."""
+    return sorted(p.stem for p in _HERE.glob("[a-z]*.py"))
+
+
+def summaries() -> dict[str, str]:
+    """name -> the first line of its docstring (read, not imported: instant)."""
+    return {name: (ast.get_docstring(ast.parse((_HERE / f"{name}.py").read_text())) or "").splitlines()[0]
+            for name in names()}
+
+
+def model_experiments() -> dict:
+    """name -> CONFIG of the experiments that train one registered model
+    under its own name (cnn, vit, vgg16, ...): their module has CONFIG and
+    QUICK TrainConfigs of that model, REFERENCE and main(). Compare, the
+    benchmark and the tests derive their lists from here."""
+    from mnist_jax.config import TrainConfig
+    from mnist_jax.models import MODELS
+
+    found = {}
+    for name in names():
+        if name not in MODELS:
+            continue
+        module = importlib.import_module(f"experiments.{name}")
+        config = getattr(module, "CONFIG", None)
+        if isinstance(config, TrainConfig) and config.model == name and isinstance(getattr(module, "QUICK", None),
+                                                                                   TrainConfig):
+            found[name] = config
+    return found
+
+
+def classifier_experiments() -> tuple[str, ...]:
+    """The model experiments whose model classifies MNIST images (compare's rows)."""
+    return tuple(name for name, config in model_experiments().items() if config.step_config().classifies)

@@ -1,8 +1,9 @@
-"""Lists the registered experiments."""
+"""Lists the experiments."""
 
-from experiments import EXPERIMENTS
+from experiments import summaries
 
-width = max(map(len, EXPERIMENTS))
+found = summaries()
+width = max(map(len, found))
 print("Experiments (run one with `python -m experiments.<name>`, --help for its flags):\n")
-for name, what in EXPERIMENTS.items():
+for name, what in found.items():
     print(f"  {name.ljust(width)}  {what}")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mnist_jax.pipeline import MNIST_MEAN, MNIST_STD
-from mnist_jax.train import TrainConfig
+from mnist_jax.config import TrainConfig
 
 
 def _conv_blocks(widths, per_block: int, batch_norm: bool, dropout: float) -> list[nn.Module]:

@@ -16,7 +16,7 @@ framework's peak device allocation.
 
 The JAX side trains as `fit` does by default: host batches, one jitted
 call a step, on the CPU; the epoch's steps as one `lax.scan` over data on
-the device on GPU and TPU (train.DATA_PLACEMENTS "auto"). Each model uses
+the device on GPU and TPU (config.DATA_PLACEMENTS "auto"). Each model uses
 its experiment's configuration (optimizer, loss, input scaling, noise).
 """
 
@@ -30,20 +30,27 @@ import subprocess
 import sys
 import time
 
-MODELS = ("cnn", "simple_cnn", "deep_cnn", "vit", "linear_ae", "conv_ae", "denoising_ae")
 FRAMEWORKS = ("jax", "torch")
 _REPLY = "@@ "  # Prefix of the workers' replies on stdout; other lines are passed through.
 
 
-def experiment_config(model: str):
-    """The TrainConfig that `python -m experiments.<...>` trains `model` with."""
-    from experiments import cnn, conv_ae, deep_cnn, linear_ae, noisy, simple_cnn, vit
+def models() -> tuple[str, ...]:
+    """Every model with a PyTorch baseline (experiments._torch_baselines.MODELS; imports torch)."""
+    try:
+        from experiments import _torch_baselines
+    except ImportError as e:
+        raise ValueError(f"--vs-torch needs PyTorch ({e}): pip install -e '.[bench]'") from e
+    return tuple(_torch_baselines.MODELS)
 
-    configs = {"cnn": cnn.CONFIG, "simple_cnn": simple_cnn.CONFIG, "deep_cnn": deep_cnn.CONFIG,
-               "vit": vit.CONFIG, "linear_ae": linear_ae.CONFIG, "conv_ae": conv_ae.CONFIG,
-               "denoising_ae": noisy.CONFIG.stage("2_denoiser")}
+
+def experiment_config(model: str):
+    """The TrainConfig that `python -m experiments.<...>` trains `model` with
+    (the denoiser: experiments.noisy's denoising stage)."""
+    from experiments import model_experiments, noisy
+
+    configs = {**model_experiments(), "denoising_ae": noisy.CONFIG.stage("2_denoiser")}
     if model not in configs:
-        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(sorted(configs))}")
     return configs[model]
 
 
@@ -57,26 +64,26 @@ class JaxTrainer:
         import jax.numpy as jnp
         import numpy as np
 
-        from mnist_jax import models, parallel, pipeline, train
+        from mnist_jax import models, optim, parallel, pipeline, placement, steps
 
         self.jax, self.np, self.parallel, self.pipeline = jax, np, parallel, pipeline
         self.config, self.images, self.labels = config, images, labels
         self.mesh = parallel.data_mesh()
         steps_per_epoch = -(-len(labels) // config.batch_size)
-        tx = train.make_optimizer(config, steps_per_epoch)
+        tx = optim.make_optimizer(config, steps_per_epoch)
         model = models.get_model(config.model)
         self.state = parallel.replicate(
-            train.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), self.mesh)
+            steps.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), self.mesh)
         self.spec = config.step_config()
         from mnist_jax.data import Split
 
-        self.on_device = train.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
+        self.on_device = placement.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
         self.epoch, self.position, self._order = 0, 0, None
         if self.on_device:
             self.data = parallel.replicate({"image": images, "label": labels}, self.mesh)
-            self.step = train.make_device_train_steps(self.spec, self.mesh)
+            self.step = steps.make_device_train_steps(self.spec, self.mesh)
         else:
-            self.step = train.make_train_step(self.spec, self.mesh)
+            self.step = steps.make_train_step(self.spec, self.mesh)
         self._compiled = {}
 
     def _indices(self, steps: int):
@@ -146,10 +153,10 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
     """Builds `framework`'s trainer for `model`, then answers commands on
     stdin until "quit": "run SECONDS" (times runs of `steps` steps until
     SECONDS have passed, at least one run) and "stats" (memory)."""
-    from mnist_jax import data as data_lib
+    from mnist_jax import sources
 
     config = experiment_config(model)
-    mnist = data_lib.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
+    mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     images, labels = mnist.train.images, mnist.train.labels
     start = time.perf_counter()
     if framework == "jax":
@@ -286,11 +293,15 @@ def format_result(result: dict) -> str:
 
 
 def parse_models(text: str) -> tuple[str, ...]:
-    models = tuple(m for m in text.split(",") if m)
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
-    return models
+    """The models of a --models flag: comma-separated names, or "all"."""
+    known = models()
+    if text == "all":
+        return known
+    asked = tuple(m for m in text.split(",") if m)
+    unknown = [m for m in asked if m not in known]
+    if unknown or not asked:
+        raise ValueError(f"unknown models {unknown}; choose from {', '.join(known)}")
+    return asked
 
 
 if __name__ == "__main__":

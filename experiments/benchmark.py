@@ -1,4 +1,4 @@
-"""Training throughput of the report CNN: the step alone, data on the host, data on the device.
+"""Training throughput of the CNN step (host or device data); --vs-torch: every model against PyTorch.
 
     python -m experiments.benchmark                 # 200 timed steps each, batch 64
     python -m experiments.benchmark --steps 50 --batch-size 128 --dtype bfloat16
@@ -18,7 +18,7 @@ the compile times, and how long a second (cached) load of MNIST takes.
 --sweep instead times K trials of a sweep (simple CNN; learning rate,
 dropout and seed differ) for --steps steps each: one after another as
 ordinary runs (each compiles its own step), then trained together in one
-jitted step (mnist_jax.sweep), unrolled and vmapped; wall time with
+jitted step (mnist_jax.trial_group), unrolled and vmapped; wall time with
 compilation, compile time, examples/s and the ratio to sequential.
 
 --vs-torch instead trains every model (or --models) with our step and with
@@ -39,8 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import _vs_torch as vs_torch
-from mnist_jax import data as data_lib, models, parallel, pipeline, train
-from mnist_jax.experiment import setup
+from mnist_jax import data as data_lib, models, optim, parallel, pipeline
+from mnist_jax import sources
+from mnist_jax.steps import create_train_state, make_device_train_steps, make_train_step, run_keys
+from mnist_jax.config import TrainConfig
+from mnist_jax.cli import setup
 from mnist_jax.pipeline import NoiseConfig
 
 
@@ -58,22 +61,22 @@ def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
 def run(steps: int, batch_size: int, noise: NoiseConfig, dtype: str = "float32", data_dir=None,
         idx_dir=None) -> dict:
     t0 = time.perf_counter()
-    mnist = data_lib.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
+    mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     load_seconds = time.perf_counter() - t0
     images, labels = mnist.train.images, mnist.train.labels
 
-    config = train.TrainConfig(batch_size=batch_size, noise=noise, dtype=dtype)
+    config = TrainConfig(batch_size=batch_size, noise=noise, dtype=dtype)
     spec = config.step_config()
     mesh = parallel.data_mesh()
     parallel.check_batch_size(batch_size, mesh)
     model = models.get_model("cnn")
-    tx = train.make_optimizer(config)  # One optimizer: the compiled step is bound to it.
+    tx = optim.make_optimizer(config)  # One optimizer: the compiled step is bound to it.
 
     def fresh():
-        state = train.create_train_state(model, tx, 0, jnp.zeros((1, 28, 28, 1)))
+        state = create_train_state(model, tx, 0, jnp.zeros((1, 28, 28, 1)))
         return parallel.replicate(state, mesh)
 
-    step = train.make_train_step(spec, mesh)
+    step = make_train_step(spec, mesh)
     first = parallel.shard_batch(next(pipeline.iterate_batches(images, labels, batch_size)), mesh)
 
     t0 = time.perf_counter()
@@ -100,7 +103,7 @@ def run(steps: int, batch_size: int, noise: NoiseConfig, dtype: str = "float32",
     order = pipeline.epoch_order(jax.random.PRNGKey(0), 0, len(labels))
     indices, masks = pipeline.batch_indices(np.resize(order, steps * batch_size), batch_size)
     steps_input = parallel.shard_steps((indices, masks), mesh)
-    scan = train.make_device_train_steps(spec, mesh)
+    scan = make_device_train_steps(spec, mesh)
     t0 = time.perf_counter()
     scan_compiled = scan.lower(fresh(), data, *steps_input).compile()
     scan_compile_seconds = time.perf_counter() - t0
@@ -134,7 +137,7 @@ def sweep_trials(count: int, batch_size: int) -> list:
     """`count` simple-CNN trials in one group: learning rate, dropout and seed differ."""
     from mnist_jax.search_space import Choice, LogUniform, SweepConfig, make_trials
 
-    base = train.TrainConfig(model="simple_cnn", batch_size=batch_size, weight_decay=0.0)
+    base = TrainConfig(model="simple_cnn", batch_size=batch_size, weight_decay=0.0)
     space = {"learning_rate": LogUniform(3e-4, 3e-3), "model.dropout": Choice((0.1, 0.25, 0.5)),
              "seed": Choice(tuple(range(count)))}
     return make_trials(SweepConfig(base, space, num_trials=count))
@@ -143,9 +146,9 @@ def sweep_trials(count: int, batch_size: int) -> list:
 def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategies: tuple[str, ...],
                         data_dir=None, idx_dir=None) -> dict:
     """K trials one after another vs together: see the module docstring."""
-    from mnist_jax import sweep
+    from mnist_jax import trial_group
 
-    mnist = data_lib.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
+    mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     images, labels = mnist.train.images, mnist.train.labels
     mesh = parallel.data_mesh()
     parallel.check_batch_size(batch_size, mesh)
@@ -153,7 +156,7 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
     spec = trials[0].config.step_config()
     sample = jnp.zeros((1, 28, 28, 1))
     orders = [pipeline.batch_indices(
-        np.resize(pipeline.epoch_order(train.run_keys(t.config.seed)[2], 0, len(labels)), steps * batch_size),
+        np.resize(pipeline.epoch_order(run_keys(t.config.seed)[2], 0, len(labels)), steps * batch_size),
         batch_size) for t in trials]
 
     def batch(k, s):
@@ -166,9 +169,9 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
     compile_seconds = 0.0
     for k, trial in enumerate(trials):
         model = models.get_model("simple_cnn", **trial.model_kwargs)
-        tx = train.make_optimizer(trial.config)
-        state = parallel.replicate(train.create_train_state(model, tx, trial.config.seed, sample), mesh)
-        step = train.make_train_step(spec, mesh)
+        tx = optim.make_optimizer(trial.config)
+        state = parallel.replicate(create_train_state(model, tx, trial.config.seed, sample), mesh)
+        step = make_train_step(spec, mesh)
         t0 = time.perf_counter()
         state, metrics = step(state, parallel.shard_batch(batch(k, 0), mesh))
         jax.block_until_ready(metrics)
@@ -180,13 +183,13 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
 
     for strategy in strategies:
         start = time.perf_counter()
-        model, fields = sweep.group_model(trials)
-        states = parallel.replicate(sweep.init_trial_states(trials, model, steps, sample), mesh)
+        model, fields = trial_group.group_model(trials)
+        states = parallel.replicate(trial_group.init_trial_states(trials, model, steps, sample), mesh)
         hparams = parallel.replicate({f: jnp.asarray([t.model_kwargs[f] for t in trials]) for f in fields}, mesh)
-        step = sweep.make_trials_step(model, spec, strategy, mesh)
+        step = trial_group.make_trials_step(model, spec, strategy, mesh)
 
         def batches(s):
-            return parallel.shard_steps(sweep.stack([batch(k, s) for k in range(trial_count)]), mesh)
+            return parallel.shard_steps(trial_group.stack([batch(k, s) for k in range(trial_count)]), mesh)
 
         t0 = time.perf_counter()
         states, metrics = step(states, hparams, batches(0))
@@ -263,8 +266,8 @@ def main(argv=None) -> dict:
                         help="--sweep: how trials share a step, comma-separated (unroll, vmap)")
     parser.add_argument("--vs-torch", action="store_true",
                         help="every model against a plain PyTorch loop (needs torch: pip install -e '.[bench]')")
-    parser.add_argument("--models", default=",".join(vs_torch.MODELS),
-                        help="--vs-torch: comma-separated models (default all)")
+    parser.add_argument("--models", default="all",
+                        help="--vs-torch: comma-separated models (default all: every model with a PyTorch baseline)")
     parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds (default 3)")
     parser.add_argument("--round-seconds", type=float, default=3.0,
                         help="--vs-torch: each round runs --steps steps at a time for at least this long (default 3)")
@@ -277,7 +280,7 @@ def main(argv=None) -> dict:
         noise = NoiseConfig(args.noise, args.noise_level)
         parallel.check_batch_size(args.batch_size, parallel.data_mesh())
         # First load decodes and fills the cache; the measured load is the second.
-        data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
+        sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
     if args.vs_torch:

@@ -8,8 +8,8 @@ Measured with the defaults (seed 0) on 2 CPU cores: 99.30 %, F1 0.9930, test
 loss 0.0246, 1255 s (README, results/cnn_cpu_seed0.json).
 """
 
-from mnist_jax.experiment import Reference, run_experiment
-from mnist_jax.train import TrainConfig
+from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(
     model="cnn",

@@ -1,5 +1,4 @@
-"""The cross-model comparison of report 004: every classifier's test accuracy,
-macro F1, training time, parameters and throughput, over seeds.
+"""Report 004's comparison of every classifier: accuracy, F1, time, parameters, over seeds.
 
     python -m experiments.compare                      # collect the runs under runs/
     python -m experiments.compare --train              # train each classifier with seeds 0-2 first
@@ -31,16 +30,18 @@ import pathlib
 
 import numpy as np
 
+from experiments import classifier_experiments
 from mnist_jax import viz
-from mnist_jax.experiment import DEFAULT_RUNS_DIR, setup
-from mnist_jax.runs import find_summaries
-from mnist_jax.train import TrainConfig, write_json
+from mnist_jax.cli import DEFAULT_RUNS_DIR, setup
+from mnist_jax.rundir import find_summaries
+from mnist_jax.config import TrainConfig
+from mnist_jax.files import write_json
 
-# The classifier experiments, in the report's order (report 000's simple CNN last).
-CLASSIFIERS = ("cnn", "deep_cnn", "vgg16", "alexnet", "vit", "simple_cnn")
+# The classifier experiments (experiments.classifier_experiments).
+CLASSIFIERS = classifier_experiments()
 DEFAULT_SEEDS = 3
 # Fields that do not change what a run measures; the seeds are what a group averages over.
-IGNORED_FIELDS = {"seed", "split_seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+IGNORED_FIELDS = {"seed", "split_seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_best",
                   "eval_batch_size", "data_placement"}
 # Transfer-learning settings kept in metrics.json beside the config, and their defaults.
 TRANSFER_DEFAULTS = {"image_size": 224, "weights": "ImageNet"}

@@ -6,11 +6,11 @@
 Encoder and decoder are the report's layers (its decoder does give 28x28).
 Ends with the test MSE and PSNR and writes reconstructions.png. Report 003
 publishes no number; measured results are in the README. Its encoder is
-what `experiments.transfer` starts from.
+what `experiments.few_labels` starts from.
 """
 
-from mnist_jax.experiment import Reference, run_experiment
-from mnist_jax.train import TrainConfig
+from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=10,
                      batch_size=64, learning_rate=1e-3, weight_decay=0.0)

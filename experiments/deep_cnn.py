@@ -7,8 +7,8 @@ Report: 99.40 % test accuracy, F1 0.9940, 101.16 s for 10 epochs on a GPU.
 Measured results are in the README.
 """
 
-from mnist_jax.experiment import Reference, run_experiment
-from mnist_jax.train import TrainConfig
+from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="deep_cnn", epochs=10, batch_size=64, learning_rate=1e-3, weight_decay=1e-5)
 

@@ -1,5 +1,4 @@
-"""Data exploration of MNIST (report 000): labels per split, 5 samples per
-label, pixel statistics.
+"""Report 000's data exploration: labels per split, 5 samples per label, pixel statistics.
 
     python -m experiments.eda                 # the whole of MNIST, in ~10 s
     python -m experiments.eda --quick         # 1,000 train and 500 test images
@@ -21,8 +20,8 @@ import pathlib
 import numpy as np
 
 from mnist_jax import data as data_lib, data_stats, summaries, viz
-from mnist_jax.experiment import DEFAULT_RUNS_DIR, load_mnist_or_exit, resolve_workdir, setup
-from mnist_jax.train import write_json
+from mnist_jax.cli import DEFAULT_RUNS_DIR, load_mnist_or_exit, resolve_workdir, setup
+from mnist_jax.files import write_json
 
 # (what, the report's number, its source)
 REFERENCE = {

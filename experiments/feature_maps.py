@@ -1,5 +1,4 @@
-"""Feature maps of a trained model (report 000's feature-map visualisation),
-and the ViT's attention.
+"""Report 000's feature maps of a trained model for one image; the ViT's attention maps.
 
     python -m experiments.feature_maps --checkpoint runs/cnn/<time> --index 7
     python -m experiments.feature_maps --checkpoint RUN_DIR --image my_digit.png [--invert]
@@ -27,9 +26,11 @@ import jax
 import numpy as np
 
 from mnist_jax import data as data_lib, digits, inspection, tasks, viz
-from mnist_jax.experiment import setup
-from mnist_jax.runs import RunError, load_run
-from mnist_jax.train import predict, write_json
+from mnist_jax import sources
+from mnist_jax.cli import setup
+from mnist_jax.rundir import RunError, load_run
+from mnist_jax.files import write_json
+from mnist_jax.steps import infer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
             label, name = None, args.image.stem
         else:
             index = 0 if args.index is None else args.index
-            test = data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir,
+            test = sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir,
                                        download=not args.no_download).test
             if not 0 <= index < len(test):
                 raise ValueError(f"--index {index} is outside the test set (0 to {len(test) - 1})")
@@ -90,7 +91,7 @@ def main(argv=None) -> dict:
     result = {"run": str(args.checkpoint), "model": run.config.model, "image": name, "label": label}
     if spec.classifies:
         inputs = inspection.clean_inputs(images, spec)
-        logits = tasks.logits_of(predict(run.state, inputs, spec.dtype), spec)  # (1, 10)
+        logits = tasks.logits_of(infer(run.state, inputs, spec.dtype), spec)  # (1, 10)
         probabilities = np.asarray(jax.nn.softmax(logits[0]))
         result["predicted"] = int(probabilities.argmax())
         result["probability"] = float(probabilities.max())

@@ -10,8 +10,8 @@ TensorBoard). Report 001 publishes no number; measured results are in the
 README.
 """
 
-from mnist_jax.experiment import Reference, run_experiment
-from mnist_jax.train import TrainConfig
+from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="linear_ae", task="reconstruct", input_norm="unit", epochs=20,
                      batch_size=64, optimizer="sgd", learning_rate=0.1, momentum=0.9,

@@ -31,20 +31,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
 from experiments import simple_cnn
-from mnist_jax import data as data_lib, denoising, parallel, pipeline, summaries, viz
+from mnist_jax import data as data_lib, denoising, parallel, pipeline, rundir, summaries, viz
 from mnist_jax.checkpoints import has_checkpoints
-from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup, training_errors
+from mnist_jax.cli import add_run_flags, load_mnist_or_exit, resolve_workdir, start, training_errors
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
-from mnist_jax.train import (ResumeError, TrainConfig, restore_best_state, score_split,
-                             train_and_evaluate, write_atomically, write_json)
+from mnist_jax.config import ResumeError, TrainConfig
+from mnist_jax.files import write_atomically, write_json
+from mnist_jax.rundir import restore_best_state
+from mnist_jax.steps import score_split
+from mnist_jax.train import train_and_evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +123,7 @@ def run_stage(name: str, config: NoisyConfig, splits: data_lib.Splits, workdir: 
     stage_config = config.stage(name)
     model = get_model(stage_config.model)
     run_dir = stage_dir(name, workdir, clean_run)
-    summary_path = run_dir / "metrics.json"
-    if summary_path.is_file():
+    if rundir.is_finished(run_dir):
         print(f"\n{name}: finished; reusing the best checkpoint in {run_dir}", flush=True)
         try:
             state = restore_best_state(stage_config, model, run_dir)
@@ -130,7 +131,7 @@ def run_stage(name: str, config: NoisyConfig, splits: data_lib.Splits, workdir: 
             hint = ("--clean-run must be an experiments.simple_cnn run with this chain's seed and data"
                     if run_dir == clean_run else "resume with the settings that trained it")
             raise ResumeError(f"{name}: {e}; {hint}") from e
-        return json.loads(summary_path.read_text()), state
+        return rundir.read_summary(run_dir), state
     if run_dir == clean_run:
         raise ResumeError(f"--clean-run {clean_run} holds no finished run (no metrics.json); "
                           "run experiments.simple_cnn to the end first, or leave --clean-run out")
@@ -356,14 +357,9 @@ def config_from_args(args: argparse.Namespace) -> NoisyConfig:
 
 
 def main(argv=None) -> dict:
-    setup()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        workdir = resolve_workdir("noisy", args.workdir, args.resume)
-    except (ValueError, ResumeError) as e:
-        parser.error(str(e))
+    args, (config, workdir) = start(parser, argv, lambda args: (
+        config_from_args(args), resolve_workdir("noisy", args.workdir, args.resume)))
     mnist = load_mnist_or_exit(args)
     splits = data_lib.make_splits(mnist, val_fraction=config.classifier.val_fraction, seed=config.seed,
                                   train_size=config.train_size, test_size=config.test_size)

@@ -33,12 +33,15 @@ import json
 import pathlib
 
 from mnist_jax import sweep as sweep_lib
-from mnist_jax.experiment import (Reference, build_parser, comparison_table, config_from_args, load_splits,
-                                  resolve_workdir, setup, training_errors)
+from mnist_jax.files import write_json
+from mnist_jax.cli import (Reference, build_parser, comparison_table, config_from_args, load_splits,
+                           resolve_workdir, start, training_errors)
 from mnist_jax.metrics import format_classification_report
-from mnist_jax.models import DROPOUT_FIELDS
-from mnist_jax.search_space import METHODS, Choice, LogUniform, SweepConfig, parse_param
-from mnist_jax.train import ResumeError, TrainConfig
+from mnist_jax.models import MODELS, dropout_fields
+from mnist_jax.search_space import METHODS, Choice, LogUniform, SweepConfig, group_trials, make_trials, parse_param
+from mnist_jax.sweep_report import format_table
+from mnist_jax.trial_group import STRATEGIES
+from mnist_jax.config import ResumeError, TrainConfig
 
 NAME = "sweep"
 
@@ -57,7 +60,7 @@ def default_space(model: str) -> dict:
     return {
         "learning_rate": LogUniform(3e-4, 3e-3),
         "weight_decay": Choice((0.0, 1e-5, 1e-4)),
-        f"model.{DROPOUT_FIELDS[model][-1]}": Choice((0.1, 0.25, 0.5)),
+        f"model.{dropout_fields(model)[-1]}": Choice((0.1, 0.25, 0.5)),
         "batch_size": Choice((64, 128)),
         "seed": Choice((0, 1, 2)),
     }
@@ -66,7 +69,7 @@ def default_space(model: str) -> dict:
 def build_sweep_parser() -> argparse.ArgumentParser:
     parser = build_parser(NAME, "Hyperparameter sweep of an MNIST classifier, trials trained together.")
     add = parser.add_argument
-    add("--model", choices=sorted(DROPOUT_FIELDS), default=BASE.model, help="the classifier to tune")
+    add("--model", choices=sorted(m for m in MODELS if dropout_fields(m)), default=BASE.model, help="the classifier to tune")
     add("--method", choices=METHODS, default="random", help="grid: every combination; random: --trials draws")
     add("--trials", type=int, help=f"random: number of trials (default {NUM_TRIALS}); grid: at most this many")
     add("--param", action="append", default=[], metavar="NAME=SPEC",
@@ -76,7 +79,7 @@ def build_sweep_parser() -> argparse.ArgumentParser:
              "model.<field>")
     add("--sample-seed", type=int, default=0, help="seed of the random draws (apart from each trial's seed)")
     add("--budget-minutes", type=float, help="start no new group of trials after this many minutes")
-    add("--parallel", choices=sweep_lib.STRATEGIES, default="auto",
+    add("--parallel", choices=STRATEGIES, default="auto",
         help="how a group's trials share one step: vmap (GPU/TPU), unroll (CPU); auto picks by platform")
     add("--max-group-size", type=int, help="at most this many trials train together (memory)")
     add("--wandb", action="store_true", help="also log every trial to Weights & Biases (needs wandb)")
@@ -113,22 +116,20 @@ def check_same_sweep(workdir: pathlib.Path, sweep: SweepConfig, resume: bool) ->
     if resume:
         raise ResumeError(f"--resume: no sweep in {workdir} to resume")
     workdir.mkdir(parents=True, exist_ok=True)
-    sweep_lib.write_json(path, current)
+    write_json(path, current)
 
 
 def main(argv=None) -> dict:
-    setup()
     parser = build_sweep_parser()
-    args = parser.parse_args(argv)
-    try:
+
+    def prepare(args):
         sweep = sweep_from_args(args)
-        trials = sweep_lib.make_trials(sweep)
-        sweep_lib.group_trials(trials, args.max_group_size)  # Validates before any file or compile.
-        workdir = resolve_workdir(NAME, args.workdir, args.resume, is_run=_is_sweep)
+        group_trials(make_trials(sweep), args.max_group_size)  # Validates before any file or compile.
         if args.budget_minutes is not None and args.budget_minutes <= 0:
             raise ValueError(f"--budget-minutes must be > 0, got {args.budget_minutes}")
-    except (ValueError, ResumeError) as e:
-        parser.error(str(e))
+        return sweep, resolve_workdir(NAME, args.workdir, args.resume, is_run=_is_sweep)
+
+    args, (sweep, workdir) = start(parser, argv, prepare)
     splits, source = load_splits(args, sweep.base)  # Split by the base's data seed.
     print(f"{NAME}: {sweep.base.model}, train {len(splits.train)}, val {len(splits.val)}, "
           f"test {len(splits.test)} examples from {source}; run dir {workdir}", flush=True)
@@ -149,7 +150,7 @@ def main(argv=None) -> dict:
 def print_summary(summary: dict, workdir: pathlib.Path) -> None:
     select_key = summary["selected_by"]
     print("\nTrials, best first by " + select_key.replace("_", " ") + " (its best epoch):")
-    print(sweep_lib.format_table(summary["rows"], list(summary["sweep"]["space"]), select_key, summary["best_trial"]))
+    print(format_table(summary["rows"], list(summary["sweep"]["space"]), select_key, summary["best_trial"]))
     best = summary["best"]
     print(f"\nBest trial {summary['best_trial']} ({best['params']}), epoch {best['epoch']}; "
           f"its classification report on the test set ({summary['data']['test']} images):")

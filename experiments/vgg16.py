@@ -12,9 +12,9 @@ frozen layers are deterministic); both wall times are printed.
 Report: 99.08 % test accuracy, F1 0.9908, 996.34 s on a GPU at 224x224.
 """
 
-from mnist_jax.experiment import Reference
-from mnist_jax.train import TrainConfig
-from mnist_jax.transfer_learning import run_transfer
+from mnist_jax.cli import Reference
+from mnist_jax.config import TrainConfig
+from experiments import _vgg_alexnet
 
 CONFIG = TrainConfig(model="vgg16", input_norm="unit", epochs=5, batch_size=64, learning_rate=1e-4,
                      weight_decay=0.0, trainable=("classifier",), checkpoint_every_steps=10_000,
@@ -28,8 +28,8 @@ REFERENCE = Reference(source="004 Lab 2, PyTorch", accuracy=0.9908, f1_macro=0.9
 
 
 def main(argv=None) -> dict:
-    return run_transfer("vgg16", "vgg16", "VGG16 transfer learning on MNIST (report 004).", CONFIG,
-                        QUICK, REFERENCE, quick_image_size=32, argv=argv)
+    return _vgg_alexnet.main("vgg16", "vgg16", "VGG16 transfer learning on MNIST (report 004).", CONFIG,
+                              QUICK, REFERENCE, quick_image_size=32, argv=argv)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ Report: 97.97 % test accuracy, F1 0.9797, 189.49 s on a GPU.
 maps. Measured results are in the README.
 """
 
-from mnist_jax.experiment import Reference, run_experiment
-from mnist_jax.train import TrainConfig
+from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="vit", epochs=10, batch_size=64, optimizer="adamw", learning_rate=1e-3,
                      weight_decay=0.05, schedule="cosine")

@@ -1,9 +1,11 @@
-"""Checkpoints with Orbax: the latest N for resuming, the best one apart.
+"""Checkpoints with Orbax: the policy, the latest N for resuming, the best apart.
 
-The only module that imports Orbax. Two managers in one run directory:
+The only module that imports Orbax. `CheckpointPolicy` says when a run
+saves, how many it keeps and which is the best; every training loop
+follows it. Two managers in one run directory:
 
-    <workdir>/checkpoints/latest/<step>/   the newest `max_to_keep`, for --resume
-    <workdir>/checkpoints/best/<step>/     the best by validation accuracy
+    <workdir>/checkpoints/latest/<step>/   the newest `keep_latest`, for --resume
+    <workdir>/checkpoints/best/<step>/     the best `keep_best` by the validation metric
 
 They are kept apart because a manager with `best_fn` and `max_to_keep`
 keeps the best N and may delete the newest, breaking resume (orbax #526).
@@ -20,6 +22,7 @@ saved again by the resumed run.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import pathlib
@@ -41,6 +44,41 @@ class CheckpointError(Exception):
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) mirroring `tree`: a restore target."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a run saves, what it keeps, and which checkpoint is the best.
+
+    A latest checkpoint every `every_steps` steps into an epoch and at its
+    end (the newest `keep_latest` kept, for --resume); at an epoch's end,
+    a best checkpoint when `metric` improved (`mode` "max" or "min"; the
+    best `keep_best` kept). "best" is saved before "latest": a run killed
+    between the two replays the epoch from an older latest and finds this
+    best saved already.
+    """
+
+    every_steps: int
+    keep_latest: int
+    keep_best: int
+    metric: str  # A validation record's key, e.g. "val_accuracy".
+    mode: str  # "max" or "min".
+
+    @classmethod
+    def of(cls, config) -> "CheckpointPolicy":
+        """The policy of a TrainConfig (its checkpoint fields and its task's selection)."""
+        metric, mode = config.step_config().selection
+        return cls(config.checkpoint_every_steps, config.keep_checkpoints, config.keep_best, metric, mode)
+
+    def is_better(self, record: dict, best: dict | None) -> bool:
+        if best is None:
+            return True
+        value = record[self.metric]
+        return value > best[self.metric] if self.mode == "max" else value < best[self.metric]
+
+    def open(self, workdir: str | pathlib.Path) -> "RunCheckpoints":
+        """The run's checkpoint managers, keeping what this policy keeps."""
+        return RunCheckpoints(workdir, keep_latest=self.keep_latest, keep_best=self.keep_best)
 
 
 class _Manager:
@@ -164,10 +202,10 @@ class RunCheckpoints:
     so that errors surface and nothing is lost at exit (orbax #605).
     """
 
-    def __init__(self, workdir: str | pathlib.Path, *, max_to_keep: int = 3):
+    def __init__(self, workdir: str | pathlib.Path, *, keep_latest: int = 3, keep_best: int = 1):
         root = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
-        self.latest = _Manager(root / "latest", max_to_keep)
-        self.best = _Manager(root / "best", 1)
+        self.latest = _Manager(root / "latest", keep_latest)
+        self.best = _Manager(root / "best", keep_best)
 
     def __enter__(self) -> "RunCheckpoints":
         return self

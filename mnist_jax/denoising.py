@@ -20,7 +20,7 @@ from mnist_jax import parallel, pipeline, tasks
 from mnist_jax.data import Split, Splits
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
-from mnist_jax.train import TrainState, predict
+from mnist_jax.steps import TrainState, infer
 
 
 def clean_images(split: Split) -> np.ndarray:
@@ -47,7 +47,7 @@ def noisy_splits(splits: Splits, noise: NoiseConfig, seed: int) -> Splits:
 
 def _denoise_batch(state: TrainState, images: jax.Array, *, spec: StepConfig) -> jax.Array:
     inputs, _ = tasks.model_inputs(images, None, spec)  # (B, 28, 28, 1) in [0, 1]
-    return pipeline.to_uint8(tasks.reconstruction(predict(state, inputs, spec.dtype), spec))
+    return pipeline.to_uint8(tasks.reconstruction(infer(state, inputs, spec.dtype), spec))
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,6 +19,7 @@ import numpy as np
 
 from mnist_jax import inspection, summaries, tasks, viz
 from mnist_jax.data import Split
+from mnist_jax.steps import infer
 from mnist_jax.tasks import StepConfig
 
 # Test images shown in the projector: enough to see the clusters, and a
@@ -29,10 +30,8 @@ FILES = ("curves.png", "confusion_matrix.png", "misclassified.png", "reconstruct
 
 def reconstruction_examples(state, split: Split, spec: StepConfig, count: int = 10):
     """(originals, reconstructions) of the split's first `count` images, [0, 1] floats."""
-    from mnist_jax.train import predict
-
     inputs, clean = tasks.model_inputs(jnp.asarray(split.images[:count]), None, spec)
-    recon = tasks.reconstruction(jax.jit(predict, static_argnums=2)(state, inputs, spec.dtype), spec)
+    recon = tasks.reconstruction(jax.jit(infer, static_argnums=2)(state, inputs, spec.dtype), spec)
     return np.asarray(clean), np.asarray(recon)
 
 

@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from mnist_jax import digits, runs
+from mnist_jax import digits, rundir
 
 TOP = 3
 
@@ -50,27 +50,27 @@ def run_dir_of(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def load_classifier(path: pathlib.Path) -> runs.LoadedRun:
+def load_classifier(path: pathlib.Path) -> rundir.LoadedRun:
     """The best checkpoint of the classifier run at `path`; RunError if it is none."""
-    run = runs.load_run(run_dir_of(path))
+    run = rundir.load_run(run_dir_of(path))
     if not run.config.step_config().classifies:
-        raise runs.RunError(f"{path} is a run of {run.config.model} (task {run.config.task!r}), which does "
+        raise rundir.RunError(f"{path} is a run of {run.config.model} (task {run.config.task!r}), which does "
                             "not classify digits; give the run of a classifier (e.g. python -m "
                             "experiments.cnn --workdir RUN_DIR)")
     return run
 
 
-def probabilities(run: runs.LoadedRun, images: np.ndarray) -> np.ndarray:
+def probabilities(run: rundir.LoadedRun, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, 10) of uint8 digits (N, 28, 28, 1)."""
     import jax
 
-    from mnist_jax import inspection, tasks, train
+    from mnist_jax import inspection, steps, tasks
 
     spec = run.config.step_config()
 
     @jax.jit
     def forward(state, images):
-        outputs = train.predict(state, inspection.clean_inputs(images, spec), spec.dtype)
+        outputs = steps.infer(state, inspection.clean_inputs(images, spec), spec.dtype)
         return jax.nn.softmax(tasks.logits_of(outputs, spec), axis=-1)
 
     return np.asarray(forward(run.state, images))
@@ -82,7 +82,7 @@ def top_classes(probs: np.ndarray, k: int = TOP) -> list[dict]:
     return [{"digit": int(d), "probability": float(probs[d])} for d in order]
 
 
-def predict_files(run: runs.LoadedRun, paths: list[pathlib.Path], invert: bool | None = None) -> list[dict]:
+def predict_files(run: rundir.LoadedRun, paths: list[pathlib.Path], invert: bool | None = None) -> list[dict]:
     """{"image", "digit", "top3"} per readable file, {"image", "error"} per other, in order."""
     results, pictures = [], []
     for path in paths:
@@ -111,7 +111,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     try:
         run = load_classifier(args.checkpoint)
-    except runs.RunError as e:
+    except rundir.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     results = predict_files(run, args.images, args.invert)

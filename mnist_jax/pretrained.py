@@ -29,8 +29,8 @@ import zipfile
 
 import numpy as np
 
-from mnist_jax import data as data_lib
-from mnist_jax.models.transfer import ARCHITECTURES, Conv
+from mnist_jax import idx, sources
+from mnist_jax.models.vgg_alexnet import ARCHITECTURES, Conv
 
 
 class WeightsError(Exception):
@@ -270,14 +270,14 @@ def fetch_weights(arch: str, cache_dir: str | os.PathLike | None = None, *, time
     """torchvision's published ImageNet weights for `arch`, downloaded once
     into the cache (default $MNIST_JAX_CACHE/weights) and hash-checked."""
     published = PUBLISHED[arch]
-    cache = pathlib.Path(cache_dir) if cache_dir else data_lib.default_cache_dir() / "weights"
+    cache = pathlib.Path(cache_dir) if cache_dir else sources.default_cache_dir() / "weights"
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / published.filename
-    if target.is_file() and data_lib.sha256_of(target).startswith(published.sha256_prefix):
+    if target.is_file() and idx.sha256_of(target).startswith(published.sha256_prefix):
         return target
     part = target.with_name(target.name + ".part")
-    data_lib.fetch_url(published.url, part, timeout=timeout, hint=OFFLINE_HINT)
-    digest = data_lib.sha256_of(part)
+    idx.fetch_url(published.url, part, timeout=timeout, hint=OFFLINE_HINT)
+    digest = idx.sha256_of(part)
     if not digest.startswith(published.sha256_prefix):
         part.unlink()
         raise WeightsError(f"downloaded {published.url} has sha256 {digest}, which does not start "

@@ -29,8 +29,8 @@ from typing import Any, Mapping, Union
 
 import numpy as np
 
-from mnist_jax.models import DROPOUT_FIELDS, MODELS
-from mnist_jax.train import TrainConfig
+from mnist_jax.models import dropout_fields, model_class
+from mnist_jax.config import TrainConfig
 
 METHODS = ("grid", "random")
 MODEL_PREFIX = "model."
@@ -157,9 +157,7 @@ class Trial:
 
 def model_fields(model: str) -> dict[str, Any]:
     """A registered model's hyperparameter fields and their defaults."""
-    cls = MODELS[model]
-    cls = getattr(cls, "func", cls)  # functools.partial(TransferNet, arch=...)
-    return {f.name: f.default for f in dataclasses.fields(cls)
+    return {f.name: f.default for f in dataclasses.fields(model_class(model))
             if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
 
 
@@ -215,7 +213,7 @@ def make_trials(sweep: SweepConfig) -> list[Trial]:
         overrides = {n: v for n, v in params.items() if not n.startswith(MODEL_PREFIX)}
         model_kwargs = {**sweep.model_kwargs, **{n.removeprefix(MODEL_PREFIX): v
                                                   for n, v in params.items() if n.startswith(MODEL_PREFIX)}}
-        for field in DROPOUT_FIELDS.get(model, ()):
+        for field in dropout_fields(model):
             if field in model_kwargs and not 0 <= model_kwargs[field] < 1:
                 raise ValueError(f"trial {index}: model.{field} must be in [0, 1), got {model_kwargs[field]}")
         try:
@@ -231,7 +229,7 @@ def batched_fields(trial: Trial) -> tuple[set[str], set[str]]:
     config = set(BATCHED_CONFIG_FIELDS)
     if trial.config.schedule != "constant":
         config.discard("learning_rate")
-    return config, set(DROPOUT_FIELDS.get(trial.config.model, ()))
+    return config, set(dropout_fields(trial.config.model))
 
 
 def group_key(trial: Trial) -> str:

@@ -66,7 +66,7 @@ def small_run_config(**overrides):
     """The CNN settings of the tests' short runs on 300 synthetic examples:
     10 steps an epoch (the last one padded), a checkpoint every 4, a log every 3."""
     from mnist_jax.pipeline import NoiseConfig
-    from mnist_jax.train import TrainConfig
+    from mnist_jax.config import TrainConfig
 
     defaults = dict(epochs=3, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
                     log_every_steps=3, noise=NoiseConfig("gaussian", 0.2))
@@ -81,13 +81,13 @@ def plain_sgd_cnn(learning_rate: float, mesh):
     comparisons of tests/test_train.py and tests/multidevice.py."""
     import jax.numpy as jnp
 
-    from mnist_jax import models, parallel, train
+    from mnist_jax import models, optim, parallel, steps
 
     config = small_run_config(optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=learning_rate)
 
     def initial_state():
-        return parallel.replicate(train.create_train_state(
-            models.get_model("cnn"), train.make_optimizer(config), config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
+        return parallel.replicate(steps.create_train_state(
+            models.get_model("cnn"), optim.make_optimizer(config), config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
 
     return config, initial_state
 
@@ -103,7 +103,7 @@ def synthetic_splits():
 def real_mnist():
     """The real MNIST from ../shared/data. Fails (never skips) when it is missing:
     CI must run these tests."""
-    from mnist_jax.data import load_mnist
+    from mnist_jax.sources import load_mnist
 
     if not (REAL_TFDS_DIR / "mnist" / "3.0.1" / "dataset_info.json").is_file():
         pytest.fail(
@@ -128,12 +128,9 @@ def caches(tmp_path_factory):
     yield
 
 
-# The experiments whose --quick run the suite trains once and shares (`quick_runs`).
-QUICK_EXPERIMENTS = ["cnn", "simple_cnn", "deep_cnn", "vit", "vgg16", "alexnet", "linear_ae", "conv_ae"]
-
-
 class QuickRuns:
-    """Each experiment's --quick run with seed 0, trained on first use.
+    """Each model experiment's --quick run with seed 0 (experiments.model_experiments),
+    trained on first use and shared by the tests.
 
     Classifiers land in <root>/compare/<name>/seed0, where `python -m
     experiments.compare --train` puts seed 0, so compare finds them.
@@ -144,9 +141,9 @@ class QuickRuns:
         self.runs: dict[str, dict] = {}
 
     def workdir(self, name: str) -> pathlib.Path:
-        from experiments.compare import CLASSIFIERS
+        from experiments import classifier_experiments
 
-        return self.root / ("compare" if name in CLASSIFIERS else "other") / name / "seed0"
+        return self.root / ("compare" if name in classifier_experiments() else "other") / name / "seed0"
 
     def args(self, name: str) -> list[str]:
         return ["--quick", "--seed", "0", "--workdir", str(self.workdir(name)),

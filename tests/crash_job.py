@@ -6,7 +6,7 @@ Trains the CNN of the tests' short runs on synthetic digits (30 steps, a
 checkpoint every 2) through `train.train_and_evaluate`, as an experiment
 does, and prints "step N" after every step so that the test can pick the
 moment to kill it. Ends as the experiments' command lines do
-(`experiment.training_errors`): 128 + the signal after SIGINT/SIGTERM.
+(`cli.training_errors`): 128 + the signal after SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv=None) -> None:
 
     from mnist_jax import checkpoints, models, train
     from mnist_jax.data import Splits
-    from mnist_jax.experiment import training_errors
+    from mnist_jax.cli import training_errors
     from tests.conftest import small_run_config, synthetic_split
 
     config = small_run_config(checkpoint_every_steps=2, data_placement="host")

@@ -34,7 +34,7 @@ def step_job(job: dict) -> dict:
     import jax
     import numpy as np
 
-    from mnist_jax import parallel, pipeline, train
+    from mnist_jax import parallel, pipeline, steps
     from tests.conftest import plain_sgd_cnn, synthetic_split
 
     mesh = parallel.data_mesh(jax.devices()[: job["devices"]])
@@ -46,7 +46,7 @@ def step_job(job: dict) -> dict:
     assert full["mask"].all() and 0 < padded["mask"].sum() < config.batch_size
 
     flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
-    step = train.make_train_step(spec, mesh)
+    step = steps.make_train_step(spec, mesh)
     result = {"steps": []}
     for batch in (full, padded):
         state = initial_state()
@@ -54,7 +54,7 @@ def step_job(job: dict) -> dict:
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
         result["steps"].append({"metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
                                 "update": (before - flat(state.params)).tolist()})
-    evaluation = train.evaluate(initial_state(), synthetic_split(100, 1), config.eval_batch_size, spec, mesh)
+    evaluation = steps.evaluate(initial_state(), synthetic_split(100, 1), config.eval_batch_size, spec, mesh)
     result["evaluation"] = {k: float(v) for k, v in evaluation.items() if k != "predictions"}
     return result
 

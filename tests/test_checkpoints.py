@@ -8,15 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, models, train
+from mnist_jax import checkpoints, models, optim, steps, train
+from mnist_jax.config import ResumeError
 from tests.conftest import small_run_config
 
 CONFIG = small_run_config()  # 300 train examples: 10 steps an epoch, the last one padded.
 
 
 def fresh_state(config=CONFIG):
-    return train.create_train_state(
-        models.get_model("cnn"), train.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+    return steps.create_train_state(
+        models.get_model("cnn"), optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
     )
 
 
@@ -77,7 +78,7 @@ def test_existing_run_is_never_overwritten(tmp_path, synthetic_splits):
     config = dataclasses.replace(CONFIG, epochs=1)
     run(config, synthetic_splits, tmp_path)
     saved = sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir())
-    with pytest.raises(train.ResumeError, match="--resume"):
+    with pytest.raises(ResumeError, match="--resume"):
         run(config, synthetic_splits, tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == saved
 
@@ -85,7 +86,7 @@ def test_existing_run_is_never_overwritten(tmp_path, synthetic_splits):
 def test_resume_with_other_settings_is_refused(tmp_path, synthetic_splits):
     config = dataclasses.replace(CONFIG, epochs=1)
     run(config, synthetic_splits, tmp_path)
-    with pytest.raises(train.ResumeError, match="learning_rate"):
+    with pytest.raises(ResumeError, match="learning_rate"):
         run(dataclasses.replace(config, learning_rate=0.1), synthetic_splits, tmp_path, resume=True)
 
 
@@ -97,7 +98,7 @@ def test_resume_can_extend_training(tmp_path, synthetic_splits):
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path, synthetic_splits):
-    with pytest.raises(train.ResumeError, match="no checkpoint"):
+    with pytest.raises(ResumeError, match="no checkpoint"):
         run(CONFIG, synthetic_splits, tmp_path, resume=True)
 
 

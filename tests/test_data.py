@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from mnist_jax import data
+from mnist_jax import data, idx, sources
 from tests.conftest import REAL_IDX_DIR
 
 
@@ -47,7 +47,7 @@ def test_read_idx_round_trip(tmp_path, gz):
     array = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
     path = tmp_path / "x"
     path.write_bytes(gzip.compress(idx_bytes(array)) if gz else idx_bytes(array))
-    np.testing.assert_array_equal(data.read_idx(path), array)
+    np.testing.assert_array_equal(idx.read_idx(path), array)
 
 
 def test_truncated_file_is_named(tmp_path):
@@ -55,28 +55,28 @@ def test_truncated_file_is_named(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(raw[:-100])
     with pytest.raises(data.CorruptDataError, match=r"truncated.*\(3, 28, 28\)"):
-        data.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_truncated_gzip_is_named(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((3, 28, 28))))[:-30])
     with pytest.raises(data.CorruptDataError, match="damaged gzip"):
-        data.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_truncated_header_is_named(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
     with pytest.raises(data.CorruptDataError, match="header"):
-        data.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_wrong_magic_is_named(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"PK\x03\x04" + bytes(100))  # A zip file, say.
     with pytest.raises(data.CorruptDataError, match="magic number 0x504b0304"):
-        data.read_idx(path)
+        idx.read_idx(path)
 
 
 def test_swapped_files_are_caught(tmp_path):
@@ -86,32 +86,32 @@ def test_swapped_files_are_caught(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(labels)
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(images)
     with pytest.raises(data.CorruptDataError, match="swapped"):
-        data.load_idx_folder(tmp_path, verify_md5=False)
+        idx.load_idx_folder(tmp_path, verify_md5=False)
 
 
 def test_missing_folder(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="does not exist.*--idx-dir"):
-        data.load_mnist(idx_dir=tmp_path / "nowhere", cache_dir=tmp_path)
+        sources.load_mnist(idx_dir=tmp_path / "nowhere", cache_dir=tmp_path)
 
 
 def test_missing_file(tmp_path):
     write_fake_idx_folder(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(data.DataNotFoundError, match="no t10k-labels-idx1-ubyte"):
-        data.load_idx_folder(tmp_path, verify_md5=False)
+        idx.load_idx_folder(tmp_path, verify_md5=False)
 
 
 def test_checksum_mismatch(tmp_path):
     write_fake_idx_folder(tmp_path)
     with pytest.raises(data.ChecksumError, match="MD5.*6bbc9ace898e44ae57da46a324031adb"):
-        data.load_idx_folder(tmp_path)
+        idx.load_idx_folder(tmp_path)
 
 
 def test_kaggle_names_and_gzip_are_found(tmp_path):
     arrays = write_fake_idx_folder(tmp_path, gz=True)
     for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # Kaggle's dotted names
         (tmp_path / f"{stem}.gz").rename(tmp_path / stem.replace("-idx", ".idx"))
-    mnist = data.load_idx_folder(tmp_path, verify_md5=False)
+    mnist = idx.load_idx_folder(tmp_path, verify_md5=False)
     np.testing.assert_array_equal(mnist.train.images[..., 0], arrays["train-images-idx3-ubyte"])
     np.testing.assert_array_equal(mnist.test.labels, arrays["t10k-labels-idx1-ubyte"])
     assert mnist.train.images.shape == (20, 28, 28, 1) and mnist.train.labels.dtype == np.int32
@@ -119,13 +119,13 @@ def test_kaggle_names_and_gzip_are_found(tmp_path):
 
 def test_named_tfds_dir_without_mnist(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="holds no prepared tfds MNIST"):
-        data.load_mnist(data_dir=tmp_path, cache_dir=tmp_path)
+        sources.load_mnist(data_dir=tmp_path, cache_dir=tmp_path)
 
 
 def test_nothing_found_and_no_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(data.DataNotFoundError, match="downloading is off"):
-        data.load_mnist(download=False, cache_dir=tmp_path)
+        sources.load_mnist(download=False, cache_dir=tmp_path)
 
 
 # --- download (from a server on loopback, over files the test makes) ------
@@ -151,7 +151,7 @@ def remote_files(served, base_url, corrupt=None):
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         if path.name == corrupt:
             sha = "0" * 64
-        files.append(data.RemoteFile(f"{base_url}/{path.name}", path.stat().st_size, sha, path.name))
+        files.append(idx.RemoteFile(f"{base_url}/{path.name}", path.stat().st_size, sha, path.name))
     return files
 
 
@@ -161,9 +161,9 @@ def test_download_verifies_and_loads_real_files(tmp_path, file_server, monkeypat
         shutil.copy(path, served)
     files = remote_files(served, url)
     assert len(files) == 4, f"expected the four MNIST .gz files in {REAL_IDX_DIR}"
-    monkeypatch.setattr(data, "registered_mnist_files", lambda: files)
+    monkeypatch.setattr(idx, "registered_mnist_files", lambda: files)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
-    mnist = data.load_mnist(cache_dir=tmp_path / "cache")
+    mnist = sources.load_mnist(cache_dir=tmp_path / "cache")
     assert len(mnist.train) == 60_000 and len(mnist.test) == 10_000
     assert sorted(p.name for p in (tmp_path / "cache" / "downloads").iterdir()) == sorted(f.filename for f in files)
 
@@ -173,7 +173,7 @@ def test_download_checksum_mismatch_leaves_no_file(tmp_path, file_server):
     write_fake_idx_folder(served, gz=True)
     files = remote_files(served, url, corrupt="t10k-images-idx3-ubyte.gz")
     with pytest.raises(data.ChecksumError, match="sha256"):
-        data.download_idx_files(tmp_path / "dl", files)
+        idx.download_idx_files(tmp_path / "dl", files)
     assert not (tmp_path / "dl" / "t10k-images-idx3-ubyte.gz").exists()
     assert not list((tmp_path / "dl").glob("*.part"))
 
@@ -182,15 +182,15 @@ def test_no_network_gives_clear_error(tmp_path):
     with socket.socket() as s:  # A port nobody listens on.
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    files = [data.RemoteFile(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz", 1, "0" * 64,
+    files = [idx.RemoteFile(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz", 1, "0" * 64,
                              "train-images-idx3-ubyte.gz")]
     with pytest.raises(data.DownloadError, match="offline.*--idx-dir"):
-        data.download_idx_files(tmp_path, files, timeout=5)
+        idx.download_idx_files(tmp_path, files, timeout=5)
 
 
 def test_registered_checksums_are_tfds_mnist():
-    files = data.registered_mnist_files()
-    assert sorted(f.filename for f in files) == sorted(f"{stem}.gz" for stem, _, _ in data.IDX_FILES.values())
+    files = idx.registered_mnist_files()
+    assert sorted(f.filename for f in files) == sorted(f"{stem}.gz" for stem, _, _ in idx.IDX_FILES.values())
     assert all(len(f.sha256) == 64 and f.url.startswith("https://") for f in files)
 
 
@@ -200,10 +200,10 @@ def test_registered_checksums_are_tfds_mnist():
 def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     folder = tmp_path / "idx"
     write_fake_idx_folder(folder)
-    monkeypatch.setattr(data, "load_idx_folder", functools.partial(data.load_idx_folder, verify_md5=False))
-    first = data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(data, "load_idx_folder", lambda *a, **k: pytest.fail("decoded again"))
-    second = data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(sources, "load_idx_folder", functools.partial(idx.load_idx_folder, verify_md5=False))
+    first = sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(sources, "load_idx_folder", lambda *a, **k: pytest.fail("decoded again"))
+    second = sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(first.train.images, second.train.images)
     np.testing.assert_array_equal(first.test.labels, second.test.labels)
 
@@ -211,10 +211,10 @@ def test_second_load_comes_from_cache(tmp_path, monkeypatch):
 def test_changed_source_is_decoded_again(tmp_path, monkeypatch):
     folder = tmp_path / "idx"
     write_fake_idx_folder(folder)
-    monkeypatch.setattr(data, "load_idx_folder", functools.partial(data.load_idx_folder, verify_md5=False))
-    data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(sources, "load_idx_folder", functools.partial(idx.load_idx_folder, verify_md5=False))
+    sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
     write_fake_idx_folder(folder, n_train=30)
-    assert len(data.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache").train) == 30
+    assert len(sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache").train) == 30
 
 
 # --- splits ------------------------------------------------------------------
@@ -247,8 +247,8 @@ def test_real_mnist_from_tfds(real_mnist):
 
 
 def test_real_idx_files_hold_the_same_examples_as_tfds(real_mnist):
-    idx = data.load_idx_folder(REAL_IDX_DIR)  # MD5-verified against the originals.
-    for ours, theirs in ((idx.train, real_mnist.train), (idx.test, real_mnist.test)):
+    from_idx = idx.load_idx_folder(REAL_IDX_DIR)  # MD5-verified against the originals.
+    for ours, theirs in ((from_idx.train, real_mnist.train), (from_idx.test, real_mnist.test)):
         def digests(split):
             return sorted(hashlib.md5(img.tobytes() + bytes([lab])).hexdigest()
                           for img, lab in zip(split.images, split.labels))

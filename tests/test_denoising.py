@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import data, denoising, pipeline, train
+from mnist_jax import data, denoising, optim, pipeline, rundir, steps, train
+from mnist_jax.config import ResumeError, TrainConfig
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NoiseConfig
 from tests.conftest import ROOT, small_run_config, synthetic_split
@@ -81,8 +82,8 @@ def test_image_quality():
 
 @pytest.fixture(scope="module")
 def denoiser_state():
-    spec = train.TrainConfig(model="denoising_ae", task="reconstruct", input_norm="unit")
-    return spec, train.create_train_state(get_model("denoising_ae"), train.make_optimizer(spec), 0,
+    spec = TrainConfig(model="denoising_ae", task="reconstruct", input_norm="unit")
+    return spec, steps.create_train_state(get_model("denoising_ae"), optim.make_optimizer(spec), 0,
                                           jnp.zeros((1, 28, 28, 1)))
 
 
@@ -101,7 +102,7 @@ def test_denoising_needs_a_reconstructing_model_and_images(denoiser_state):
     config, state = denoiser_state
     images = synthetic_split(4).images
     with pytest.raises(ValueError, match="reconstructs"):
-        denoising.denoise_images(state, images, train.TrainConfig().step_config())
+        denoising.denoise_images(state, images, TrainConfig().step_config())
     with pytest.raises(ValueError, match="uint8"):
         denoising.denoise_images(state, images.astype(np.float32), config.step_config())
 
@@ -128,9 +129,9 @@ def test_restore_best_state_refuses_another_config(synthetic_splits, tmp_path):
     config = small_run_config(epochs=1)
     result = train.train_and_evaluate(config, get_model("cnn"), synthetic_splits, tmp_path,
                                       experiment="restore", progress=False)
-    restored = train.restore_best_state(config, get_model("cnn"), tmp_path)
+    restored = rundir.restore_best_state(config, get_model("cnn"), tmp_path)
     chex.assert_trees_all_equal(restored.params, result["best_state"].params)
-    with pytest.raises(train.ResumeError, match="learning_rate: saved 0.001, now 0.01"):
-        train.restore_best_state(small_run_config(epochs=1, learning_rate=1e-2), get_model("cnn"), tmp_path)
-    with pytest.raises(train.ResumeError, match="holds no checkpoints"):
-        train.restore_best_state(config, get_model("cnn"), tmp_path / "nothing")
+    with pytest.raises(ResumeError, match="learning_rate: saved 0.001, now 0.01"):
+        rundir.restore_best_state(small_run_config(epochs=1, learning_rate=1e-2), get_model("cnn"), tmp_path)
+    with pytest.raises(ResumeError, match="holds no checkpoints"):
+        rundir.restore_best_state(config, get_model("cnn"), tmp_path / "nothing")

@@ -11,21 +11,28 @@ import pytest
 import experiments
 from experiments import alexnet, benchmark, cnn
 from mnist_jax import pretrained
-from tests.conftest import QUICK_EXPERIMENTS, REAL_TFDS_DIR
+from tests.conftest import REAL_TFDS_DIR
 
 
 def test_every_experiment_module_is_registered_and_has_main():
     modules = {m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")}
-    assert modules == set(experiments.EXPERIMENTS)
-    for name in modules:
+    assert modules == set(experiments.names()) == set(experiments.summaries())
+    for name, summary in experiments.summaries().items():
         module = importlib.import_module(f"experiments.{name}")
-        assert callable(module.main) and "python -m experiments." in module.__doc__
+        assert callable(module.main) and f"python -m experiments.{name}" in module.__doc__
+        assert 20 < len(summary) <= 100 and summary.endswith("."), (name, summary)
+
+
+def test_the_lists_of_model_experiments_derive_from_the_registries():
+    assert set(experiments.model_experiments()) == {
+        "cnn", "simple_cnn", "deep_cnn", "vit", "vgg16", "alexnet", "linear_ae", "conv_ae"}
+    assert set(experiments.classifier_experiments()) == {"cnn", "deep_cnn", "vgg16", "alexnet", "vit", "simple_cnn"}
 
 
 def test_listing(capsys):
     importlib.reload(importlib.import_module("experiments.__main__"))
     out = capsys.readouterr().out
-    assert all(name in out for name in experiments.EXPERIMENTS)
+    assert all(f"{name}  " in out and summary in out for name, summary in experiments.summaries().items())
 
 
 def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_runs, capsys):
@@ -115,7 +122,7 @@ def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_
     assert "tuomaso" in out and f"{100 * run['test_accuracy']:.2f}%" in out
 
 
-@pytest.mark.parametrize("name", [n for n in QUICK_EXPERIMENTS if n != "cnn"])
+@pytest.mark.parametrize("name", [n for n in experiments.model_experiments() if n != "cnn"])
 def test_quick_run_of_every_experiment(name, quick_runs):
     run = quick_runs.get(name)
     module, out, workdir = importlib.import_module(f"experiments.{name}"), run["out"], run["workdir"]
@@ -172,18 +179,18 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
     assert cached["test"]["accuracy"] == pytest.approx(direct["test"]["accuracy"], abs=0.01)
 
 
-def test_transfer_quick_compares_every_method_and_resumes(tmp_path, real_mnist, capsys):
-    from experiments import transfer
+def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist, capsys):
+    from experiments import few_labels
 
     args = ["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
-    results = transfer.main(args)
+    results = few_labels.main(args)
     out = capsys.readouterr().out
     runs = {(r["labels"], r["method"]): r for r in results["runs"]}
-    assert set(runs) == {(n, m) for n in (100,) for m in transfer.METHODS}
+    assert set(runs) == {(n, m) for n in (100,) for m in few_labels.METHODS}
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in runs.values())
     assert f"{100 * runs[100, 'frozen']['test_accuracy']:.2f} %" in out
     assert (tmp_path / "accuracy_vs_labels.png").is_file()
-    saved = json.loads((tmp_path / "transfer.json").read_text())
+    saved = json.loads((tmp_path / "few_labels.json").read_text())
     assert saved["runs"] == json.loads(json.dumps(results["runs"]))
     # Only the frozen run leaves the encoder out of training.
     model = {m: json.loads((tmp_path / "n100" / m / "metrics.json").read_text())["model"]
@@ -191,7 +198,7 @@ def test_transfer_quick_compares_every_method_and_resumes(tmp_path, real_mnist, 
     assert model["frozen"]["trainable_parameters"] < model["frozen"]["parameters"]
     assert model["fine-tuned"]["trainable_parameters"] == model["fine-tuned"]["parameters"]
     # Everything finished: --resume recomputes nothing and gives the same table.
-    again = transfer.main(args + ["--resume"])
+    again = few_labels.main(args + ["--resume"])
     assert again["runs"] == results["runs"]
 
 

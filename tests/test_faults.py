@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, experiment, models, parallel, train
+from mnist_jax import checkpoints, cli, faults, models, optim, parallel, placement, steps, train
+from mnist_jax.config import ResumeError
 from tests.conftest import small_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ CONFIG = small_run_config()  # 10 steps an epoch; checkpoints at in-epoch steps 
 
 
 def fresh_state(model="cnn", config=CONFIG):
-    return train.create_train_state(models.get_model(model), train.make_optimizer(config), 0,
+    return steps.create_train_state(models.get_model(model), optim.make_optimizer(config), 0,
                                     jnp.zeros((1, 28, 28, 1)))
 
 
@@ -119,7 +120,7 @@ def test_when_every_checkpoint_is_damaged_resume_says_so_and_keeps_them(tmp_path
         run(CONFIG, synthetic_splits, tmp_path, on_step=stop_at(5))
     for step in latest_steps(tmp_path):
         remove_state(tmp_path / "checkpoints" / "latest" / str(step))
-    with pytest.raises(train.ResumeError, match="every checkpoint in .* is damaged"):
+    with pytest.raises(ResumeError, match="every checkpoint in .* is damaged"):
         run(CONFIG, synthetic_splits, tmp_path, resume=True)
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "damaged").iterdir()) == ["latest-4"]
 
@@ -151,7 +152,7 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp
     # Plain SGD at 1e4: finite after the first update, NaN a few steps later.
     config = small_run_config(optimizer="sgd", momentum=0.0, learning_rate=1e4, checkpoint_every_steps=1,
                               log_every_steps=1)
-    with pytest.raises(train.NonFiniteLossError) as error:
+    with pytest.raises(faults.NonFiniteLossError) as error:
         run(config, synthetic_splits, tmp_path)
     message = str(error.value)
     # The loss's check (every log) or the parameters' (before every save)
@@ -171,13 +172,13 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp
 
 
 def test_training_errors_end_a_command_line_run_with_a_message(capsys):
-    parser = experiment.build_parser("cnn", "")
-    with pytest.raises(SystemExit) as exit_info, experiment.training_errors(parser):
-        raise train.NonFiniteLossError("the training loss became nan at step 3")
+    parser = cli.build_parser("cnn", "")
+    with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser):
+        raise faults.NonFiniteLossError("the training loss became nan at step 3")
     assert exit_info.value.code == 1
     assert "error: the training loss became nan at step 3" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info, experiment.training_errors(parser):
-        raise train.TrainingInterrupted("SIGTERM received", signal.SIGTERM, 7)
+    with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser):
+        raise faults.TrainingInterrupted("SIGTERM received", signal.SIGTERM, 7)
     assert exit_info.value.code == 128 + signal.SIGTERM
 
 
@@ -193,7 +194,7 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_ends_like_an_uninterrupted
         if step == 7:  # Off the checkpoint grid (4, 8, 10, ...), mid-epoch.
             os.kill(os.getpid(), signum)
 
-    with pytest.raises(train.TrainingInterrupted, match=f"{signal.Signals(signum).name} received: stopped at step 7"):
+    with pytest.raises(faults.TrainingInterrupted, match=f"{signal.Signals(signum).name} received: stopped at step 7"):
         run(CONFIG, synthetic_splits, tmp_path / "resumed", on_step=on_step)
     assert signal.getsignal(signum) is handler_before
     assert latest_steps(tmp_path / "resumed") == [4, 7]
@@ -205,9 +206,9 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_ends_like_an_uninterrupted
 
 
 def test_epochs_resumed_off_the_checkpoint_grid_are_cut_back_onto_it():
-    assert train._chunks(7, 10, 4) == [(7, 8), (8, 10)]
-    assert train._chunks(0, 10, 4) == [(0, 4), (4, 8), (8, 10)]
-    assert train._chunks(8, 10, 4) == [(8, 10)]
+    assert placement.chunks(7, 10, 4) == [(7, 8), (8, 10)]
+    assert placement.chunks(0, 10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert placement.chunks(8, 10, 4) == [(8, 10)]
 
 
 def start_job(workdir, resume: bool, env: dict) -> subprocess.Popen:
@@ -280,8 +281,8 @@ BAD_FLAGS = [
     ("vgg16", ["--epochs", "0"], "epochs must be >= 1"),
     ("noisy", ["--denoiser-epochs", "0"], "epochs must be >= 1"),
     ("noisy", ["--epochs", "0"], "epochs must be >= 1"),
-    ("transfer", ["--steps", "0"], "steps must be >= 1"),
-    ("transfer", ["--pretrain-epochs", "0"], "epochs must be >= 1"),
+    ("few_labels", ["--steps", "0"], "steps must be >= 1"),
+    ("few_labels", ["--pretrain-epochs", "0"], "epochs must be >= 1"),
     ("sweep", ["--model", "resnet"], "invalid choice: 'resnet'"),
     ("sweep", ["--trials", "0"], "trials must be >= 1"),
     ("speedrun", ["--seeds", "0"], "--seeds must be >= 1"),
@@ -296,12 +297,12 @@ def run_refused(name, flags, tmp_path, monkeypatch, capsys) -> str:
     before reading any data (so before compiling anything). Returns stderr."""
     import importlib
 
-    from mnist_jax import data
+    from mnist_jax import sources
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data were loaded before the flags were checked")
 
-    monkeypatch.setattr(data, "load_mnist", no_data)
+    monkeypatch.setattr(sources, "load_mnist", no_data)
     workdir = [] if name in ("speedrun", "benchmark", "compare") else ["--workdir", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(f"experiments.{name}").main([*flags, *workdir])
@@ -320,7 +321,7 @@ def test_a_bad_flag_fails_before_any_data_or_compilation(name, flags, message, t
     ("sweep", ["--batch-size", "100"], 8),
     ("speedrun", ["--batch-size", "100"], 8),
     ("noisy", [], 48),  # Its batches of 64 and 128 do not split 48 ways.
-    ("transfer", [], 48),
+    ("few_labels", [], 48),
 ])
 def test_a_batch_that_does_not_split_across_the_devices_fails_before_any_data(
         name, flags, devices, tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from mnist_jax import data, digits
+from mnist_jax import idx
 
 FUZZ = settings(max_examples=400, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -90,7 +91,7 @@ def loaded_or_clear_error(load, error: type, content: bytes, name: str):
 
 
 def read_idx_or_data_error(content: bytes, name: str) -> None:
-    array = loaded_or_clear_error(data.read_idx, data.DataError, content, name)
+    array = loaded_or_clear_error(idx.read_idx, data.DataError, content, name)
     assert array is None or (array.dtype == np.uint8 and 1 <= array.ndim <= 4)
 
 
@@ -113,9 +114,9 @@ def test_idx_reader_on_mutated_gzip_files(content):
 
 
 def test_the_valid_seeds_of_the_mutations_read_back():
-    np.testing.assert_array_equal(data.read_idx(written(VALID_IDX, "valid-idx3-ubyte")),
+    np.testing.assert_array_equal(idx.read_idx(written(VALID_IDX, "valid-idx3-ubyte")),
                                   np.arange(60).reshape(3, 5, 4))
-    np.testing.assert_array_equal(data.read_idx(written(VALID_LABELS_GZ, "valid-idx1-ubyte.gz")), np.arange(7))
+    np.testing.assert_array_equal(idx.read_idx(written(VALID_LABELS_GZ, "valid-idx1-ubyte.gz")), np.arange(7))
 
 
 # --- Image files ---------------------------------------------------------------

@@ -6,31 +6,36 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import models, train
+from mnist_jax import models, steps
 
-# name -> (constructor kwargs, output shapes for a batch of B, parameter count)
+# name -> (constructor kwargs, output shapes for a batch of B, parameter count,
+#          embedding width: what the model feeds its last layer, or its latent code)
 LOGITS = lambda b: (b, 10)
 IMAGES = lambda b: (b, 28, 28, 1)
 MODELS = {
-    "cnn": ({}, LOGITS, 422_474),
-    "simple_cnn": ({}, LOGITS, 50_186),
-    "deep_cnn": ({}, LOGITS, 2_331_338),
-    "vit": ({}, LOGITS, 1_199_882),
-    "linear_ae": ({}, IMAGES, 201_616),
-    "conv_ae": ({}, IMAGES, 61_453),
-    "denoising_ae": ({}, IMAGES, 37_569),
-    "encoder_classifier": ({}, LOGITS, 33_454),
-    "classifier_decoding": ({}, lambda b: ((b, 10), (b, 28, 28, 1)), 64_431),
-    "speed_cnn": ({}, LOGITS, 153_866),
+    "cnn": ({}, LOGITS, 422_474, 128),
+    "simple_cnn": ({}, LOGITS, 50_186, 7 * 7 * 64),
+    "deep_cnn": ({}, LOGITS, 2_331_338, 512),
+    "vit": ({}, LOGITS, 1_199_882, 128),
+    "linear_ae": ({}, IMAGES, 201_616, 128),
+    "conv_ae": ({}, IMAGES, 61_453, 12),
+    "denoising_ae": ({}, IMAGES, 37_569, 7 * 7 * 64),
+    "encoder_classifier": ({}, LOGITS, 33_454, 12),
+    "classifier_decoding": ({}, lambda b: ((b, 10), (b, 28, 28, 1)), 64_431, 12),
+    "speed_cnn": ({}, LOGITS, 153_866, 256),
     # Small inputs and a narrow classifier keep these fast; full sizes are counted below.
-    "vgg16": ({"image_size": 32, "hidden": 64}, LOGITS, None),
-    "alexnet": ({"image_size": 63, "hidden": 64}, LOGITS, None),
+    "vgg16": ({"image_size": 32, "hidden": 64}, LOGITS, None, 64),
+    "alexnet": ({"image_size": 63, "hidden": 64}, LOGITS, None, 64),
 }
+
+
+def test_every_registered_model_is_specified_here():
+    assert set(MODELS) == set(models.MODELS)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def model_and_variables(request):
-    kwargs, shapes, _ = MODELS[request.param]
+    kwargs, shapes, _, _ = MODELS[request.param]
     model = models.get_model(request.param, **kwargs)
     variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))()
     return request.param, model, variables
@@ -58,7 +63,7 @@ def test_parameter_counts(model_and_variables):
     name, _, variables = model_and_variables
     expected = MODELS[name][2]
     if expected is not None:
-        assert train.count_params(variables["params"]) == expected
+        assert steps.count_params(variables["params"]) == expected
 
 
 @pytest.mark.parametrize("name", ["linear_ae", "conv_ae", "denoising_ae"])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import models, parallel, train
+from mnist_jax.config import TrainConfig
 from tests import multidevice
 from tests.conftest import assert_runs_agree
 
@@ -56,7 +57,7 @@ def test_distributed_is_initialised_only_when_the_environment_asks(monkeypatch):
 def test_fit_refuses_a_batch_that_does_not_split(synthetic_splits, tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "num_shards", lambda mesh: 8)
     with pytest.raises(parallel.BatchSizeError, match="multiple of 8"):
-        train.train_and_evaluate(train.TrainConfig(batch_size=30, epochs=1), models.get_model("cnn"),
+        train.train_and_evaluate(TrainConfig(batch_size=30, epochs=1), models.get_model("cnn"),
                                  synthetic_splits, tmp_path, experiment="test", progress=False)
     assert not (tmp_path / "checkpoints").exists()  # Refused before anything was written.
 

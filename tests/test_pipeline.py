@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import pipeline, tasks, train
+from mnist_jax import pipeline, steps, tasks
 from mnist_jax.pipeline import NoiseConfig
 
 
@@ -89,7 +89,7 @@ def test_training_noise_differs_across_epochs_and_repeats_for_a_seed(kind, level
     steps_per_epoch = 10
 
     def noisy_at(seed, step):
-        _, noise_key = train.step_keys(jax.random.split(jax.random.PRNGKey(seed))[1], jnp.asarray(step))
+        _, noise_key = steps.step_keys(jax.random.split(jax.random.PRNGKey(seed))[1], jnp.asarray(step))
         return np.asarray(tasks.model_inputs(images, noise_key, tasks.StepConfig(noise=noise))[0])
 
     epoch0, epoch1 = noisy_at(0, 3), noisy_at(0, 3 + steps_per_epoch)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_jax import digits, predict, train
+from mnist_jax import digits, predict, steps, tasks
 
 
 def centre_of_mass(picture: np.ndarray) -> np.ndarray:
@@ -166,7 +166,7 @@ def test_predict_is_the_models_inference(quick_runs, real_mnist):
     """Probabilities are the softmax of the inference-mode logits (no dropout, running BN statistics)."""
     run = predict.load_classifier(quick_runs.get("cnn")["workdir"])
     images = real_mnist.test.images[:8]
-    logits = train.predict(run.state, train.tasks.model_inputs(images, None, run.config.step_config())[0])
+    logits = steps.infer(run.state, tasks.model_inputs(images, None, run.config.step_config())[0])
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(predict.probabilities(run, images), expected / expected.sum(-1, keepdims=True),
                                rtol=1e-5, atol=1e-6)

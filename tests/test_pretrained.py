@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_jax import data, models, pretrained, train
-from mnist_jax.models import autoencoders, transfer
+from mnist_jax import data, models, optim, pretrained, steps
+from mnist_jax import idx
+from mnist_jax.config import TrainConfig
+from mnist_jax.models import autoencoders, vgg_alexnet
 from tests import torch_reference
 
 torch.manual_seed(0)
@@ -53,7 +55,7 @@ def test_converted_weights_give_pytorchs_logits(tmp_path, arch, image_size, hidd
     model = models.get_model(arch, image_size=image_size, hidden=hidden)
     x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
     ours = model.apply({"params": params}, x, train=False)
-    inputs = np.asarray(transfer.imagenet_inputs(x, image_size)).transpose(0, 3, 1, 2)
+    inputs = np.asarray(vgg_alexnet.imagenet_inputs(x, image_size)).transpose(0, 3, 1, 2)
     with torch.no_grad():
         theirs = net(torch.from_numpy(inputs.copy())).numpy()
     assert np.std(theirs) > 1e-2  # Not a trivially small output.
@@ -65,7 +67,7 @@ def test_full_size_parameter_counts_match_torchvision(arch):
     model = models.get_model(arch)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
                                                train=False))["params"]
-    assert train.count_params(params) == torch_reference.count(torch_reference.BUILDERS[arch](num_classes=10))
+    assert steps.count_params(params) == torch_reference.count(torch_reference.BUILDERS[arch](num_classes=10))
 
 
 def test_imagenet_final_layer_is_replaced_by_a_10_class_one(tmp_path):
@@ -73,9 +75,9 @@ def test_imagenet_final_layer_is_replaced_by_a_10_class_one(tmp_path):
     params = pretrained.to_flax({k: v.numpy() for k, v in net.state_dict().items()}, "alexnet", 10)
     assert set(params["classifier"]) == {"fc_1", "fc_4"}  # fc_6 keeps its random init
     model = models.get_model("alexnet", image_size=63, hidden=64)
-    state = train.create_train_state(model, train.make_optimizer(train.TrainConfig()), 0,
+    state = steps.create_train_state(model, optim.make_optimizer(TrainConfig()), 0,
                                      jnp.zeros((1, 28, 28, 1)))
-    loaded = train.load_pretrained(state, params)
+    loaded = steps.load_pretrained(state, params)
     np.testing.assert_array_equal(loaded.params["features"]["conv_0"]["kernel"],
                                   params["features"]["conv_0"]["kernel"])
     np.testing.assert_array_equal(loaded.params["classifier"]["fc_6"]["kernel"],
@@ -84,11 +86,11 @@ def test_imagenet_final_layer_is_replaced_by_a_10_class_one(tmp_path):
 
 def test_pretrained_of_the_wrong_shape_is_refused():
     model = models.get_model("alexnet", image_size=63, hidden=64)
-    state = train.create_train_state(model, train.make_optimizer(train.TrainConfig()), 0,
+    state = steps.create_train_state(model, optim.make_optimizer(TrainConfig()), 0,
                                      jnp.zeros((1, 28, 28, 1)))
     bad = {"classifier": {"fc_4": {"kernel": np.zeros((3, 3), np.float32)}}}
     with pytest.raises(ValueError, match="classifier/fc_4/kernel has shape"):
-        train.load_pretrained(state, bad)
+        steps.load_pretrained(state, bad)
 
 
 def test_missing_keys_are_named(tmp_path):
@@ -130,11 +132,11 @@ def _publish(monkeypatch, tmp_path, arch, prefix):
 
 def test_fetch_downloads_once_and_checks_the_hash(tmp_path, monkeypatch):
     source = _publish(monkeypatch, tmp_path, "alexnet", "0")
-    digest = data.sha256_of(source)
+    digest = idx.sha256_of(source)
     monkeypatch.setitem(pretrained.PUBLISHED, "alexnet",
                         pretrained.PublishedWeights(source.as_uri(), digest[:8]))
     path = pretrained.fetch_weights("alexnet", tmp_path / "cache")
-    assert data.sha256_of(path) == digest
+    assert idx.sha256_of(path) == digest
     source.unlink()  # Cached: no second download.
     assert pretrained.fetch_weights("alexnet", tmp_path / "cache") == path
 
@@ -160,14 +162,14 @@ def test_fetch_offline_says_what_to_do(tmp_path, monkeypatch):
 @pytest.mark.parametrize("in_size, out_size", [(1, 7), (2, 7), (7, 7), (13, 6), (14, 7)])
 def test_adaptive_avg_pool_matches_pytorch(in_size, out_size):
     x = np.random.default_rng(0).normal(size=(2, in_size, in_size, 3)).astype(np.float32)
-    ours = transfer.adaptive_avg_pool(jnp.asarray(x), out_size)
+    ours = vgg_alexnet.adaptive_avg_pool(jnp.asarray(x), out_size)
     theirs = torch.nn.AdaptiveAvgPool2d(out_size)(torch.from_numpy(x.transpose(0, 3, 1, 2)))
     np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=1e-6)
 
 
 def test_resize_matches_pytorch_bilinear():
     x = np.random.default_rng(0).random((2, 28, 28, 1)).astype(np.float32)
-    ours = transfer.imagenet_inputs(jnp.asarray(x), 64)[..., 0] * transfer.IMAGENET_STD[0] + transfer.IMAGENET_MEAN[0]
+    ours = vgg_alexnet.imagenet_inputs(jnp.asarray(x), 64)[..., 0] * vgg_alexnet.IMAGENET_STD[0] + vgg_alexnet.IMAGENET_MEAN[0]
     theirs = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(64, 64),
                                              mode="bilinear", align_corners=False)[:, 0]
     np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)
@@ -193,7 +195,7 @@ def test_report_models_have_the_pytorch_parameter_counts():
         model = models.get_model(name)
         params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
                                                    train=False))["params"]
-        return train.count_params(params[sub] if sub else params)
+        return steps.count_params(params[sub] if sub else params)
 
     assert count("conv_ae", "encoder") == torch_reference.count(torch_reference.Encoder())
     assert count("conv_ae", "decoder") == torch_reference.count(torch_reference.Decoder())

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_jax import models, train
+from mnist_jax import models, steps, train
+from mnist_jax.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, synthetic_splits):
     workdir = tmp_path_factory.mktemp("run")
-    config = train.TrainConfig(epochs=2, batch_size=32, eval_batch_size=50, log_every_steps=4)
+    config = TrainConfig(epochs=2, batch_size=32, eval_batch_size=50, log_every_steps=4)
     train.train_and_evaluate(config, models.get_model("cnn"), synthetic_splits, workdir,
                              experiment="unit", progress=False)
     return workdir
@@ -78,35 +79,35 @@ def synthetic_test_labels():
 
 
 def test_load_run_rebuilds_the_model_and_its_best_checkpoint(finished_run, synthetic_splits):
-    from mnist_jax import runs
+    from mnist_jax import config as config_lib, rundir
 
-    run = runs.load_run(finished_run)
+    run = rundir.load_run(finished_run)
     summary = json.loads((finished_run / "metrics.json").read_text())
-    assert run.config == runs.config_from_dict(summary["config"]) and run.config.batch_size == 32
+    assert run.config == config_lib.config_from_dict(summary["config"]) and run.config.batch_size == 32
     assert summary["model"]["hyperparameters"]["features"] == [32, 64, 128]
-    test = train.score_split(run.state, synthetic_splits.test, 50, run.config.step_config())
+    test = steps.score_split(run.state, synthetic_splits.test, 50, run.config.step_config())
     assert test["accuracy"] == summary["test"]["accuracy"] and test["loss"] == pytest.approx(summary["test"]["loss"])
 
 
 def test_load_run_says_what_is_wrong(finished_run, tmp_path):
-    from mnist_jax import runs
+    from mnist_jax import config as config_lib, rundir
 
-    with pytest.raises(runs.RunError, match="no metrics.json"):
-        runs.load_run(tmp_path)
+    with pytest.raises(rundir.RunError, match="no metrics.json"):
+        rundir.load_run(tmp_path)
     summary = json.loads((finished_run / "metrics.json").read_text())
     (tmp_path / "metrics.json").write_text(json.dumps({**summary, "cached_features": True}))
-    with pytest.raises(runs.RunError, match="no-cache-features"):
-        runs.load_run(tmp_path)
+    with pytest.raises(rundir.RunError, match="no-cache-features"):
+        rundir.load_run(tmp_path)
     (tmp_path / "metrics.json").write_text(json.dumps(summary))
-    with pytest.raises(runs.RunError, match="cannot load the best checkpoint"):
-        runs.load_run(tmp_path)  # metrics.json without checkpoints beside it.
-    with pytest.raises(runs.RunError, match="unknown to this version"):
-        runs.config_from_dict({**summary["config"], "new_field": 1})
+    with pytest.raises(rundir.RunError, match="cannot load the best checkpoint"):
+        rundir.load_run(tmp_path)  # metrics.json without checkpoints beside it.
+    with pytest.raises(ValueError, match="unknown to this version"):
+        config_lib.config_from_dict({**summary["config"], "new_field": 1})
 
 
 def test_config_round_trips_through_json():
-    from mnist_jax import runs
+    from mnist_jax import config as config_lib
     from mnist_jax.pipeline import NoiseConfig
 
-    config = train.TrainConfig(model="vit", noise=NoiseConfig("salt_pepper", 0.1), trainable=("head",), seed=4)
-    assert runs.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    config = config_lib.TrainConfig(model="vit", noise=NoiseConfig("salt_pepper", 0.1), trainable=("head",), seed=4)
+    assert config_lib.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -16,7 +16,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from experiments import sweep as sweep_experiment
-from mnist_jax import checkpoints, parallel, summaries, sweep, train
+from mnist_jax import checkpoints, loop, optim, parallel, rundir, steps, summaries, sweep, sweep_report, trial_group
+from mnist_jax.config import ResumeError, TrainConfig
 from mnist_jax.data import Split, Splits
 from mnist_jax.models import get_model
 from mnist_jax.models.layers import Dropout
@@ -111,14 +112,14 @@ def test_trials_group_by_what_changes_the_program():
 # --- The pieces of a shared step -----------------------------------------------------------------
 
 def test_set_hyperparams_gives_each_state_its_values():
-    config = train.TrainConfig(optimizer="adamw", trainable=("params_a",))
-    tx = train.make_optimizer(config)
+    config = TrainConfig(optimizer="adamw", trainable=("params_a",))
+    tx = optim.make_optimizer(config)
     state = tx.init({"params_a": jnp.ones(2), "params_b": jnp.ones(2)})
-    changed = train.set_hyperparams(state, learning_rate=0.25, weight_decay=0.5)
-    assert train.current_learning_rate(changed) == 0.25
-    assert train.current_learning_rate(state) == pytest.approx(1e-3)
+    changed = optim.set_hyperparams(state, learning_rate=0.25, weight_decay=0.5)
+    assert optim.current_learning_rate(changed) == 0.25
+    assert optim.current_learning_rate(state) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="no injected hyperparameter 'beta'"):
-        train.set_hyperparams(state, beta=1.0)
+        optim.set_hyperparams(state, beta=1.0)
 
 
 def test_dropout_takes_a_traced_rate_and_keeps_the_rate_and_the_scale():
@@ -147,13 +148,13 @@ def three_trials():
 
 @pytest.fixture(scope="module")
 def trained_alone(three_trials, synthetic_splits, tmp_path_factory):
-    """Each trial as an ordinary run (train.fit)."""
+    """Each trial as an ordinary run (loop.fit)."""
     runs = []
     for trial in three_trials:
         workdir = tmp_path_factory.mktemp(trial.name)
         with checkpoints.RunCheckpoints(workdir) as ckpts, \
                 summaries.MetricWriter(workdir / "unused", enabled=False) as writer:
-            runs.append(train.fit(trial.config, get_model("simple_cnn", **trial.model_kwargs), synthetic_splits,
+            runs.append(loop.fit(trial.config, get_model("simple_cnn", **trial.model_kwargs), synthetic_splits,
                                   ckpts, writer, progress=False))
     return runs
 
@@ -171,7 +172,7 @@ def test_trials_trained_together_equal_each_trained_alone(strategy, placement, t
     for k, alone in enumerate(trained_alone):
         # One program for three trials fuses differently from three programs.
         assert_runs_agree(together["histories"][k], alone["history"])
-        assert_weights_agree(sweep.take(together["states"], k).params, alone["state"].params,
+        assert_weights_agree(trial_group.take(together["states"], k).params, alone["state"].params,
                              max_move=20 * trials[k].config.learning_rate)  # 20 steps.
         assert together["best"][k]["epoch"] == alone["best"]["epoch"]
 
@@ -179,19 +180,19 @@ def test_trials_trained_together_equal_each_trained_alone(strategy, placement, t
 def test_an_interrupted_group_resumes_to_the_same_result(three_trials, synthetic_splits, tmp_path, monkeypatch):
     whole = sweep.train_group(three_trials, synthetic_splits, tmp_path / "whole", tmp_path / "tb1", progress=False)
     calls = []
-    real_evaluate = sweep.evaluate
+    real_evaluate = steps.evaluate
 
     def evaluate_then_fail(*args, **kwargs):
         calls.append(1)
-        if len(calls) > len(three_trials):  # The second epoch's validation.
+        if len(calls) > 1 + len(three_trials):  # The second epoch's validation (1: the compile).
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(sweep, "evaluate", evaluate_then_fail)
+    monkeypatch.setattr(steps, "evaluate", evaluate_then_fail)
     with pytest.raises(KeyboardInterrupt):
         sweep.train_group(three_trials, synthetic_splits, tmp_path / "cut", tmp_path / "tb2", progress=False)
-    monkeypatch.setattr(sweep, "evaluate", real_evaluate)
-    with pytest.raises(train.ResumeError, match="pass --resume"):
+    monkeypatch.setattr(steps, "evaluate", real_evaluate)
+    with pytest.raises(ResumeError, match="pass --resume"):
         sweep.train_group(three_trials, synthetic_splits, tmp_path / "cut", tmp_path / "tb2", progress=False)
     resumed = sweep.train_group(three_trials, synthetic_splits, tmp_path / "cut", tmp_path / "tb2",
                                 resume=True, progress=False)
@@ -225,13 +226,13 @@ def test_the_best_trial_is_chosen_by_validation_not_test(finished_sweep):
         for k, trial in enumerate(group):
             state = sweep.restore_trial_best(group, k, splits, workdir / "groups" / f"group_{g:02d}",
                                              parallel.data_mesh())
-            test_accuracy[trial.index] = train.evaluate(state, splits.test, 50, config.base.step_config())["accuracy"]
+            test_accuracy[trial.index] = steps.evaluate(state, splits.test, 50, config.base.step_config())["accuracy"]
     assert max(test_accuracy, key=test_accuracy.get) != summary["best_trial"]
     assert summary["test"]["accuracy"] == pytest.approx(test_accuracy[summary["best_trial"]])
     # best/ is an ordinary run: its best checkpoint loads with the trial's settings and scores as recorded.
     best = trials[summary["best_trial"]]
-    state = train.restore_best_state(best.config, get_model("simple_cnn", **best.model_kwargs), workdir / "best")
-    assert train.evaluate(state, splits.val, 50, config.base.step_config())["accuracy"] == pytest.approx(
+    state = rundir.restore_best_state(best.config, get_model("simple_cnn", **best.model_kwargs), workdir / "best")
+    assert steps.evaluate(state, splits.val, 50, config.base.step_config())["accuracy"] == pytest.approx(
         val[best.index])
 
 
@@ -258,13 +259,13 @@ def test_summary_files_parse_and_tensorboard_has_one_hparams_run_per_trial(finis
         assert b"learning_rate" in start and b"model.dropout" in start
         assert "hparam/best_val_accuracy" in events.Tags()["scalars"]
         assert [e.step for e in events.Scalars("val/accuracy")][-1] > 0
-    table = sweep.format_table(summary["rows"], list(config.space), "val_accuracy", summary["best_trial"])
+    table = sweep_report.format_table(summary["rows"], list(config.space), "val_accuracy", summary["best_trial"])
     assert f"| {summary['best_trial']} (best) |" in table and table.count("\n") == 5
 
 
 def test_a_finished_sweep_resumes_without_training_and_is_refused_without_resume(finished_sweep, capsys):
     config, splits, workdir, summary = finished_sweep
-    with pytest.raises(train.ResumeError, match="already holds a sweep"):
+    with pytest.raises(ResumeError, match="already holds a sweep"):
         sweep.run_sweep(config, splits, workdir, progress=False)
     again = sweep.run_sweep(config, splits, workdir, resume=True, progress=False)
     assert capsys.readouterr().out.count("finished before, reused") == 2

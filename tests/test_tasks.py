@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_jax import models, pipeline, tasks, train
+from mnist_jax import models, optim, pipeline, steps, tasks, train
+from mnist_jax.config import OPTIMIZERS, TrainConfig
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import synthetic_split
@@ -55,12 +56,12 @@ def test_psnr():
 ])
 def test_bad_config_is_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(train.TrainConfig(), **{field: value})
+        dataclasses.replace(TrainConfig(), **{field: value})
 
 
 def test_sgd_is_pytorchs_momentum_sgd():
     """buf = m * buf + (g + wd * p); p -= lr * buf, as torch.optim.SGD."""
-    tx = train.make_optimizer(train.TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9,
+    tx = optim.make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9,
                                                 weight_decay=0.5))
     params = {"w": jnp.array([2.0])}
     state = tx.init(params)
@@ -74,47 +75,47 @@ def test_sgd_is_pytorchs_momentum_sgd():
 
 
 def test_adamw_decouples_weight_decay():
-    tx = train.make_optimizer(train.TrainConfig(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
+    tx = optim.make_optimizer(TrainConfig(optimizer="adamw", learning_rate=0.1, weight_decay=0.5))
     params = {"w": jnp.array([2.0])}
     updates, _ = tx.update({"w": jnp.array([0.0])}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], [-0.1 * 0.5 * 2.0], rtol=1e-5)  # Adam's part is 0.
 
 
 def test_cosine_schedule_decays_to_zero_over_the_run():
-    config = train.TrainConfig(schedule="cosine", learning_rate=1.0, epochs=2)
-    schedule = train.learning_rate_schedule(config, steps_per_epoch=5)
+    config = TrainConfig(schedule="cosine", learning_rate=1.0, epochs=2)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=5)
     assert float(schedule(0)) == 1.0 and float(schedule(5)) == pytest.approx(0.5) and float(schedule(10)) == 0.0
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        train.learning_rate_schedule(config)
+        optim.learning_rate_schedule(config)
 
 
 def test_frozen_groups_do_not_move():
-    config = train.TrainConfig(model="encoder_classifier", input_norm="unit", trainable=("head",))
+    config = TrainConfig(model="encoder_classifier", input_norm="unit", trainable=("head",))
     model = models.get_model("encoder_classifier")
-    state = train.create_train_state(model, train.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
+    state = steps.create_train_state(model, optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
     split = synthetic_split(32)
     batch = {"image": split.images, "label": split.labels, "mask": np.ones(32, bool)}
-    new, _ = jax.jit(train.train_step, static_argnames="spec")(state, batch, spec=config.step_config())
+    new, _ = jax.jit(steps.train_step, static_argnames="spec")(state, batch, spec=config.step_config())
     jax.tree.map(np.testing.assert_array_equal, new.params["encoder"], state.params["encoder"])
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params["head"], state.params["head"])
     assert all(jax.tree.leaves(moved))
 
 
 def test_unknown_trainable_group_is_named():
-    tx = train.make_optimizer(train.TrainConfig(trainable=("decoder",)))
+    tx = optim.make_optimizer(TrainConfig(trainable=("decoder",)))
     with pytest.raises(ValueError, match="'decoder'.*not parameter groups"):
         tx.init({"encoder": jnp.zeros(1), "head": jnp.zeros(1)})
 
 
 def test_every_optimizer_reports_its_learning_rate():
-    for optimizer in train.OPTIMIZERS:
-        config = train.TrainConfig(optimizer=optimizer, learning_rate=0.25, trainable=("a",))
-        tx = train.make_optimizer(config)
-        assert train.current_learning_rate(tx.init({"a": jnp.zeros(1), "b": jnp.zeros(1)})) == 0.25
+    for optimizer in OPTIMIZERS:
+        config = TrainConfig(optimizer=optimizer, learning_rate=0.25, trainable=("a",))
+        tx = optim.make_optimizer(config)
+        assert optim.current_learning_rate(tx.init({"a": jnp.zeros(1), "b": jnp.zeros(1)})) == 0.25
 
 
 def test_an_autoencoder_learns_on_synthetic_digits(tmp_path, synthetic_splits):
-    config = train.TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=3,
+    config = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=3,
                                batch_size=32, weight_decay=0.0, log_every_steps=5)
     result = train.train_and_evaluate(config, models.get_model("conv_ae"), synthetic_splits, tmp_path,
                                       experiment="ae", progress=False)

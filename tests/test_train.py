@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_jax import models, parallel, pipeline, train
+from mnist_jax import models, optim, parallel, pipeline, placement, steps, train
+from mnist_jax.config import TrainConfig
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import (assert_runs_agree, assert_weights_agree, plain_sgd_cnn, small_run_config,
@@ -18,8 +19,8 @@ from tests.conftest import (assert_runs_agree, assert_weights_agree, plain_sgd_c
 
 @pytest.fixture
 def state():
-    config = train.TrainConfig()
-    return train.create_train_state(models.get_model("cnn"), train.make_optimizer(config), 0,
+    config = TrainConfig()
+    return steps.create_train_state(models.get_model("cnn"), optim.make_optimizer(config), 0,
                                     jnp.zeros((1, 28, 28, 1)))
 
 
@@ -30,7 +31,7 @@ def batch():
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
-    step = train.make_train_step(StepConfig())
+    step = steps.make_train_step(StepConfig())
     losses = []
     for _ in range(15):
         state, m = step(state, batch)
@@ -41,7 +42,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
 
 def test_step_compiles_once_across_steps(state, batch):
     mesh = parallel.data_mesh()
-    step = train.make_train_step(StepConfig(noise=NoiseConfig("gaussian", 0.1)), mesh)
+    step = steps.make_train_step(StepConfig(noise=NoiseConfig("gaussian", 0.1)), mesh)
     state = parallel.replicate(state, mesh)  # As fit() places it.
     for i in range(4):
         partial = dict(batch, mask=np.arange(64) < 64 - 10 * i)  # a padded last batch too
@@ -50,7 +51,7 @@ def test_step_compiles_once_across_steps(state, batch):
 
 
 def test_step_is_pure(state, batch):
-    step = jax.jit(train.train_step, static_argnames="spec")
+    step = jax.jit(steps.train_step, static_argnames="spec")
     first, m1 = step(state, batch, spec=StepConfig(noise=NoiseConfig("gaussian", 0.2)))
     again, m2 = step(state, batch, spec=StepConfig(noise=NoiseConfig("gaussian", 0.2)))
     np.testing.assert_array_equal(m1["loss_sum"], m2["loss_sum"])
@@ -58,7 +59,7 @@ def test_step_is_pure(state, batch):
 
 
 def test_every_step_gets_new_dropout_keys(state):
-    keys = {tuple(np.asarray(train.step_keys(state.key, jnp.asarray(s))[0])) for s in range(100)}
+    keys = {tuple(np.asarray(steps.step_keys(state.key, jnp.asarray(s))[0])) for s in range(100)}
     assert len(keys) == 100
 
 
@@ -71,7 +72,7 @@ def test_padding_does_not_change_the_update(state, batch):
     sgd = optax.sgd(1.0)
     no_dropout = state.replace(apply_fn=models.get_model("cnn", conv_dropout=0.0, fc_dropout=0.0).apply,
                                tx=sgd, opt_state=sgd.init(state.params))
-    step = jax.jit(train.train_step, static_argnames="spec")
+    step = jax.jit(steps.train_step, static_argnames="spec")
     small = {k: v[:40] for k, v in batch.items()}
     padded = dict(batch, mask=np.arange(64) < 40)
     a, ma = step(no_dropout, small, spec=StepConfig())
@@ -84,7 +85,7 @@ def test_padding_does_not_change_the_update(state, batch):
 
 def test_evaluate_scores_every_example(state):
     split = synthetic_split(130)
-    result = train.evaluate(state, split, batch_size=64)
+    result = steps.evaluate(state, split, batch_size=64)
     assert result["predictions"].shape == (130,)
     expected = (result["predictions"] == split.labels).mean()
     assert result["accuracy"] == pytest.approx(expected)
@@ -92,8 +93,8 @@ def test_evaluate_scores_every_example(state):
 
 def test_optimizer_is_pytorch_adam_with_l2():
     """Adam with weight_decay in PyTorch adds wd * param to the gradient first."""
-    config = train.TrainConfig(learning_rate=0.1, weight_decay=0.5)
-    tx = train.make_optimizer(config)
+    config = TrainConfig(learning_rate=0.1, weight_decay=0.5)
+    tx = optim.make_optimizer(config)
     params = {"w": jnp.array([2.0])}
     updates, _ = tx.update({"w": jnp.array([0.0])}, tx.init(params), params)
     # Gradient 0 + 0.5 * 2 = 1; Adam's first step moves by -lr * sign.
@@ -104,7 +105,7 @@ def test_optimizer_is_pytorch_adam_with_l2():
                                           ("val_fraction", 1.0)])
 def test_bad_config_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
-        dataclasses.replace(train.TrainConfig(), **{field: value})
+        dataclasses.replace(TrainConfig(), **{field: value})
 
 
 @pytest.mark.parametrize("model_name", ["cnn", "vit", "conv_ae"])
@@ -112,15 +113,15 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
     """--dtype bfloat16: convolutions and matmuls in bf16; parameters,
     optimizer state, batch-norm statistics and the loss stay float32."""
     task = "reconstruct" if model_name == "conv_ae" else "classify"
-    config = train.TrainConfig(model=model_name, task=task, dtype="bfloat16",
+    config = TrainConfig(model=model_name, task=task, dtype="bfloat16",
                                input_norm="unit" if task == "reconstruct" else "mnist")
     small = {"vit": {"depth": 2, "dim": 64}}.get(model_name, {})  # Same layers, less to compile.
     model = models.get_model(model_name, **small)
-    state = train.create_train_state(model, train.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
+    state = steps.create_train_state(model, optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
     split = synthetic_split(16)
     batch = {"image": split.images, "label": split.labels, "mask": np.ones(16, bool)}
     spec = config.step_config()
-    step = jax.jit(train.train_step, static_argnames="spec")
+    step = jax.jit(steps.train_step, static_argnames="spec")
     hlo = step.lower(state, batch, spec=spec).as_text()
     assert "bf16" in hlo and ("convolution" in hlo or "dot_general" in hlo)
     new, metrics = step(state, batch, spec=spec)
@@ -134,13 +135,13 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
 
 
 def test_float32_programs_carry_no_casts(state, batch):
-    hlo = jax.jit(train.train_step, static_argnames="spec").lower(state, batch, spec=StepConfig()).as_text()
+    hlo = jax.jit(steps.train_step, static_argnames="spec").lower(state, batch, spec=StepConfig()).as_text()
     assert "bf16" not in hlo
 
 
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="compute dtype 'float16'"):
-        train.TrainConfig(dtype="float16")
+        TrainConfig(dtype="float16")
 
 
 def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_splits):
@@ -155,12 +156,12 @@ def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_spli
     assert not masks[1].all()
 
     host, host_metrics = initial_state(), []
-    step = train.make_train_step(spec, mesh)
+    step = steps.make_train_step(spec, mesh)
     for i, m in zip(indices, masks):
         host, metrics = step(host, parallel.shard_batch(pipeline.gather_batch(split.images, split.labels, i, m), mesh))
         host_metrics.append(metrics)
     data = parallel.replicate({"image": split.images, "label": split.labels}, mesh)
-    device, device_metrics = train.make_device_train_steps(spec, mesh)(
+    device, device_metrics = steps.make_device_train_steps(spec, mesh)(
         initial_state(), data, *parallel.shard_steps((indices, masks), mesh))
     for k, metrics in enumerate(host_metrics):
         for key, value in metrics.items():
@@ -171,37 +172,37 @@ def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_spli
 def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_path):
     """The lax.scan epoch gives the per-step path's numbers."""
     results = {}
-    for placement in ("host", "device"):
-        config = small_run_config(epochs=1, data_placement=placement)
-        results[placement] = train.train_and_evaluate(
-            config, models.get_model("cnn"), synthetic_splits, tmp_path / placement, experiment="test",
+    for where in ("host", "device"):
+        config = small_run_config(epochs=1, data_placement=where)
+        results[where] = train.train_and_evaluate(
+            config, models.get_model("cnn"), synthetic_splits, tmp_path / where, experiment="test",
             progress=False)
-        assert results[placement]["data_placement"] == placement
+        assert results[where]["data_placement"] == where
     host, device = results["host"], results["device"]
     assert_runs_agree(device["history"], host["history"])  # Fusion differs: not bitwise.
     assert_weights_agree(device["state"].params, host["state"].params, max_move=10 * 1e-3)  # 10 steps, lr 1e-3.
 
 
 def test_auto_placement_puts_mnist_on_accelerators_and_keeps_cpu_on_the_host(synthetic_splits):
-    auto, mnist = train.TrainConfig(), synthetic_splits.train
+    auto, mnist = TrainConfig(), synthetic_splits.train
     gpu = types.SimpleNamespace(platform="gpu", memory_stats=lambda: {"bytes_limit": 16 << 30})
     gpu_mesh = types.SimpleNamespace(devices=np.array([gpu]))
-    assert train.resolve_data_placement(auto, mnist, gpu_mesh) == "device"
+    assert placement.resolve_data_placement(auto, mnist, gpu_mesh) == "device"
     # 5 GiB of images (not allocated): more than a quarter of the GPU's 16 GiB.
     huge = types.SimpleNamespace(images=np.broadcast_to(np.zeros((), np.uint8), (5 << 30,)),
                                  labels=np.zeros(1, np.int32))
-    assert train.resolve_data_placement(auto, huge, gpu_mesh) == "host"
-    assert train.resolve_data_placement(auto, mnist, parallel.data_mesh()) == "host"  # This CPU.
-    forced = train.TrainConfig(data_placement="device")
-    assert train.resolve_data_placement(forced, mnist, parallel.data_mesh()) == "device"
+    assert placement.resolve_data_placement(auto, huge, gpu_mesh) == "host"
+    assert placement.resolve_data_placement(auto, mnist, parallel.data_mesh()) == "host"  # This CPU.
+    forced = TrainConfig(data_placement="device")
+    assert placement.resolve_data_placement(forced, mnist, parallel.data_mesh()) == "device"
 
 
 def test_onecycle_schedule_warms_up_to_the_peak_then_anneals():
-    config = train.TrainConfig(schedule="onecycle", learning_rate=1e-2, epochs=2)
-    lr = train.learning_rate_schedule(config, steps_per_epoch=50)  # 100 steps in all.
+    config = TrainConfig(schedule="onecycle", learning_rate=1e-2, epochs=2)
+    lr = optim.learning_rate_schedule(config, steps_per_epoch=50)  # 100 steps in all.
     rates = np.array([float(lr(s)) for s in range(101)])
     assert rates[0] == pytest.approx(1e-2 / 25)  # OneCycleLR's div_factor.
     assert int(np.argmax(rates)) == 25 and rates.max() == pytest.approx(1e-2)
     assert np.all(np.diff(rates[:26]) > 0) and np.all(np.diff(rates[25:]) <= 0) and rates[-1] < 1e-5
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        train.learning_rate_schedule(config)
+        optim.learning_rate_schedule(config)

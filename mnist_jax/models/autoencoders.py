@@ -7,7 +7,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 from mnist_jax.models.layers import Conv, ConvTranspose, max_pool
 
 
@@ -15,6 +16,7 @@ def _dense(features: int, **kw) -> nn.Dense:
     return nn.Dense(features, kernel_init=torch_kernel_init, **kw)
 
 
+@register("linear_ae")
 class LinearAutoencoder(nn.Module):
     """Report 001: 784 -> 128 (ReLU) -> 784 (sigmoid). 201,616 parameters."""
 
@@ -87,6 +89,7 @@ class ConvDecoder(nn.Module):
         return nn.sigmoid(torch_conv_transpose(1, 5, 2, 0, 1)(x))  # (B, 28, 28, 1)
 
 
+@register("conv_ae")
 class ConvAutoencoder(nn.Module):
     """ConvEncoder -> ConvDecoder; parameter groups "encoder" and "decoder"."""
 
@@ -105,6 +108,7 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(z)
 
 
+@register("denoising_ae")
 class DenoisingAutoencoder(nn.Module):
     """Report 000's denoiser: strided convolutions down, transposed ones back up.
 
@@ -162,6 +166,7 @@ class MLPHead(nn.Module):
         return _dense(self.num_classes)(z)
 
 
+@register("encoder_classifier")
 class EncoderClassifier(nn.Module):
     """Report 003's Classifier: the (pretrained) ConvEncoder and an MLP.
 
@@ -185,6 +190,7 @@ class EncoderClassifier(nn.Module):
         return self.head(z, train=train)  # (B, 10)
 
 
+@register("classifier_decoding")
 class ClassifierDecoding(EncoderClassifier):
     """Report 003's ClassifierDecoding: one encoder feeding both an MLP and
     the decoder, fine-tuned on cross-entropy plus reconstruction MSE (task

@@ -1,11 +1,12 @@
 """The 3-conv CNN of report 004 ("Lab 2", Part 1)."""
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 from mnist_jax.models.layers import BatchNorm, Conv, Dropout, max_pool
 
 
@@ -27,6 +28,7 @@ class ConvBlock(nn.Module):
         return Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
+@register("cnn")
 class CNN(nn.Module):
     """Conv(32) -> Conv(64) -> Conv(128) -> FC 1152 -> 256 -> 128 -> 10.
 
@@ -38,6 +40,8 @@ class CNN(nn.Module):
       conv_dropout: dropout after each pooling.
       fc_dropout: dropout after each hidden FC layer.
     """
+
+    dropout_fields: ClassVar[tuple[str, ...]] = ("conv_dropout", "fc_dropout")
 
     features: Sequence[int] = (32, 64, 128)
     hidden: Sequence[int] = (256, 128)

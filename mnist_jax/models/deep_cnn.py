@@ -1,11 +1,12 @@
 """The deep CNN of report 004 ("Faster R-CNN adapted" to classification)."""
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 from mnist_jax.models.layers import BatchNorm, Conv, Dropout, max_pool
 
 
@@ -23,6 +24,7 @@ class ConvBNReLU(nn.Module):
         return nn.relu(x)
 
 
+@register("deep_cnn")
 class DeepCNN(nn.Module):
     """Three blocks of two conv layers (64-64, 128-128, 256-256), each block
     ending in 2x2 max-pooling, then FC 256*3*3 -> 512 -> 10.
@@ -31,6 +33,8 @@ class DeepCNN(nn.Module):
     CNN's dropout (0.25 after each pooling, 0.5 after the hidden FC layer)
     is kept. 2,331,338 parameters.
     """
+
+    dropout_fields: ClassVar[tuple[str, ...]] = ("conv_dropout", "fc_dropout")
 
     features: Sequence[int] = (64, 128, 256)
     hidden: int = 512

@@ -1,11 +1,15 @@
 """The simple CNN of report 000: two conv layers, ReLU, max-pool, dropout, one FC layer."""
 
+from typing import ClassVar
+
 import flax.linen as nn
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 from mnist_jax.models.layers import Conv, Dropout, max_pool
 
 
+@register("simple_cnn")
 class SimpleCNN(nn.Module):
     """Conv(32) -> ReLU -> pool -> Conv(64) -> ReLU -> pool -> dropout -> FC 3136 -> 10.
 
@@ -16,6 +20,8 @@ class SimpleCNN(nn.Module):
       features: filters of the two 3x3 (padding 1) conv layers.
       dropout: rate before the FC layer.
     """
+
+    dropout_fields: ClassVar[tuple[str, ...]] = ("dropout",)
 
     features: tuple[int, int] = (32, 64)
     num_classes: int = 10

@@ -5,10 +5,12 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 from mnist_jax.models.layers import BatchNorm, Conv, max_pool
 
 
+@register("speed_cnn")
 class SpeedCNN(nn.Module):
     """Conv 5x5 (24) -> BN -> ReLU -> pool -> Conv 5x5 (32) -> BN -> ReLU -> pool
     -> FC 512 -> 256 -> 10; no padding, no dropout. 153,866 parameters.

@@ -1,10 +1,13 @@
 """A Vision Transformer from scratch (report 004, Part 2)."""
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 from mnist_jax.models.layers import Dropout
 
 _embedding_init = nn.initializers.truncated_normal(0.02)
@@ -53,11 +56,14 @@ class TransformerBlock(nn.Module):
         return x + Dropout(self.dropout, deterministic=not train)(h), weights
 
 
+@register("vit")
 class ViT(nn.Module):
     """4x4 patches (49 of them) -> dim 128, a CLS token and learned positions,
     6 pre-norm blocks of 8 heads (MLP ratio 4, dropout 0.1), LayerNorm ->
     Linear on the CLS token. 1,199,882 parameters.
     """
+
+    dropout_fields: ClassVar[tuple[str, ...]] = ("dropout",)
 
     patch_size: int = 4
     dim: int = 128

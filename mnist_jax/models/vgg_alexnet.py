@@ -17,13 +17,15 @@ can be computed once and the classifier trained on them alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax.models.init import torch_kernel_init
+from mnist_jax.models import register
+from mnist_jax.models.initializers import torch_kernel_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -214,3 +216,7 @@ class CachedFeaturesNet(nn.Module):
 
 def head_for(model: TransferNet) -> CachedFeaturesNet:
     return CachedFeaturesNet(model.arch, model.num_classes, model.hidden, model.dropout)
+
+
+register("vgg16", functools.partial(TransferNet, arch="vgg16"))
+register("alexnet", functools.partial(TransferNet, arch="alexnet"))

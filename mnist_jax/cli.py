@@ -1,7 +1,12 @@
-"""What every experiment shares: flags, data, run dir, the final table.
+"""The experiments' command line: flags, the main skeleton, data, run dir, the final table.
 
 An experiment module holds its config, the report's reference numbers and a
-`main()` that calls `run_experiment` (or builds on its parts).
+`main()` that calls `run_experiment`, or builds on its parts: `start`
+parses the flags and turns a bad value into a usage error before any data
+is loaded or anything compiled; `load_mnist_or_exit` loads the data;
+`training_errors` ends a run that cannot go on with its message.
+The library's other modules take configs and return results: argparse is
+used here, under experiments/, and in `python -m mnist_jax.predict` only.
 """
 
 from __future__ import annotations
@@ -13,17 +18,19 @@ import datetime
 import logging
 import pathlib
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from mnist_jax import data as data_lib, parallel
+from mnist_jax import sources
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.figures import FILES as FIGURE_FILES
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
-from mnist_jax.train import (DATA_PLACEMENTS, NonFiniteLossError, ResumeError, TrainConfig, TrainingInterrupted,
-                             train_and_evaluate)
+from mnist_jax.config import DATA_PLACEMENTS, ResumeError, TrainConfig
+from mnist_jax.faults import NonFiniteLossError, TrainingInterrupted
+from mnist_jax.train import train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
 
@@ -158,6 +165,20 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
                       *map(line, rows)])
 
 
+def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+          prepare: Callable[[argparse.Namespace], Any] = lambda args: None) -> tuple[argparse.Namespace, Any]:
+    """The start of every experiment's main: `setup()`, the flags parsed,
+    then `prepare(args)` (configs, the run dir: whatever checks the flags);
+    a ValueError or ResumeError it raises is a usage error (exit status 2)
+    with its message. Returns (args, what prepare returned)."""
+    setup()
+    args = parser.parse_args(argv)
+    try:
+        return args, prepare(args)
+    except (ValueError, ResumeError) as e:
+        parser.error(str(e))
+
+
 def setup() -> None:
     """Logging, and jax.distributed where the environment asks for it
     (mnist_jax.parallel.initialize_distributed): before anything uses JAX."""
@@ -188,7 +209,7 @@ def training_errors(parser: argparse.ArgumentParser):
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
     """MNIST from the data flags; a DataError is printed and exits with status 1."""
     try:
-        return data_lib.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
+        return sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
@@ -227,15 +248,14 @@ def run_experiment(
     argv: Sequence[str] | None = None,
 ) -> dict:
     """Parses flags, trains and evaluates, prints the report-vs-ours table."""
-    setup()
     parser = build_parser(name, description)
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args, config, quick)
-        model = get_model(config.model, **(model_kwargs or {}))
-        workdir = resolve_workdir(name, args.workdir, args.resume)
-    except (ValueError, ResumeError) as e:
-        parser.error(str(e))
+
+    def prepare(args):
+        run_config = config_from_args(args, config, quick)
+        return run_config, get_model(run_config.model, **(model_kwargs or {})), \
+            resolve_workdir(name, args.workdir, args.resume)
+
+    args, (config, model, workdir) = start(parser, argv, prepare)
     splits, source = load_splits(args, config)
     print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
           f"examples from {source}; run dir {workdir}", flush=True)

@@ -1,8 +1,8 @@
 """Few labels: report 003's classifiers on its pretrained convolutional encoder.
 
-    python -m experiments.transfer           # 100, 300, 1,000, 3,000 labels; about 22 min on 2 CPU cores
-    python -m experiments.transfer --quick   # 100 labels, a short pretraining: a smoke test
-    python -m experiments.transfer --labels 50 500 --steps 1000
+    python -m experiments.few_labels           # 100, 300, 1,000, 3,000 labels; about 22 min on 2 CPU cores
+    python -m experiments.few_labels --quick   # 100 labels, a short pretraining: a smoke test
+    python -m experiments.few_labels --labels 50 500 --steps 1000
 
 1. Pretrain the convolutional autoencoder (latent 12) on the training
    images, without labels (as experiments.conv_ae).
@@ -14,7 +14,7 @@
      cls-decoding pretrained encoder and decoder + MLP, trained on
                   cross-entropy + reconstruction MSE (ClassifierDecoding)
 3. A table of test accuracy (n x method), a plot against n
-   (accuracy_vs_labels.png, TensorBoard) and transfer.json.
+   (accuracy_vs_labels.png, TensorBoard) and few_labels.json.
 
 Every run keeps its checkpoints under <workdir>/n<labels>/<method>;
 --resume skips the finished runs and continues the interrupted one.
@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 
-from mnist_jax import data as data_lib, summaries, viz
-from mnist_jax import parallel
-from mnist_jax.experiment import add_run_flags, load_mnist_or_exit, resolve_workdir, setup, training_errors
+from mnist_jax import data as data_lib, parallel, rundir, summaries, viz
+from mnist_jax.cli import add_run_flags, load_mnist_or_exit, resolve_workdir, start, training_errors
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import num_batches
-from mnist_jax.train import ResumeError, TrainConfig, train_and_evaluate, write_json
+from mnist_jax.config import TrainConfig
+from mnist_jax.files import write_json
+from mnist_jax.train import train_and_evaluate
 
 
 @dataclasses.dataclass(frozen=True)
-class TransferConfig:
+class FewLabelsConfig:
     labels: tuple[int, ...] = (100, 300, 1000, 3000)
     steps: int = 600  # Optimizer steps of every labelled run, whatever n.
     val_size: int = 500  # Labelled validation images for checkpoint selection.
@@ -57,8 +57,8 @@ class TransferConfig:
             raise ValueError(f"steps must be >= 1 and val_size >= 10, got {self.steps}, {self.val_size}")
 
 
-CONFIG = TransferConfig()
-QUICK = TransferConfig(
+CONFIG = FewLabelsConfig()
+QUICK = FewLabelsConfig(
     labels=(100,), steps=40, val_size=200,
     pretrain=dataclasses.replace(CONFIG.pretrain, epochs=1, train_size=3000, test_size=500,
                                  log_every_steps=10, checkpoint_every_steps=1000),
@@ -85,18 +85,17 @@ def pretrained_groups(method: str, autoencoder_params: dict) -> dict | None:
 
 
 def _finished(run_dir: pathlib.Path) -> dict | None:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return rundir.read_summary(run_dir) if rundir.is_finished(run_dir) else None
 
 
-def run(config: TransferConfig, splits: data_lib.Splits, workdir: pathlib.Path, *,
+def run(config: FewLabelsConfig, splits: data_lib.Splits, workdir: pathlib.Path, *,
         resume: bool, progress: bool, source: str) -> dict:
     """Pretrains, then trains every (n, method); returns the results table."""
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"pretraining the convolutional autoencoder on {len(splits.train)} unlabelled images", flush=True)
     pretrain_dir = workdir / "pretrain"
     pre = train_and_evaluate(config.pretrain, get_model("conv_ae"), splits, pretrain_dir,
-                             experiment="transfer/pretrain", resume=resume and pretrain_dir.exists(),
+                             experiment="few_labels/pretrain", resume=resume and pretrain_dir.exists(),
                              progress=progress)
     ae_params = pre["best_state"].params
     val = splits.val.take(data_lib.stratified_subset(splits.val.labels, config.val_size, config.seed))
@@ -114,7 +113,7 @@ def run(config: TransferConfig, splits: data_lib.Splits, workdir: pathlib.Path, 
                 print(f"\n{n} labels, {method}: {epochs} epochs of {steps_per_epoch} steps", flush=True)
                 cfg = method_config(config.classifier, method, epochs)
                 summary = train_and_evaluate(
-                    cfg, get_model(cfg.model), few, run_dir, experiment=f"transfer/n{n}/{method}",
+                    cfg, get_model(cfg.model), few, run_dir, experiment=f"few_labels/n{n}/{method}",
                     resume=resume and run_dir.exists(), progress=progress,
                     pretrained=pretrained_groups(method, ae_params),
                     extra={"labels": n, "method": method, "data_source": source},
@@ -137,38 +136,36 @@ def results_table(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    setup()
-    parser = argparse.ArgumentParser(prog="python -m experiments.transfer",
+    parser = argparse.ArgumentParser(prog="python -m experiments.few_labels",
                                      description="Report 003's pretrained-encoder classifiers with few labels.")
     add = parser.add_argument
     add("--labels", type=int, nargs="+", help="numbers of labelled training images (default 100 300 1000 3000)")
     add("--steps", type=int, help="optimizer steps of each labelled run (default 600)")
     add("--pretrain-epochs", type=int, help="autoencoder pretraining epochs (default 10)")
     add("--seed", type=int, help="seed for the subsets, init, shuffling and dropout")
-    add_run_flags(parser, "transfer", resume_help="skip finished runs, continue the interrupted one",
+    add_run_flags(parser, "few_labels", resume_help="skip finished runs, continue the interrupted one",
                   quick_help="2 label counts, short runs: a smoke test")
-    args = parser.parse_args(argv)
-    config = QUICK if args.quick else CONFIG
-    try:
+
+    def prepare(args):
+        config = QUICK if args.quick else CONFIG
         seed = config.seed if args.seed is None else args.seed
         # --dtype and --data-placement apply to every run of the experiment.
         shared = {k: getattr(args, k) for k in ("dtype", "data_placement") if getattr(args, k) is not None}
+        pretrain_epochs = config.pretrain.epochs if args.pretrain_epochs is None else args.pretrain_epochs
         config = dataclasses.replace(
             config,
             labels=tuple(args.labels) if args.labels else config.labels,
             steps=config.steps if args.steps is None else args.steps,
             seed=seed,
-            pretrain=dataclasses.replace(config.pretrain, seed=seed,
-                                         epochs=config.pretrain.epochs if args.pretrain_epochs is None else args.pretrain_epochs,
-                                         **shared),
+            pretrain=dataclasses.replace(config.pretrain, seed=seed, epochs=pretrain_epochs, **shared),
             classifier=dataclasses.replace(config.classifier, seed=seed, **shared),
         )
         mesh = parallel.data_mesh()
         for part in (config.pretrain, config.classifier):
             parallel.check_batch_size(part.batch_size, mesh, "training batch size")
-        workdir = resolve_workdir("transfer", args.workdir, args.resume)
-    except (ValueError, ResumeError) as e:
-        parser.error(str(e))
+        return config, seed, resolve_workdir("few_labels", args.workdir, args.resume)
+
+    args, (config, seed, workdir) = start(parser, argv, prepare)
     mnist = load_mnist_or_exit(args)
     p = config.pretrain
     splits = data_lib.make_splits(mnist, val_fraction=p.val_fraction, seed=seed, train_size=p.train_size,
@@ -182,14 +179,14 @@ def main(argv=None) -> dict:
     image = viz.figure_to_array(viz.accuracy_vs_labels_figure(curves))
     viz.save_png(image, workdir / "accuracy_vs_labels.png")
     with summaries.MetricWriter(workdir / "tensorboard") as writer:
-        writer.image("transfer/accuracy_vs_labels", 0, image)
+        writer.image("few_labels/accuracy_vs_labels", 0, image)
     results = {"config": dataclasses.asdict(config), "test_images": len(splits.test), **results}
-    write_json(workdir / "transfer.json", results)
+    write_json(workdir / "few_labels.json", results)
     print(f"\nTest accuracy ({len(splits.test)} test images) after {config.steps} steps per run; "
           f"autoencoder test MSE {results['pretrain']['test']['mse']:.5f}.")
     print("Report 003 publishes no number for this comparison.\n")
     print(results_table(results))
-    print(f"\ntransfer.json, accuracy_vs_labels.png and every run's directory are in {workdir}")
+    print(f"\nfew_labels.json, accuracy_vs_labels.png and every run's directory are in {workdir}")
     return results
 
 

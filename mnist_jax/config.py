@@ -1,0 +1,173 @@
+"""The training config: everything that decides a run's numbers, and what a
+resumed run may change without changing them.
+
+A `TrainConfig` is frozen data: experiments declare theirs as module
+constants, flags override fields with `dataclasses.replace`, and the dict
+`to_dict` gives is what metrics.json and every checkpoint hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from mnist_jax.pipeline import NoiseConfig
+from mnist_jax.tasks import StepConfig
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+# "device": the training set lives on the devices and steps run in lax.scan;
+# "host": batches gathered on the host, one jitted call a step;
+# "auto": "device" on GPU and TPU where the set fits (parallel.fits_on_devices),
+#   "host" on CPU, where XLA runs a convolution inside a while loop far
+#   slower than outside one (docs/performance.md), and dispatch costs little.
+DATA_PLACEMENTS = ("auto", "device", "host")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's numbers.
+
+    Defaults are report 004's CNN settings.
+    """
+
+    model: str = "cnn"
+    task: str = "classify"  # See mnist_jax.tasks.
+    input_norm: str = "mnist"  # "mnist" statistics, or "unit": pixels in [0, 1].
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    learning_rate: float = 1e-3
+    # "adam": torch.optim.Adam, weight decay as L2 added to the gradient;
+    # "adamw": decoupled weight decay (torch.optim.AdamW);
+    # "sgd": torch.optim.SGD with `momentum`, L2 as Adam's.
+    optimizer: str = "adam"
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    # "cosine": from learning_rate to 0 over the run, per step; "onecycle":
+    # up to learning_rate over the first 25 % of the steps, then down to ~0
+    # (torch.optim.lr_scheduler.OneCycleLR's cosine form).
+    schedule: str = "constant"
+    # Top-level parameter groups that train; the others stay frozen
+    # (optax.set_to_zero). Empty: everything trains.
+    trainable: tuple[str, ...] = ()
+    recon_weight: float = 1.0  # "classify_decode": CE + recon_weight * MSE.
+    # Compute dtype: "float32", or "bfloat16" with float32 parameters,
+    # optimizer state and loss (mnist_jax.precision).
+    dtype: str = "float32"
+    data_placement: str = "auto"  # One of DATA_PLACEMENTS.
+    seed: int = 0
+    # Seed of the train/validation split; None: `seed`. A sweep fixes it, so
+    # that trials with other seeds are all scored on one validation set.
+    split_seed: int | None = None
+    val_fraction: float = 0.1
+    noise: NoiseConfig = NoiseConfig()
+    # Stratified subsets for quick runs and tests; None = the whole split.
+    train_size: int | None = None
+    test_size: int | None = None
+    log_every_steps: int = 100
+    # The checkpoint policy (mnist_jax.loop.CheckpointPolicy): a latest
+    # checkpoint every `checkpoint_every_steps` steps and at each epoch's
+    # end, the newest `keep_checkpoints` kept; the best `keep_best` by the
+    # task's validation metric (tasks.StepConfig.selection).
+    checkpoint_every_steps: int = 500
+    keep_checkpoints: int = 3
+    keep_best: int = 1
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                    "checkpoint_every_steps", "keep_checkpoints", "keep_best")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.data_placement not in DATA_PLACEMENTS:
+            raise ValueError(f"unknown data_placement {self.data_placement!r}; choose one of {DATA_PLACEMENTS}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        self.step_config()  # Validates task, input_norm and recon_weight.
+
+    @property
+    def data_seed(self) -> int:
+        """The seed that splits the data (split_seed, else seed)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    def step_config(self) -> StepConfig:
+        return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
+                          recon_weight=self.recon_weight, dtype=self.dtype)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def flat_hparams(config: TrainConfig) -> dict:
+    """The config as flat scalars for TensorBoard's HParams dashboard."""
+    flat = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, (list, tuple)):
+            flat[key] = ",".join(map(str, value)) or "all"
+        elif value is not None:
+            flat[key] = value
+    return flat
+
+
+def config_from_dict(saved: dict) -> TrainConfig:
+    """The TrainConfig that `TrainConfig.to_dict` wrote (as metrics.json and
+    checkpoints hold it). Raises ValueError for fields this version lacks."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"config fields {unknown} are unknown to this version of mnist_jax "
+                         "(the run was written by a newer one?)")
+    values = dict(saved)
+    if isinstance(values.get("noise"), dict):
+        values["noise"] = NoiseConfig(**values["noise"])
+    return TrainConfig(**values)
+
+
+class ResumeError(Exception):
+    """A run cannot be resumed as asked."""
+
+
+# Config fields a resumed run may change without changing its numbers
+# (data_placement: beyond float rounding).
+RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                     "keep_best", "eval_batch_size", "data_placement")
+
+
+def config_differences(saved: dict, config: TrainConfig) -> str:
+    """"field: saved X, now Y" for each field that changes a run's numbers; "" if none."""
+    current = json.loads(json.dumps(config.to_dict()))
+    # Fields added since the checkpoint was written read as their defaults.
+    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
+    free = set(RESUMABLE_CHANGES)
+    if config.schedule != "constant":
+        free.discard("epochs")  # The schedule's length is the run's length.
+    changed = sorted(
+        k for k in set(saved) | set(current)
+        if k not in free and saved.get(k) != current.get(k)
+    )
+    return ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
+
+
+def check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Raises ResumeError when `config` would change the numbers of the run
+    whose checkpoint holds `saved` (its config as a dict)."""
+    detail = config_differences(saved, config)
+    if detail:
+        raise ResumeError(
+            f"cannot resume: the config differs from the checkpoint's ({detail}). "
+            "Resume with the same settings, or start a new run in another --workdir."
+        )
