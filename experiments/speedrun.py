@@ -34,8 +34,7 @@ import time
 import jax
 
 from mnist_jax import data as data_lib, loop, models, parallel, steps
-from mnist_jax import sources
-from mnist_jax.cli import setup
+from mnist_jax.cli import load_mnist_or_exit, start
 from mnist_jax.config import TrainConfig
 
 # No checkpoints are saved; checkpoint_every_steps only sets how many steps
@@ -95,7 +94,6 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    setup()
     parser = argparse.ArgumentParser(prog="python -m experiments.speedrun", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 (default {SEEDS}; 1 with --quick)")
     parser.add_argument("--epochs", type=int, default=CONFIG.epochs)
@@ -104,20 +102,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="2,000 training images, 500 test: a smoke test")
     parser.add_argument("--data-dir", type=pathlib.Path)
     parser.add_argument("--idx-dir", type=pathlib.Path)
+    parser.add_argument("--no-download", action="store_true", help="never download MNIST")
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/speedrun/speedrun.json"))
-    args = parser.parse_args(argv)
-    base = QUICK if args.quick else CONFIG
-    try:
+
+    def prepare(args):
         args.seeds = (1 if args.quick else SEEDS) if args.seeds is None else args.seeds
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-        base = dataclasses.replace(base, epochs=args.epochs, batch_size=args.batch_size,
-                                   learning_rate=args.learning_rate)
+        base = dataclasses.replace(QUICK if args.quick else CONFIG, epochs=args.epochs,
+                                   batch_size=args.batch_size, learning_rate=args.learning_rate)
         mesh = parallel.data_mesh()
         parallel.check_batch_size(base.batch_size, mesh)
-        mnist = sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
-    except (ValueError, data_lib.DataError) as e:
-        parser.error(str(e))
+        return base, mesh
+
+    args, (base, mesh) = start(parser, argv, prepare)
+    mnist = load_mnist_or_exit(args)
     runs = [train_one(dataclasses.replace(base, seed=seed), mnist, mesh) for seed in range(args.seeds)]
     result = {
         "model": base.model, "epochs": base.epochs, "batch_size": base.batch_size,

@@ -101,6 +101,12 @@ def _is_sweep(path: pathlib.Path) -> bool:
     return (path / "sweep_config.json").is_file()
 
 
+def _with_defaults(definition: dict) -> dict:
+    """A sweep definition with the config fields added since it was written at their defaults."""
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    return {**definition, "base": {**defaults, **definition.get("base", {})}}
+
+
 def check_same_sweep(workdir: pathlib.Path, sweep: SweepConfig, resume: bool) -> None:
     """Records the sweep's definition; on --resume, refuses another definition."""
     path = workdir / "sweep_config.json"
@@ -109,7 +115,7 @@ def check_same_sweep(workdir: pathlib.Path, sweep: SweepConfig, resume: bool) ->
         if not resume:
             raise ResumeError(f"{workdir} already holds a sweep. Pass --resume to continue it, or choose "
                               "another --workdir; nothing was changed.")
-        if json.loads(path.read_text()) != current:
+        if _with_defaults(json.loads(path.read_text())) != _with_defaults(current):
             raise ResumeError(f"cannot resume: {path} defines another sweep. Resume with the same flags, "
                               "or start a new one in another --workdir.")
         return

@@ -103,6 +103,12 @@ class Single:
         return f"epoch {epoch + 1:>3}/{self.config.epochs}  {shown}"
 
 
+def _check_can_resume(ckpts: checkpoints.RunCheckpoints | None) -> None:
+    if ckpts is None or ckpts.latest_step() is None:
+        where = "this run keeps no checkpoints" if ckpts is None else f"no checkpoint in {ckpts.latest.directory}"
+        raise ResumeError(f"--resume: {where} to resume from.")
+
+
 def global_step(state) -> int:
     """The step a state is at (a stacked state's members all are at one step)."""
     return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
@@ -149,9 +155,7 @@ class _Loop:
 
     def resume(self) -> None:
         """Continues from the newest readable latest checkpoint, exactly where it stopped."""
-        if self.ckpts is None or self.ckpts.latest_step() is None:
-            where = "this run keeps no checkpoints" if self.ckpts is None else f"no checkpoint in {self.ckpts.latest.directory}"
-            raise ResumeError(f"--resume: {where} to resume from.")
+        _check_can_resume(self.ckpts)
         try:
             self.state, saved = self.ckpts.restore_latest(self.state)  # Damaged newer ones set aside.
         except checkpoints.CheckpointError as e:
@@ -328,6 +332,8 @@ def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | N
     """
     mesh = mesh or parallel.data_mesh()
     parallel.check_batch_size(members.config.batch_size, mesh, "training batch size")
+    if resume:
+        _check_can_resume(ckpts)  # Before the state's initialisation, which takes a while.
     run = _Loop(members, splits, ckpts, writers, mesh, progress=progress, on_step=on_step)
     if resume:
         run.resume()

@@ -21,6 +21,7 @@ def fresh_state(config=CONFIG):
     )
 
 
+@pytest.mark.slow
 def test_round_trip_restores_every_array(tmp_path):
     state = fresh_state()
     state = state.replace(step=jnp.asarray(7), params=jax.tree.map(lambda p: p + 1.5, state.params))
@@ -51,6 +52,7 @@ def run(config, splits, workdir, *, resume=False, stop_at=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement, stop_at", [
     ("host", 15),  # mid-epoch 2, off a checkpoint: steps 15 and 16 are replayed
     ("host", 10),  # an epoch's end
@@ -74,6 +76,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement,
     )
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten(tmp_path, synthetic_splits):
     config = dataclasses.replace(CONFIG, epochs=1)
     run(config, synthetic_splits, tmp_path)
@@ -83,6 +86,7 @@ def test_existing_run_is_never_overwritten(tmp_path, synthetic_splits):
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == saved
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path, synthetic_splits):
     config = dataclasses.replace(CONFIG, epochs=1)
     run(config, synthetic_splits, tmp_path)
@@ -90,6 +94,7 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic_splits):
         run(dataclasses.replace(config, learning_rate=0.1), synthetic_splits, tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_resume_can_extend_training(tmp_path, synthetic_splits):
     one = dataclasses.replace(CONFIG, epochs=1)
     run(one, synthetic_splits, tmp_path)
@@ -112,6 +117,7 @@ def test_leftover_tmp_folder_of_killed_save_is_cleared(tmp_path):
     assert [p.name for p in latest.iterdir() if p.name.isdigit()] == ["12"]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_apart_from_latest(tmp_path, synthetic_splits):
     config = dataclasses.replace(CONFIG, keep_checkpoints=1)
     result = run(config, synthetic_splits, tmp_path)

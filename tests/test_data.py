@@ -246,6 +246,7 @@ def test_real_mnist_from_tfds(real_mnist):
     assert set(np.unique(real_mnist.train.labels)) == set(range(10))
 
 
+@pytest.mark.slow
 def test_real_idx_files_hold_the_same_examples_as_tfds(real_mnist):
     from_idx = idx.load_idx_folder(REAL_IDX_DIR)  # MD5-verified against the originals.
     for ours, theirs in ((from_idx.train, real_mnist.train), (from_idx.test, real_mnist.test)):

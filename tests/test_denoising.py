@@ -48,6 +48,7 @@ print(hashlib.sha256(noisy.tobytes()).hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_fixed_test_noise_is_identical_in_another_process():
     """A separate run of Python (fresh JAX) makes byte-identical noisy test images."""
     import hashlib
@@ -87,6 +88,7 @@ def denoiser_state():
                                           jnp.zeros((1, 28, 28, 1)))
 
 
+@pytest.mark.slow
 def test_denoise_split_in_padded_batches_equals_one_batch(denoiser_state):
     config, state = denoiser_state
     split = denoising.noisy_copy(synthetic_split(23), NOISE, jax.random.PRNGKey(0))
@@ -107,6 +109,7 @@ def test_denoising_needs_a_reconstructing_model_and_images(denoiser_state):
         denoising.denoise_images(state, images.astype(np.float32), config.step_config())
 
 
+@pytest.mark.slow
 def test_denoiser_is_scored_against_clean_targets_and_learns(synthetic_splits, tmp_path):
     """Validation and test losses compare the outputs with the clean targets,
     not the noisy inputs; a short run already beats the noisy input's PSNR."""
@@ -125,6 +128,7 @@ def test_denoiser_is_scored_against_clean_targets_and_learns(synthetic_splits, t
     assert against_clean["psnr"] > noisy_quality["psnr"] + 3, (against_clean, noisy_quality)
 
 
+@pytest.mark.slow
 def test_restore_best_state_refuses_another_config(synthetic_splits, tmp_path):
     config = small_run_config(epochs=1)
     result = train.train_and_evaluate(config, get_model("cnn"), synthetic_splits, tmp_path,

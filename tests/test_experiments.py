@@ -35,6 +35,7 @@ def test_listing(capsys):
     assert all(f"{name}  " in out and summary in out for name, summary in experiments.summaries().items())
 
 
+@pytest.mark.slow
 def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_runs, capsys):
     run = quick_runs.get("cnn")
     summary, workdir = run["summary"], run["workdir"]
@@ -71,6 +72,7 @@ def test_missing_data_gives_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_benchmark_quick(tmp_path, real_mnist, capsys):
     result = benchmark.main(["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "b.json")])
     assert set(result["examples_per_second"]) == {"step_alone", "host_data", "device_data_scan"}
@@ -79,6 +81,7 @@ def test_benchmark_quick(tmp_path, real_mnist, capsys):
     assert "examples/s" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_path, real_mnist, capsys):
     result = benchmark.main(["--sweep", "--quick", "--strategies", "vmap", "--data-dir", str(REAL_TFDS_DIR),
                              "--output", str(tmp_path / "b.json")])
@@ -89,6 +92,7 @@ def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_p
     assert "together, vmapped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_processes(tmp_path, real_mnist, capsys):
     result = benchmark.main(["--vs-torch", "--quick", "--models", "linear_ae", "--data-dir", str(REAL_TFDS_DIR),
                              "--output", str(tmp_path / "vs.json")])
@@ -109,6 +113,7 @@ def test_benchmark_vs_torch_refuses_an_unknown_model(capsys):
     assert exit_info.value.code == 2 and "resnet" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_path, real_mnist, capsys):
     from experiments import speedrun
 
@@ -122,6 +127,7 @@ def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_
     assert "tuomaso" in out and f"{100 * run['test_accuracy']:.2f}%" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in experiments.model_experiments() if n != "cnn"])
 def test_quick_run_of_every_experiment(name, quick_runs):
     run = quick_runs.get(name)
@@ -143,6 +149,7 @@ def test_quick_run_of_every_experiment(name, quick_runs):
     assert all(np.isfinite(r["learning_rate"]) for r in saved["history"])
 
 
+@pytest.mark.slow
 def test_transfer_without_weights_is_labelled_random_init(quick_runs):
     run = quick_runs.get("alexnet")  # --quick defaults to --weights none.
     saved = json.loads((run["workdir"] / "metrics.json").read_text())
@@ -161,6 +168,7 @@ def test_transfer_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path, real_mnist):
     """A torchvision-layout file loads; cached features give the run the frozen network gives."""
     import torch
@@ -179,6 +187,7 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
     assert cached["test"]["accuracy"] == pytest.approx(direct["test"]["accuracy"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist, capsys):
     from experiments import few_labels
 
@@ -202,6 +211,7 @@ def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist
     assert again["runs"] == results["runs"]
 
 
+@pytest.mark.slow
 def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_path, real_mnist, capsys):
     from experiments import noisy
 

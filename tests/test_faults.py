@@ -100,6 +100,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(tm
     assert latest_steps(tmp_path) == [4, 8]
 
 
+@pytest.mark.slow
 @ORBAX_LEFTOVER
 def test_resume_past_a_damaged_checkpoint_ends_like_an_uninterrupted_run(tmp_path, synthetic_splits, caplog):
     reference = run(CONFIG, synthetic_splits, tmp_path / "straight")
@@ -115,6 +116,7 @@ def test_resume_past_a_damaged_checkpoint_ends_like_an_uninterrupted_run(tmp_pat
     assert resumed["test"]["accuracy"] == reference["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_when_every_checkpoint_is_damaged_resume_says_so_and_keeps_them(tmp_path, synthetic_splits):
     with pytest.raises(Interrupt):
         run(CONFIG, synthetic_splits, tmp_path, on_step=stop_at(5))
@@ -148,6 +150,7 @@ def test_a_step_saved_before_a_crash_is_kept_when_the_replay_reaches_it(tmp_path
 
 # --- NaN and infinite losses -------------------------------------------------
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp_path, synthetic_splits):
     # Plain SGD at 1e4: finite after the first update, NaN a few steps later.
     config = small_run_config(optimizer="sgd", momentum=0.0, learning_rate=1e4, checkpoint_every_steps=1,
@@ -184,6 +187,7 @@ def test_training_errors_end_a_command_line_run_with_a_message(capsys):
 
 # --- SIGINT / SIGTERM, and SIGKILL -------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_saves_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(
         tmp_path, synthetic_splits, signum):
@@ -232,6 +236,7 @@ def run_job(workdir, resume: bool, env: dict, *, stop_at_step: int | None = None
     return job.returncode, "".join(lines) + out, err
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_random_moments_and_resumed_ends_with_the_uninterrupted_parameters(tmp_path):
     # One compilation cache for the six processes: each loads the programs the first compiled.
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),

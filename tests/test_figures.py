@@ -106,6 +106,7 @@ def test_projector_embedding_with_labels_and_sprite_is_replaced_not_repeated(tmp
     assert not cells[20:].any()
 
 
+@pytest.mark.slow
 def test_no_figure_code_imports_pyplot():
     """Figures go through matplotlib's Agg canvas, never pyplot: no GUI
     backend is chosen and no window can open, also without a display."""

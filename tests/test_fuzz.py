@@ -95,6 +95,7 @@ def read_idx_or_data_error(content: bytes, name: str) -> None:
     assert array is None or (array.dtype == np.uint8 and 1 <= array.ndim <= 4)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.binary(max_size=512))
 def test_idx_reader_on_random_bytes(content):
@@ -144,6 +145,7 @@ def test_image_loader_on_random_bytes(content):
     load_or_image_error(content, "random.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(VALID_IMAGES))
 def test_image_loader_on_mutated_files(kind):
     @FUZZ

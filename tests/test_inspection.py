@@ -48,6 +48,7 @@ def test_embeddings_do_not_depend_on_batching():
     assert np.ptp(whole, axis=0).max() > 0  # Images differ, so their embeddings do.
 
 
+@pytest.mark.slow
 def test_feature_maps_are_every_convolution_in_call_order():
     cnn = inspection.feature_maps(state_of("cnn"), IMAGES[:2])
     assert list(cnn) == ["ConvBlock_0/Conv_0", "ConvBlock_1/Conv_0", "ConvBlock_2/Conv_0"]
@@ -68,6 +69,7 @@ def test_feature_maps_match_the_first_convolution_computed_by_hand():
     np.testing.assert_allclose(maps["Conv_0"], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_weights_are_per_layer_and_head_and_rows_sum_to_one():
     state = state_of("vit", dim=16, depth=2, num_heads=2)
     weights = inspection.attention_weights(state, IMAGES[:3])

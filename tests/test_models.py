@@ -41,6 +41,7 @@ def model_and_variables(request):
     return request.param, model, variables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("training", [False, True])
 def test_output_shapes_dtypes_and_finiteness(model_and_variables, batch, training):
@@ -59,13 +60,17 @@ def test_output_shapes_dtypes_and_finiteness(model_and_variables, batch, trainin
     jax.tree.map(lambda o: chex.assert_type(o, jnp.float32), out)
 
 
-def test_parameter_counts(model_and_variables):
-    name, _, variables = model_and_variables
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parameter_counts(name):
+    # The shapes alone (jax.eval_shape): nothing to compile or compute.
+    model = models.get_model(name, **MODELS[name][0])
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))
     expected = MODELS[name][2]
     if expected is not None:
         assert steps.count_params(variables["params"]) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["linear_ae", "conv_ae", "denoising_ae"])
 def test_reconstructions_are_in_the_unit_range(name):
     model = models.get_model(name)
@@ -74,6 +79,7 @@ def test_reconstructions_are_in_the_unit_range(name):
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_eval_is_deterministic_and_train_is_stochastic():
     model = models.get_model("cnn")
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
@@ -86,6 +92,7 @@ def test_eval_is_deterministic_and_train_is_stochastic():
     assert not np.allclose(train_logits(jax.random.PRNGKey(0)), train_logits(jax.random.PRNGKey(1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "deep_cnn"])
 def test_padding_is_kept_out_of_batch_norm(name):
     """A padded batch with a mask trains exactly like the unpadded one."""
@@ -101,6 +108,7 @@ def test_padding_is_kept_out_of_batch_norm(name):
     chex.assert_trees_all_close(stats_padded, stats, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vit_returns_its_attention_maps():
     model = models.get_model("vit", depth=2)
     x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
@@ -141,6 +149,7 @@ def test_unknown_model_is_refused():
         models.get_model("resnet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_mask", [False, True])
 def test_our_batch_norm_matches_flax(use_mask):
     """layers.BatchNorm (a (B,) mask, not one broadcast to the input) gives
@@ -173,6 +182,7 @@ def test_our_batch_norm_matches_flax(use_mask):
     chex.assert_trees_all_close(eval_ours, eval_flax, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 28, 28, 3), (2, 7, 7, 5)])
 def test_our_max_pool_matches_reduce_window(shape):
     import flax.linen as nn
@@ -187,6 +197,7 @@ def test_our_max_pool_matches_reduce_window(shape):
     chex.assert_trees_all_close(grad(lambda x: max_pool(x, 2)), grad(lambda x: nn.max_pool(x, (2, 2), (2, 2))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", [1, 3])  # One output channel takes the dilated form.
 def test_our_convolutions_match_flax_in_values_and_gradients(features):
     import flax.linen as nn

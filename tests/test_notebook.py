@@ -31,6 +31,7 @@ def test_notebook_is_clean_nbformat_4(notebook):
     assert [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
 
 
+@pytest.mark.slow
 def test_notebook_code_cells_run_on_cpu(notebook, real_mnist, tmp_path, monkeypatch, capsys):
     """Runs every code cell in order in one namespace, as a kernel would; after
     the cell tagged "parameters", --quick and the local data are injected (as

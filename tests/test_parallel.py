@@ -99,6 +99,7 @@ def runs(tmp_path_factory):
     return {**here, **there}
 
 
+@pytest.mark.slow
 def test_one_step_on_eight_devices_is_one_step_on_one(runs):
     """The gradient of one batch, full or padded, and the evaluation of a
     split, on 8 devices and on 1: the same to float32 rounding."""
@@ -113,17 +114,20 @@ def test_one_step_on_eight_devices_is_one_step_on_one(runs):
         assert eight["evaluation"][key] == pytest.approx(one["evaluation"][key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_the_subprocess_really_used_eight_devices(runs):
     assert runs["eight"]["devices"]["count"] == 8
     assert "'data': 8" in runs["eight"]["params_sharding"] and "P()" in runs["eight"]["params_sharding"]
     assert runs["one"]["devices"]["count"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["eight", "eight_device_data"])
 def test_eight_devices_train_like_one(runs, name):
     assert_runs_agree(runs[name]["history"], runs["one"]["history"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["one_then_eight", "eight_then_one"])
 def test_a_checkpoint_moves_between_one_and_eight_devices(runs, name):
     assert [h["epoch"] for h in runs[name]["history"]] == [1, 2]
@@ -136,6 +140,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_run(runs, tmp_path):
     """jax.distributed on one machine: 2 processes x 2 CPU devices, one run.
 

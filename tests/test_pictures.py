@@ -19,6 +19,7 @@ def assert_png(path, min_side: int = 100) -> tuple[int, int]:
         return image.size
 
 
+@pytest.mark.slow
 def test_eda_quick_counts_every_split_and_writes_its_figures(tmp_path, real_mnist, capsys):
     result = eda.main(["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR)])
     out = capsys.readouterr().out
@@ -46,6 +47,7 @@ def test_eda_refuses_a_bad_validation_fraction(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_feature_maps_of_a_test_image(quick_runs, real_mnist, capsys):
     run_dir = quick_runs.get("cnn")["workdir"]
     result = feature_maps.main(["--checkpoint", str(run_dir), "--index", "3", "--data-dir", str(REAL_TFDS_DIR),
@@ -62,6 +64,7 @@ def test_feature_maps_of_a_test_image(quick_runs, real_mnist, capsys):
     assert f"predicted {result['predicted']}" in out and "ConvBlock_2/Conv_0" in out
 
 
+@pytest.mark.slow
 def test_vit_attention_maps_of_a_png_file(quick_runs, real_mnist, tmp_path, capsys):
     picture = tmp_path / "digit.png"
     Image.fromarray(255 - real_mnist.test.images[0, ..., 0]).resize((64, 64)).save(picture)  # Dark on light.
@@ -74,6 +77,7 @@ def test_vit_attention_maps_of_a_png_file(quick_runs, real_mnist, tmp_path, caps
         np.testing.assert_allclose(np.asarray(shown)[..., 0].mean(), real_mnist.test.images[0].mean(), atol=8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--image", "{tmp}/missing.png"], "no such file"),
     (["--image", "{tmp}/not_an_image.png"], "not an image"),
@@ -140,6 +144,7 @@ def test_compare_refuses_bad_flags_and_an_empty_folder(tmp_path, capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
 
 
+@pytest.mark.slow
 def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, capsys):
     for name in compare.CLASSIFIERS:
         quick_runs.get(name)

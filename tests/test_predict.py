@@ -42,6 +42,7 @@ def test_a_bar_keeps_its_aspect_ratio_and_lands_centred():
     np.testing.assert_allclose(centre_of_mass(picture), [digits.CENTRE, digits.CENTRE], atol=0.5)
 
 
+@pytest.mark.slow
 def test_light_paper_is_inverted_and_the_same_digit_results(real_mnist):
     picture = real_mnist.test.images[0]
     dark_on_light = digits.to_mnist(255 - picture[..., 0].astype(np.float64))
@@ -52,6 +53,7 @@ def test_light_paper_is_inverted_and_the_same_digit_results(real_mnist):
         digits.to_mnist(np.full((40, 40), 255.0), invert=False)
 
 
+@pytest.mark.slow
 def test_mnist_digits_come_back_as_themselves_from_scans(real_mnist, tmp_path):
     pictures = real_mnist.test.images[:20]
     for i, picture in enumerate(pictures):
@@ -107,6 +109,7 @@ def scans(real_mnist, tmp_path_factory):
     return paths, real_mnist.test.labels[:30], real_mnist.test.images[:30]
 
 
+@pytest.mark.slow
 def test_predict_reads_scans_as_the_model_reads_the_originals(quick_runs, scans, capsys):
     paths, labels, originals = scans
     workdir = quick_runs.get("cnn")["workdir"]
@@ -125,6 +128,7 @@ def test_predict_reads_scans_as_the_model_reads_the_originals(quick_runs, scans,
         assert line.startswith(f"{result['image']}: {result['digit']}  (top 3: ")
 
 
+@pytest.mark.slow
 def test_bad_files_get_errors_and_the_others_are_still_read(quick_runs, scans, tmp_path, capsys):
     paths, _, _ = scans
     (tmp_path / "empty.png").write_bytes(b"")
@@ -143,6 +147,7 @@ def test_bad_files_get_errors_and_the_others_are_still_read(quick_runs, scans, t
         assert "digit" not in result and str(path) in result["error"]
 
 
+@pytest.mark.slow
 def test_a_run_that_is_not_a_classifier_or_holds_another_model_is_refused(quick_runs, tmp_path, scans, capsys):
     paths, _, _ = scans
     with pytest.raises(SystemExit) as exit_info:
@@ -162,6 +167,7 @@ def test_a_run_that_is_not_a_classifier_or_holds_another_model_is_refused(quick_
     assert not (mixed / "checkpoints" / "damaged").exists()  # Not mistaken for damage.
 
 
+@pytest.mark.slow
 def test_predict_is_the_models_inference(quick_runs, real_mnist):
     """Probabilities are the softmax of the inference-mode logits (no dropout, running BN statistics)."""
     run = predict.load_classifier(quick_runs.get("cnn")["workdir"])

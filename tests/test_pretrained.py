@@ -41,6 +41,7 @@ def _save(state_dict, path, fmt):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, image_size, hidden", [("alexnet", 127, 4096), ("vgg16", 64, 512)])
 @pytest.mark.parametrize("fmt", ["zip", "legacy", "safetensors"])
 def test_converted_weights_give_pytorchs_logits(tmp_path, arch, image_size, hidden, fmt):
@@ -70,6 +71,7 @@ def test_full_size_parameter_counts_match_torchvision(arch):
     assert steps.count_params(params) == torch_reference.count(torch_reference.BUILDERS[arch](num_classes=10))
 
 
+@pytest.mark.slow
 def test_imagenet_final_layer_is_replaced_by_a_10_class_one(tmp_path):
     net = _random_torch("alexnet", num_classes=1000, hidden=64)
     params = pretrained.to_flax({k: v.numpy() for k, v in net.state_dict().items()}, "alexnet", 10)
@@ -84,6 +86,7 @@ def test_imagenet_final_layer_is_replaced_by_a_10_class_one(tmp_path):
                                   state.params["classifier"]["fc_6"]["kernel"])
 
 
+@pytest.mark.slow
 def test_pretrained_of_the_wrong_shape_is_refused():
     model = models.get_model("alexnet", image_size=63, hidden=64)
     state = steps.create_train_state(model, optim.make_optimizer(TrainConfig()), 0,

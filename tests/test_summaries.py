@@ -19,6 +19,7 @@ def finished_run(tmp_path_factory, synthetic_splits):
     return workdir
 
 
+@pytest.mark.slow
 def test_scalars_and_confusion_matrix_image_are_logged(finished_run):
     events = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()

@@ -159,6 +159,7 @@ def trained_alone(three_trials, synthetic_splits, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, placement", [("unroll", "host"), ("vmap", "device")])
 def test_trials_trained_together_equal_each_trained_alone(strategy, placement, three_trials, trained_alone,
                                                           synthetic_splits, tmp_path):
@@ -177,6 +178,7 @@ def test_trials_trained_together_equal_each_trained_alone(strategy, placement, t
         assert together["best"][k]["epoch"] == alone["best"]["epoch"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_group_resumes_to_the_same_result(three_trials, synthetic_splits, tmp_path, monkeypatch):
     whole = sweep.train_group(three_trials, synthetic_splits, tmp_path / "whole", tmp_path / "tb1", progress=False)
     calls = []
@@ -215,6 +217,7 @@ def finished_sweep(tmp_path_factory, synthetic_splits):
     return config, splits, workdir, summary
 
 
+@pytest.mark.slow
 def test_the_best_trial_is_chosen_by_validation_not_test(finished_sweep):
     config, splits, workdir, summary = finished_sweep
     trials = make_trials(config)
@@ -236,6 +239,7 @@ def test_the_best_trial_is_chosen_by_validation_not_test(finished_sweep):
         val[best.index])
 
 
+@pytest.mark.slow
 def test_summary_files_parse_and_tensorboard_has_one_hparams_run_per_trial(finished_sweep):
     config, _, workdir, summary = finished_sweep
     saved = json.loads((workdir / "sweep.json").read_text())
@@ -263,6 +267,7 @@ def test_summary_files_parse_and_tensorboard_has_one_hparams_run_per_trial(finis
     assert f"| {summary['best_trial']} (best) |" in table and table.count("\n") == 5
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_resumes_without_training_and_is_refused_without_resume(finished_sweep, capsys):
     config, splits, workdir, summary = finished_sweep
     with pytest.raises(ResumeError, match="already holds a sweep"):
@@ -272,6 +277,7 @@ def test_a_finished_sweep_resumes_without_training_and_is_refused_without_resume
     assert again["best_trial"] == summary["best_trial"] and again["test"] == summary["test"]
 
 
+@pytest.mark.slow
 def test_a_budget_skips_the_groups_it_cannot_start(synthetic_splits, tmp_path):
     space = {"batch_size": Choice((32, 64))}
     summary = sweep.run_sweep(_sweep(space, method="grid"), synthetic_splits, tmp_path, budget_seconds=0.0,
@@ -280,6 +286,45 @@ def test_a_budget_skips_the_groups_it_cannot_start(synthetic_splits, tmp_path):
     assert [r["status"] for r in summary["rows"]] == ["done", "skipped (budget)"]
 
 
+def test_wandb_log_makes_one_run_per_trained_trial_with_its_history(tmp_path, monkeypatch):
+    """The logging logic on a stand-in for the wandb package (the real one,
+    offline, is the slow test below)."""
+    import sys
+    import types
+
+    from mnist_jax import wandb_log
+
+    runs = []
+
+    class Run:
+        def __init__(self, **kwargs):
+            self.init, self.logged, self.summary, self.finished = kwargs, [], {}, False
+            runs.append(self)
+
+        def log(self, values, step=None):
+            self.logged.append((step, values))
+
+        def finish(self):
+            self.finished = True
+
+    stand_in = types.SimpleNamespace(init=lambda **kwargs: Run(**kwargs),
+                                     Table=lambda columns, data: ("table", columns, data))
+    monkeypatch.setitem(sys.modules, "wandb", stand_in)
+    history = [{"epoch": 1, "step": 5, "val_accuracy": 0.5}, {"epoch": 2, "step": 10, "val_accuracy": 0.75}]
+    trial = lambda i: {"trial": i, "params": {"learning_rate": 0.1 * (i + 1)}, "config": {"seed": i},
+                       "model_kwargs": {}, "history": history, "best": {"epoch": 2, "val_accuracy": 0.75}}
+    summary = {"trials": [trial(0), trial(1), {"trial": 2, "status": "skipped (budget)"}], "best_trial": 1,
+               "test": {"accuracy": 0.7, "confusion_matrix": [[1, 0], [0, 1]]}}
+    wandb_log.log_sweep(summary, "project", tmp_path / "wandb", "unit")
+    assert [r.init["name"] for r in runs] == ["trial_00", "trial_01"] and all(r.finished for r in runs)
+    assert runs[1].init["config"]["learning_rate"] == 0.2 and runs[0].init["group"] == "unit"
+    assert [step for step, _ in runs[0].logged] == [1, 2] and "epoch" not in runs[0].logged[0][1]
+    assert runs[0].summary == {"best_epoch": 2, "best_val_accuracy": 0.75}
+    assert runs[1].summary["test_accuracy"] == 0.7 and "test_accuracy" not in runs[0].summary
+    assert runs[1].logged[-1][1]["test_confusion_matrix"][0] == "table"
+
+
+@pytest.mark.slow
 def test_wandb_logs_one_offline_run_per_trial(finished_sweep, tmp_path, monkeypatch):
     from mnist_jax import wandb_log
 
@@ -297,12 +342,25 @@ def test_wandb_logs_one_offline_run_per_trial(finished_sweep, tmp_path, monkeypa
     assert [b"test_accuracy" in log for log in logs].count(True) == 1 and b"test_accuracy" in best[0]
 
 
+@pytest.mark.slow
 def test_wandb_is_not_imported_unless_asked_for():
     code = "import sys, experiments.sweep, mnist_jax.sweep; assert 'wandb' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 # --- The command line ----------------------------------------------------------------------------
+
+def test_a_sweep_saved_before_a_config_field_existed_still_resumes(tmp_path):
+    sweep = _sweep({"learning_rate": Choice((1e-3, 1e-2))}, method="grid")
+    sweep_experiment.check_same_sweep(tmp_path, sweep, resume=False)
+    saved = json.loads((tmp_path / "sweep_config.json").read_text())
+    del saved["base"]["keep_best"]  # As a sweep written before the field was added.
+    (tmp_path / "sweep_config.json").write_text(json.dumps(saved))
+    sweep_experiment.check_same_sweep(tmp_path, sweep, resume=True)  # Its default: the same sweep.
+    other = _sweep({"learning_rate": Choice((1e-3, 1e-1))}, method="grid")
+    with pytest.raises(ResumeError, match="defines another sweep"):
+        sweep_experiment.check_same_sweep(tmp_path, other, resume=True)
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--param", "bogus=1"], "cannot sweep 'bogus'"),
@@ -319,6 +377,7 @@ def test_bad_flags_fail_before_loading_data(flags, message, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_sweep_quick_on_real_mnist_writes_its_table_and_resumes(tmp_path, real_mnist, capsys):
     flags = ["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]

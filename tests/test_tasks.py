@@ -36,6 +36,7 @@ def test_classify_decode_adds_the_weighted_mse():
     np.testing.assert_array_equal(terms["correct"], [1.0, 0.0])
 
 
+@pytest.mark.slow
 def test_ssim_is_one_for_equal_images_and_falls_with_noise():
     clean = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
     np.testing.assert_allclose(tasks.ssim(clean, clean), 1.0, rtol=1e-5)
@@ -89,6 +90,7 @@ def test_cosine_schedule_decays_to_zero_over_the_run():
         optim.learning_rate_schedule(config)
 
 
+@pytest.mark.slow
 def test_frozen_groups_do_not_move():
     config = TrainConfig(model="encoder_classifier", input_norm="unit", trainable=("head",))
     model = models.get_model("encoder_classifier")
@@ -114,6 +116,7 @@ def test_every_optimizer_reports_its_learning_rate():
         assert optim.current_learning_rate(tx.init({"a": jnp.zeros(1), "b": jnp.zeros(1)})) == 0.25
 
 
+@pytest.mark.slow
 def test_an_autoencoder_learns_on_synthetic_digits(tmp_path, synthetic_splits):
     config = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=3,
                                batch_size=32, weight_decay=0.0, log_every_steps=5)

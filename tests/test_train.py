@@ -30,6 +30,7 @@ def batch():
     return {"image": split.images, "label": split.labels, "mask": np.ones(64, bool)}
 
 
+@pytest.mark.slow
 def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
     step = steps.make_train_step(StepConfig())
     losses = []
@@ -40,6 +41,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(state, batch):
     assert int(state.step) == 15
 
 
+@pytest.mark.slow
 def test_step_compiles_once_across_steps(state, batch):
     mesh = parallel.data_mesh()
     step = steps.make_train_step(StepConfig(noise=NoiseConfig("gaussian", 0.1)), mesh)
@@ -50,6 +52,7 @@ def test_step_compiles_once_across_steps(state, batch):
     assert step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_step_is_pure(state, batch):
     step = jax.jit(steps.train_step, static_argnames="spec")
     first, m1 = step(state, batch, spec=StepConfig(noise=NoiseConfig("gaussian", 0.2)))
@@ -63,6 +66,7 @@ def test_every_step_gets_new_dropout_keys(state):
     assert len(keys) == 100
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_the_update(state, batch):
     """Masked-out padding contributes nothing to loss, gradients or statistics.
 
@@ -108,6 +112,7 @@ def test_bad_config_is_refused(field, value):
         dataclasses.replace(TrainConfig(), **{field: value})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["cnn", "vit", "conv_ae"])
 def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
     """--dtype bfloat16: convolutions and matmuls in bf16; parameters,
@@ -144,6 +149,7 @@ def test_unknown_dtype_is_refused():
         TrainConfig(dtype="float16")
 
 
+@pytest.mark.slow
 def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_splits):
     """Two plain-SGD steps (a full batch, then the padded last one) as one
     lax.scan gathering from data on the device, and as two dispatched steps
@@ -169,6 +175,7 @@ def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_spli
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), device.params, host.params)
 
 
+@pytest.mark.slow
 def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_path):
     """The lax.scan epoch gives the per-step path's numbers."""
     results = {}

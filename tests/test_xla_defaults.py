@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from mnist_jax import xla_defaults
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
@@ -22,6 +24,7 @@ def test_another_jaxlib_gets_nothing_it_might_not_know():
     assert xla_defaults.with_defaults("", "0.11.2") == ""
 
 
+@pytest.mark.slow
 def test_importing_mnist_jax_sets_them_before_jax_starts_and_can_be_turned_off():
     code = "import os, mnist_jax, jax; jax.numpy.ones(1); print(os.environ.get('XLA_FLAGS', ''))"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
