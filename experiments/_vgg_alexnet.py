@@ -8,29 +8,32 @@ import sys
 from typing import Sequence
 
 from mnist_jax import data as data_lib, frozen_features, pretrained
-from mnist_jax.cli import (Reference, build_parser, config_from_args, load_splits, print_results,
+from mnist_jax.cli import (Reference, build_parser, config_from_args, finished_run, load_splits, print_results,
                            resolve_workdir, start, training_errors)
 from mnist_jax.config import TrainConfig
 from mnist_jax.models.vgg_alexnet import ARCHITECTURES, TransferNet
 from mnist_jax.train import train_and_evaluate
 
 
-def parser_for(name: str, arch: str, description: str, quick_image_size: int):
-    parser = build_parser(name, description)
+def parser_for(name: str, arch: str, description: str, config: TrainConfig, quick: TrainConfig,
+               quick_image_size: int):
+    parser = build_parser(name, description, config, quick)
     parser.add_argument("--weights", default=None,
-                        help="'torchvision' (download the ImageNet weights; the default), 'none' "
-                             "(random init), or a .pth/.safetensors file with torchvision's keys")
+                        help="'torchvision' (download the ImageNet weights), 'none' (random init), or a "
+                             ".pth/.safetensors file with torchvision's keys (default: torchvision; "
+                             "--quick: none)")
     parser.add_argument("--image-size", type=int,
                         help=f"resize inputs to this size (default 224, as the report; --quick: "
                              f"{quick_image_size}; at least {ARCHITECTURES[arch].min_image_size})")
     parser.add_argument("--no-cache-features", action="store_true",
-                        help="run the frozen layers at every step instead of once per image")
+                        help="run the frozen layers at every step instead of once per image (default: once, "
+                             "without --noise)")
     return parser
 
 
 def main(name: str, arch: str, description: str, config: TrainConfig, quick: TrainConfig,
          reference: Reference, quick_image_size: int, argv: Sequence[str] | None = None) -> dict:
-    parser = parser_for(name, arch, description, quick_image_size)
+    parser = parser_for(name, arch, description, config, quick, quick_image_size)
 
     def prepare(args):
         weights_choice = args.weights or ("none" if args.quick else "torchvision")
@@ -45,6 +48,9 @@ def main(name: str, arch: str, description: str, config: TrainConfig, quick: Tra
         return run_config, model, weights_choice, resolve_workdir(name, args.workdir, args.resume)
 
     args, (config, model, weights_choice, workdir) = start(parser, argv, prepare)
+    if (done := finished_run(args, workdir)) is not None:
+        print_results(name, done, reference, workdir)
+        return done
     try:
         weights, weights_label = frozen_features.resolve_weights(arch, weights_choice)
         splits, source = load_splits(args, config)
@@ -60,7 +66,7 @@ def main(name: str, arch: str, description: str, config: TrainConfig, quick: Tra
     extra = {"data_source": source, "reference": dataclasses.asdict(reference), "weights": weights_label,
              "image_size": model.image_size, "classifier_hidden": model.hidden, "cached_features": cache}
     run_options = dict(experiment=name, resume=args.resume, progress=not args.no_progress)
-    with training_errors(parser):
+    with training_errors(parser, args):
         if cache:
             summary = frozen_features.train_on_cached_features(
                 config, model, splits, workdir, weights=weights, feature_params=feature_params, extra=extra,

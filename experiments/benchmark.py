@@ -43,7 +43,7 @@ from mnist_jax import data as data_lib, models, optim, parallel, pipeline
 from mnist_jax import sources
 from mnist_jax.steps import create_train_state, make_device_train_steps, make_train_step, run_keys
 from mnist_jax.config import TrainConfig
-from mnist_jax.cli import setup
+from mnist_jax.cli import NOISE_LEVEL_HELP, ShowDefaults, setup
 from mnist_jax.pipeline import NoiseConfig
 
 
@@ -247,30 +247,32 @@ def format_result(result: dict) -> str:
 
 def main(argv=None) -> dict:
     setup()
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
     parser.add_argument("--noise", choices=pipeline.NOISE_KINDS, default="gaussian",
-                        help="noise added inside the step (default gaussian, to time the whole pipeline)")
-    parser.add_argument("--noise-level", type=float, default=0.2)
+                        help="noise added inside the step, to time the whole pipeline")
+    parser.add_argument("--noise-level", type=float, default=0.2, help=NOISE_LEVEL_HELP)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--data-dir", type=pathlib.Path)
-    parser.add_argument("--idx-dir", type=pathlib.Path)
+    parser.add_argument("--data-dir", type=pathlib.Path,
+                        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    parser.add_argument("--idx-dir", type=pathlib.Path,
+                        help="folder with the four MNIST IDX files (default: none; takes precedence over --data-dir)")
     parser.add_argument("--output", type=pathlib.Path,
-                        help="JSON file (default runs/benchmark/benchmark.json, or vs_torch.json with --vs-torch)")
+                        help="JSON file (default: runs/benchmark/benchmark.json, or vs_torch.json with --vs-torch)")
     parser.add_argument("--quick", action="store_true", help="5 timed steps: a smoke test")
     parser.add_argument("--sweep", action="store_true",
                         help="time --trials sweep trials together vs one after another instead")
-    parser.add_argument("--trials", type=int, default=8, help="--sweep: trials (default 8)")
+    parser.add_argument("--trials", type=int, default=8, help="--sweep: trials")
     parser.add_argument("--strategies", default="unroll,vmap",
                         help="--sweep: how trials share a step, comma-separated (unroll, vmap)")
     parser.add_argument("--vs-torch", action="store_true",
                         help="every model against a plain PyTorch loop (needs torch: pip install -e '.[bench]')")
     parser.add_argument("--models", default="all",
-                        help="--vs-torch: comma-separated models (default all: every model with a PyTorch baseline)")
-    parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds (default 3)")
+                        help="--vs-torch: comma-separated models, or all: every model with a PyTorch baseline")
+    parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds")
     parser.add_argument("--round-seconds", type=float, default=3.0,
-                        help="--vs-torch: each round runs --steps steps at a time for at least this long (default 3)")
+                        help="--vs-torch: each round runs --steps steps at a time for at least this long")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.rounds < 1:
         parser.error("--steps, --batch-size and --rounds must be >= 1")

@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments import classifier_experiments
 from mnist_jax import viz
-from mnist_jax.cli import DEFAULT_RUNS_DIR, setup
+from mnist_jax.cli import DEFAULT_RUNS_DIR, ShowDefaults, setup
 from mnist_jax.rundir import find_summaries
 from mnist_jax.config import TrainConfig
 from mnist_jax.files import write_json
@@ -48,18 +48,17 @@ TRANSFER_DEFAULTS = {"image_size": 224, "weights": "ImageNet"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.compare", description=__doc__)
     add = parser.add_argument
     add("--runs-dir", type=pathlib.Path, default=DEFAULT_RUNS_DIR,
         help=f"where to look for runs (default {DEFAULT_RUNS_DIR}/)")
-    add("--out", type=pathlib.Path, help=f"output folder (default {DEFAULT_RUNS_DIR}/compare)")
+    add("--out", type=pathlib.Path, help=f"output folder (default: {DEFAULT_RUNS_DIR}/compare)")
     add("--models", default=",".join(CLASSIFIERS), help=f"comma-separated, of {','.join(CLASSIFIERS)}")
     add("--train", action="store_true", help="train the missing seeds of every model first")
-    add("--seeds", type=int, default=DEFAULT_SEEDS, help=f"seeds 0..N-1 with --train (default {DEFAULT_SEEDS})")
-    add("--quick", action="store_true", help="with --train: each experiment's --quick settings")
-    add("--epochs", type=int, help="with --train: this many epochs instead of each experiment's")
-    add("--data-dir", type=pathlib.Path, help="with --train: tfds data dir holding mnist/3.0.1")
+    add("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 with --train")
+    add("--quick", action="store_true", help="with --train: each experiment's --quick settings (a smoke test)")
+    add("--epochs", type=int, help="with --train: this many epochs (default: each experiment's)")
+    add("--data-dir", type=pathlib.Path, help="with --train: tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     add("--no-download", action="store_true", help="with --train: never download MNIST or weights")
     return parser
 

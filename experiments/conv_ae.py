@@ -5,7 +5,7 @@
 
 Encoder and decoder are the report's layers (its decoder does give 28x28).
 Ends with the test MSE and PSNR and writes reconstructions.png. Report 003
-publishes no number; measured results are in the README. Its encoder is
+publishes no number; our results are in docs/results.md. Its encoder is
 what `experiments.few_labels` starts from.
 """
 

@@ -1,6 +1,6 @@
 """Report 000's data exploration: labels per split, 5 samples per label, pixel statistics.
 
-    python -m experiments.eda                 # the whole of MNIST, in ~10 s
+    python -m experiments.eda                 # the whole of MNIST
     python -m experiments.eda --quick         # 1,000 train and 500 test images
 
 The train/validation split is the experiments' own (stratified, 10 %
@@ -20,7 +20,7 @@ import pathlib
 import numpy as np
 
 from mnist_jax import data as data_lib, data_stats, summaries, viz
-from mnist_jax.cli import DEFAULT_RUNS_DIR, load_mnist_or_exit, resolve_workdir, setup
+from mnist_jax.cli import DEFAULT_RUNS_DIR, ShowDefaults, add_data_flags, load_mnist_or_exit, resolve_workdir, setup
 from mnist_jax.files import write_json
 
 # (what, the report's number, its source)
@@ -35,16 +35,15 @@ SAMPLES_PER_LABEL = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.eda", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.eda", description=__doc__)
     add = parser.add_argument
-    add("--workdir", type=pathlib.Path, help=f"output folder (default a new {DEFAULT_RUNS_DIR}/eda/<time>)")
-    add("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
-    add("--val-fraction", type=float, default=0.1, help="validation share of the train split (default 0.1)")
-    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
-    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files (e.g. Kaggle's)")
-    add("--no-download", action="store_true", help="never download MNIST")
-    add("--quick", action="store_true", help=f"stratified subsets: {QUICK_SIZES}")
+    add("--workdir", type=pathlib.Path, help=f"output folder (default: a new {DEFAULT_RUNS_DIR}/eda/<date-time>)")
+    add("--seed", type=int, default=0, help="seed of the train/validation split")
+    add("--val-fraction", type=float, default=0.1, help="validation share of the train split")
+    add_data_flags(parser)
+    add("--quick", action="store_true",
+        help=f"a smoke test on stratified subsets: {QUICK_SIZES['train_size']:,} training and "
+             f"{QUICK_SIZES['test_size']:,} test images")
     return parser
 
 

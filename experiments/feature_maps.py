@@ -27,27 +27,24 @@ import numpy as np
 
 from mnist_jax import data as data_lib, digits, inspection, tasks, viz
 from mnist_jax import sources
-from mnist_jax.cli import setup
+from mnist_jax.cli import ShowDefaults, add_data_flags, setup
 from mnist_jax.rundir import RunError, load_run
 from mnist_jax.files import write_json
 from mnist_jax.steps import infer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.feature_maps", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.feature_maps", description=__doc__)
     add = parser.add_argument
     add("--checkpoint", type=pathlib.Path, required=True, metavar="RUN_DIR",
         help="a finished run's directory (its metrics.json and checkpoints/)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--index", type=int, help="an image of the MNIST test set (default 0)")
-    source.add_argument("--image", type=pathlib.Path, help="a PNG (or JPEG) file of a digit")
+    source.add_argument("--index", type=int, help="an image of the MNIST test set (default: 0)")
+    source.add_argument("--image", type=pathlib.Path, help="a PNG (or JPEG) file of a digit (default: none, --index)")
     add("--invert", action="store_true", help="invert --image (dark digit on light paper; default: decided by its border)")
-    add("--channels", type=int, default=64, help="at most this many channels per layer (default 64)")
-    add("--out", type=pathlib.Path, help="output folder (default RUN_DIR/feature_maps/<image>)")
-    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
-    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files")
-    add("--no-download", action="store_true", help="never download MNIST")
+    add("--channels", type=int, default=64, help="at most this many channels per layer")
+    add("--out", type=pathlib.Path, help="output folder (default: RUN_DIR/feature_maps/<image>)")
+    add_data_flags(parser)
     return parser
 
 

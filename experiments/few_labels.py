@@ -1,6 +1,6 @@
 """Few labels: report 003's classifiers on its pretrained convolutional encoder.
 
-    python -m experiments.few_labels           # 100, 300, 1,000, 3,000 labels; about 22 min on 2 CPU cores
+    python -m experiments.few_labels           # 100, 300, 1,000, 3,000 labels
     python -m experiments.few_labels --quick   # 100 labels, a short pretraining: a smoke test
     python -m experiments.few_labels --labels 50 500 --steps 1000
 
@@ -20,7 +20,7 @@ Every run keeps its checkpoints under <workdir>/n<labels>/<method>;
 --resume skips the finished runs and continues the interrupted one.
 The best checkpoint of each run is chosen on the same 500 labelled
 validation images for every n and method. Report 003 publishes no number
-for this comparison; measured results are in the README.
+for this comparison; our results are in docs/results.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import dataclasses
 import pathlib
 
 from mnist_jax import data as data_lib, parallel, rundir, summaries, viz
-from mnist_jax.cli import add_run_flags, load_mnist_or_exit, resolve_workdir, start, training_errors
+from mnist_jax.cli import (ShowDefaults, add_run_flags, check_at_least_one, finished_run, load_mnist_or_exit, resolve_workdir, shown,
+                           start, training_errors)
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import num_batches
 from mnist_jax.config import TrainConfig
@@ -136,17 +137,23 @@ def results_table(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m experiments.few_labels",
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.few_labels",
                                      description="Report 003's pretrained-encoder classifiers with few labels.")
     add = parser.add_argument
-    add("--labels", type=int, nargs="+", help="numbers of labelled training images (default 100 300 1000 3000)")
-    add("--steps", type=int, help="optimizer steps of each labelled run (default 600)")
-    add("--pretrain-epochs", type=int, help="autoencoder pretraining epochs (default 10)")
-    add("--seed", type=int, help="seed for the subsets, init, shuffling and dropout")
-    add_run_flags(parser, "few_labels", resume_help="skip finished runs, continue the interrupted one",
-                  quick_help="2 label counts, short runs: a smoke test")
+    add("--labels", type=int, nargs="+",
+        help=f"numbers of labelled training images {shown(' '.join(map(str, CONFIG.labels)))}")
+    add("--steps", type=int, help=f"optimizer steps of each labelled run {shown(CONFIG.steps)}")
+    add("--pretrain-epochs", type=int, help=f"autoencoder pretraining epochs {shown(CONFIG.pretrain.epochs)}")
+    add("--seed", type=int, help=f"seed for the subsets, init, shuffling and dropout {shown(CONFIG.seed)}")
+    add_run_flags(parser, "few_labels", resume_help="skip finished runs, continue the interrupted one; does "
+                                                    "nothing if every run is finished",
+                  quick_help=f"a smoke test: {QUICK.pretrain.epochs} pretraining epoch on a stratified "
+                             f"{QUICK.pretrain.train_size:,} training images, then {QUICK.steps} steps with "
+                             f"{' and '.join(map(str, QUICK.labels))} labels, scored on "
+                             f"{QUICK.classifier.test_size:,} test images")
 
     def prepare(args):
+        check_at_least_one(args, "steps", "pretrain_epochs")
         config = QUICK if args.quick else CONFIG
         seed = config.seed if args.seed is None else args.seed
         # --dtype and --data-placement apply to every run of the experiment.
@@ -166,14 +173,26 @@ def main(argv=None) -> dict:
         return config, seed, resolve_workdir("few_labels", args.workdir, args.resume)
 
     args, (config, seed, workdir) = start(parser, argv, prepare)
+    if (results := finished_run(args, workdir, "few_labels.json")) is None:
+        results = train_all(args, parser, config, seed, workdir)
+    print(f"\nTest accuracy ({results['test_images']} test images) after {config.steps} steps per run; "
+          f"autoencoder test MSE {results['pretrain']['test']['mse']:.5f}.")
+    print("Report 003 publishes no number for this comparison.\n")
+    print(results_table(results))
+    print(f"\nfew_labels.json, accuracy_vs_labels.png and every run's directory are in {workdir}")
+    return results
+
+
+def train_all(args, parser, config: FewLabelsConfig, seed: int, workdir: pathlib.Path) -> dict:
+    """Pretrains and trains every labelled run (or, resumed, reuses the
+    finished ones); writes the plot, its TensorBoard image and few_labels.json."""
     mnist = load_mnist_or_exit(args)
     p = config.pretrain
     splits = data_lib.make_splits(mnist, val_fraction=p.val_fraction, seed=seed, train_size=p.train_size,
                                   test_size=config.classifier.test_size)
-    with training_errors(parser):
+    with training_errors(parser, args):
         results = run(config, splits, workdir, resume=args.resume, progress=not args.no_progress,
                       source=mnist.source)
-
     curves = {m: [(r["labels"], r["test_accuracy"]) for r in results["runs"] if r["method"] == m]
               for m in METHODS}
     image = viz.figure_to_array(viz.accuracy_vs_labels_figure(curves))
@@ -182,13 +201,7 @@ def main(argv=None) -> dict:
         writer.image("few_labels/accuracy_vs_labels", 0, image)
     results = {"config": dataclasses.asdict(config), "test_images": len(splits.test), **results}
     write_json(workdir / "few_labels.json", results)
-    print(f"\nTest accuracy ({len(splits.test)} test images) after {config.steps} steps per run; "
-          f"autoencoder test MSE {results['pretrain']['test']['mse']:.5f}.")
-    print("Report 003 publishes no number for this comparison.\n")
-    print(results_table(results))
-    print(f"\nfew_labels.json, accuracy_vs_labels.png and every run's directory are in {workdir}")
     return results
-
 
 if __name__ == "__main__":
     main()

@@ -6,8 +6,8 @@
 Pixels in [0, 1], no labels used. Checkpoints every 500 steps and at each
 epoch's end; --resume continues exactly. Ends with the test MSE and PSNR and
 writes reconstructions.png (originals above reconstructions, also in
-TensorBoard). Report 001 publishes no number; measured results are in the
-README.
+TensorBoard). Report 001 publishes no number; our results are in
+docs/results.md.
 """
 
 from mnist_jax.cli import Reference, run_experiment

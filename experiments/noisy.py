@@ -23,8 +23,8 @@ stages and continues the interrupted one from its newest checkpoint.
 
 Report 000 gives 99.10 % test accuracy and test loss 0.0264 for the clean,
 noisy and denoised data alike (its three sections carry the same copied
-numbers) and does not say which noise it used. Measured results are in the
-README.
+numbers) and does not say which noise it used. Our results are in
+docs/results.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import numpy as np
 from experiments import simple_cnn
 from mnist_jax import data as data_lib, denoising, parallel, pipeline, rundir, summaries, viz
 from mnist_jax.checkpoints import has_checkpoints
-from mnist_jax.cli import add_run_flags, load_mnist_or_exit, resolve_workdir, start, training_errors
+from mnist_jax.cli import (NOISE_LEVEL_HELP, ShowDefaults, add_run_flags, check_at_least_one, finished_run, load_mnist_or_exit, resolve_workdir,
+                           shown, start, training_errors)
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
@@ -102,9 +103,7 @@ _QUICK_RUN = dict(epochs=1, log_every_steps=10, checkpoint_every_steps=20)
 QUICK = NoisyConfig(
     classifier=dataclasses.replace(simple_cnn.CONFIG, **_QUICK_RUN),
     denoiser=dataclasses.replace(CONFIG.denoiser, **_QUICK_RUN),
-    curve_levels=(0.0, 0.5, 1.0),
-    train_size=3000,
-    test_size=500,
+    curve_levels=(0.0, 0.5, 1.0), train_size=3000, test_size=500,
 )
 
 # Report 000's "Results": one copied number for all three sets.
@@ -321,23 +320,29 @@ def _scalars(test: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.noisy",
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.noisy",
                                      description="Report 000's noisy MNIST chain: noisy CNN, denoiser, "
                                                  "denoised CNN, clean CNN, robustness curve.")
     add = parser.add_argument
-    add("--noise", choices=[k for k in NOISE_KINDS if k != "none"], help="noise kind (default gaussian)")
-    add("--noise-level", type=float, help="Gaussian/speckle sigma or salt-and-pepper probability (default 0.5)")
-    add("--epochs", type=int, help="epochs of each CNN (default 10)")
-    add("--denoiser-epochs", type=int, help="epochs of the denoising autoencoder (default 10)")
-    add("--seed", type=int, help="seed for the split, init, shuffling, dropout and every noise")
+    add("--noise", choices=[k for k in NOISE_KINDS if k != "none"], help=f"noise kind {shown(CONFIG.noise.kind)}")
+    add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(CONFIG.noise.level)}")
+    add("--epochs", type=int, help=f"epochs of each CNN {shown(CONFIG.classifier.epochs)}")
+    add("--denoiser-epochs", type=int, help=f"epochs of the denoising autoencoder {shown(CONFIG.denoiser.epochs)}")
+    add("--seed", type=int, help=f"seed for the split, init, shuffling, dropout and every noise {shown(CONFIG.seed)}")
     add("--clean-run", type=pathlib.Path,
-        help="a finished experiments.simple_cnn run dir to use as the clean-trained CNN (same seed)")
-    add_run_flags(parser, "noisy", resume_help="reuse the finished stages, continue the interrupted one",
-                  quick_help="1 epoch per stage on 3,000 images: a smoke test")
+        help="a finished experiments.simple_cnn run dir to use as the clean-trained CNN, same seed "
+             "(default: train it here)")
+    add_run_flags(parser, "noisy", resume_help="reuse the finished stages, continue the interrupted one; "
+                                               "does nothing if the chain is finished",
+                  quick_help=f"a smoke test: {QUICK.classifier.epochs} epoch per CNN and "
+                             f"{QUICK.denoiser.epochs} for the denoiser, on a stratified {QUICK.train_size:,} "
+                             f"training images, scored on {QUICK.test_size:,} test images at noise levels "
+                             f"{', '.join(map(str, QUICK.curve_levels))}")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> NoisyConfig:
+    check_at_least_one(args, "epochs", "denoiser_epochs")
     config = QUICK if args.quick else CONFIG
     noise = NoiseConfig(args.noise or config.noise.kind,
                         config.noise.level if args.noise_level is None else args.noise_level)
@@ -360,16 +365,26 @@ def main(argv=None) -> dict:
     parser = build_parser()
     args, (config, workdir) = start(parser, argv, lambda args: (
         config_from_args(args), resolve_workdir("noisy", args.workdir, args.resume)))
+    results = finished_run(args, workdir, "noisy.json") or train_chain(args, parser, config, workdir)
+    print_results(results, config, workdir)
+    return results
+
+
+def train_chain(args, parser, config: NoisyConfig, workdir: pathlib.Path) -> dict:
+    """Loads MNIST and runs (or, resumed, reuses) every stage; noisy.json's contents."""
     mnist = load_mnist_or_exit(args)
     splits = data_lib.make_splits(mnist, val_fraction=config.classifier.val_fraction, seed=config.seed,
                                   train_size=config.train_size, test_size=config.test_size)
     print(f"noisy: {config.noise.kind} noise, level {config.noise.level}; train {len(splits.train)}, "
           f"val {len(splits.val)}, test {len(splits.test)} examples from {mnist.source}; run dir {workdir}",
           flush=True)
-    with training_errors(parser):
-        results = run(config, splits, workdir, resume=args.resume, progress=not args.no_progress,
-                      source=mnist.source, clean_run=args.clean_run)
+    with training_errors(parser, args):
+        return run(config, splits, workdir, resume=args.resume, progress=not args.no_progress,
+                   source=mnist.source, clean_run=args.clean_run)
 
+
+def print_results(results: dict, config: NoisyConfig, workdir: pathlib.Path) -> None:
+    """Each CNN's classification report on its own test set, then the tables."""
     for set_name, name in OWN_MODEL.items():
         print(f"\n{name} CNN on the {set_name} test set:")
         print(format_classification_report(results["scores"][name][set_name]))
@@ -378,7 +393,6 @@ def main(argv=None) -> dict:
     print(tables(results))
     print(f"\nnoisy.json, robustness.png, samples.png, confusion_matrices.png, tensorboard/ and the "
           f"stages' run dirs are in {workdir}")
-    return results
 
 
 if __name__ == "__main__":

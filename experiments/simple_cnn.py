@@ -5,7 +5,7 @@
 
 Report: 99.10 % test accuracy, test loss 0.0264 (its epochs and optimizer
 come from a W&B sweep it does not list; these are the CNN's settings).
-Measured results are in the README.
+Our results are in docs/results.md.
 """
 
 from mnist_jax.cli import Reference, run_experiment

@@ -11,7 +11,7 @@ training time; the table gives both, the test accuracy, and whether it
 reached 99 %. The run fails (exit 1) if any seed misses.
 
 Expected: every seed at 99.1-99.2 % test accuracy; the training times
-measured on 2-core CPUs and an H100 are in the README ("Performance").
+measured on 2-core CPUs and an H100 are in docs/performance.md.
 Anchors: 99 % in 0.76 s on a laptop GPU (github.com/tuomaso/train_mnist_fast);
 about 60 s to 98.3 % on 2 vCPUs in public reports.
 
@@ -33,7 +33,7 @@ import time
 import jax
 
 from mnist_jax import data as data_lib, loop, models, parallel, steps
-from mnist_jax.cli import load_mnist_or_exit, start
+from mnist_jax.cli import ShowDefaults, add_data_flags, load_mnist_or_exit, start
 from mnist_jax.config import TrainConfig
 
 # No checkpoints are saved; checkpoint_every_steps only sets how many steps
@@ -43,7 +43,7 @@ CONFIG = TrainConfig(model="speed_cnn", epochs=1, batch_size=64, learning_rate=1
 QUICK = dataclasses.replace(CONFIG, train_size=2000, test_size=500)
 SEEDS = 3
 TARGET = 0.99
-# Public anchors (the issue's): seconds to 99 %, and what they ran on.
+# Public anchors: seconds to 99 %, and what they ran on.
 ANCHORS = (("github.com/tuomaso/train_mnist_fast, laptop GPU", 0.76, 0.99),
            ("public reports, 2 vCPUs (to 98.3 %)", 60.0, 0.983))
 
@@ -93,16 +93,16 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m experiments.speedrun", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.speedrun", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 (default {SEEDS}; 1 with --quick)")
-    parser.add_argument("--epochs", type=int, default=CONFIG.epochs)
-    parser.add_argument("--batch-size", type=int, default=CONFIG.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=CONFIG.learning_rate)
+    parser.add_argument("--epochs", type=int, default=CONFIG.epochs, help="training epochs")
+    parser.add_argument("--batch-size", type=int, default=CONFIG.batch_size, help="training batch size")
+    parser.add_argument("--learning-rate", type=float, default=CONFIG.learning_rate,
+                        help="the one-cycle schedule's peak learning rate")
     parser.add_argument("--quick", action="store_true", help="2,000 training images, 500 test: a smoke test")
-    parser.add_argument("--data-dir", type=pathlib.Path)
-    parser.add_argument("--idx-dir", type=pathlib.Path)
-    parser.add_argument("--no-download", action="store_true", help="never download MNIST")
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/speedrun/speedrun.json"))
+    add_data_flags(parser)
+    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/speedrun/speedrun.json"),
+                        help="where the seeds' results are written (JSON)")
 
     def prepare(args):
         args.seeds = (1 if args.quick else SEEDS) if args.seeds is None else args.seeds

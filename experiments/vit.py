@@ -5,7 +5,7 @@
 
 Report: 97.97 % test accuracy, F1 0.9797, 189.49 s on a GPU.
 `ViT(...)(x, train=False, return_attention=True)` also returns the attention
-maps. Measured results are in the README.
+maps. Our results are in docs/results.md.
 """
 
 from mnist_jax.cli import Reference, run_experiment

@@ -22,6 +22,7 @@ saved again by the resumed run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -30,6 +31,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from mnist_jax.faults import SaveError, io_failure
 
 log = logging.getLogger(__name__)
 
@@ -210,14 +213,22 @@ class RunCheckpoints:
     def __enter__(self) -> "RunCheckpoints":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # Already failing: the first error is the one to tell.
+            self.close()
+        except Exception:  # noqa: BLE001
+            log.debug("Closing the checkpoint managers after an error failed too", exc_info=True)
 
     def save_latest(self, step: int, state: Any, meta: dict) -> None:
-        self.latest.save(step, state, meta)
+        with self._saving(step):
+            self.latest.save(step, state, meta)
 
     def save_best(self, step: int, state: Any, meta: dict) -> None:
-        self.best.save(step, state, meta)
+        with self._saving(step):
+            self.best.save(step, state, meta)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -232,12 +243,43 @@ class RunCheckpoints:
         return state, meta
 
     def wait(self) -> None:
-        self.latest.wait()
-        self.best.wait()
+        with self._saving(None):
+            self.latest.wait()
+            self.best.wait()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        with self._saving(None):
+            self.latest.close()
+            self.best.close()
+
+    @contextlib.contextmanager
+    def _saving(self, step: int | None):
+        """Turns a save that failed on the disk (asynchronous ones surface at
+        the next save or wait) into a SaveError saying what is intact."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 (Orbax raises many kinds; io_failure tells)
+            reason = io_failure(e)
+            if reason is None:
+                raise
+            raise SaveError(self.save_failed(step, reason)) from e
+
+    def save_failed(self, step: int | None, reason: str) -> str:
+        what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+        good = None
+        with contextlib.suppress(Exception):  # Saves still in flight may succeed; the folder may be gone.
+            self.latest.manager.wait_until_finished()
+        with contextlib.suppress(Exception):
+            self.latest.manager.reload()
+            good = self.latest.latest_step()
+        if not self.latest.directory.is_dir():
+            intact = f"{self.latest.directory} no longer exists, nor what was saved there"
+        elif good is None:
+            intact = "no checkpoint was saved before it"
+        else:
+            intact = f"the last good checkpoint, step {good}, is intact in {self.latest.directory / str(good)}"
+        return (f"could not save {what} in {self.latest.directory.parent} ({reason}); {intact}. "
+                "Free some space (or make the folder writable again), then run the same command with --resume.")
 
 
 def _first_line(error: Exception) -> str:

@@ -15,13 +15,16 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import pathlib
+import re
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 from mnist_jax import data as data_lib, parallel
-from mnist_jax import sources
+from mnist_jax import rundir, sources
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.figures import FILES as FIGURE_FILES
 from mnist_jax.metrics import format_classification_report
@@ -29,7 +32,7 @@ from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
 from mnist_jax.config import DATA_PLACEMENTS, ResumeError, TrainConfig
-from mnist_jax.faults import NonFiniteLossError, TrainingInterrupted
+from mnist_jax.faults import NonFiniteLossError, SaveError, TrainingInterrupted, io_failure, quiet_background_failures
 from mnist_jax.train import train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
@@ -50,41 +53,94 @@ class Reference:
     device: str = "GPU (Colab/Kaggle, CUDA)"
 
 
-def build_parser(name: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+class ShowDefaults(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default where argparse holds it and
+    the help does not already say it (flags that override a config say
+    theirs with `shown`); the description as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def build_parser(name: str, description: str, config: TrainConfig, quick: TrainConfig,
+                 quick_help: str | None = None) -> argparse.ArgumentParser:
+    """The flags of an experiment that trains `config` (`quick` with --quick);
+    each flag's help shows the value it overrides."""
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description,
+                                     formatter_class=ShowDefaults)
     add = parser.add_argument
-    add("--epochs", type=int, help="training epochs")
-    add("--batch-size", type=int, help="training batch size")
-    add("--learning-rate", "--lr", type=float, help="peak learning rate")
-    add("--weight-decay", type=float, help="L2 weight decay")
-    add("--seed", type=int, help="seed for init, split, shuffling, dropout and noise")
+    add("--epochs", type=int, help=f"training epochs {shown(config.epochs)}")
+    add("--batch-size", type=int, help=f"training batch size {shown(config.batch_size)}")
+    add("--learning-rate", "--lr", type=float, help=f"peak learning rate {shown(config.learning_rate)}")
+    add("--weight-decay", type=float, help=f"L2 weight decay {shown(config.weight_decay)}")
+    add("--seed", type=int, help=f"seed for init, split, shuffling, dropout and noise {shown(config.seed)}")
     add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
-    add("--noise", choices=NOISE_KINDS, help="noise added to training images on the fly")
-    add("--noise-level", type=float, help="Gaussian sigma, or salt-and-pepper probability")
-    add_run_flags(parser, name)
+    add("--noise", choices=NOISE_KINDS, help=f"noise added to training images on the fly {shown(config.noise.kind)}")
+    add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(config.noise.level)}")
+    add_run_flags(parser, name, quick_help=quick_help or describe_quick(config, quick), dtype=config.dtype,
+                  data_placement=config.data_placement)
     return parser
 
 
-def add_run_flags(parser: argparse.ArgumentParser, name: str,
-                  resume_help: str = "continue the run in --workdir from its newest checkpoint",
-                  quick_help: str = "a small stratified subset and 1 epoch: a smoke test") -> None:
-    """--workdir, the data flags, --dtype, --data-placement, --resume, --quick and --no-progress."""
+NOISE_LEVEL_HELP = "Gaussian or speckle sigma, or salt-and-pepper probability"
+
+
+def shown(value) -> str:
+    """How a flag's help shows the value it overrides."""
+    return f"(default: {value})"
+
+
+def describe_quick(config: TrainConfig, quick: TrainConfig) -> str:
+    """What --quick runs, from the quick config: epochs and subset sizes."""
+    train = "all" if quick.train_size is None else f"a stratified {quick.train_size:,}"
+    test = "all 10,000" if quick.test_size is None else f"{quick.test_size:,}"
+    return (f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} (of {config.epochs}) on "
+            f"{train} training images ({100 * quick.val_fraction:.0f} %% of them for validation), "
+            f"scored on {test} test images")
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """--data-dir, --idx-dir and --no-download: where MNIST comes from (mnist_jax.sources)."""
+    add = parser.add_argument
+    add("--data-dir", type=pathlib.Path,
+        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    add("--idx-dir", type=pathlib.Path,
+        help="folder with the four MNIST IDX files, gzipped or not, e.g. Kaggle's (default: none; "
+             "takes precedence over --data-dir)")
+    add("--no-download", action="store_true", help="never download MNIST (default: download when missing)")
+
+
+def add_run_flags(parser: argparse.ArgumentParser, name: str, *, quick_help: str,
+                  resume_help: str = "continue the run in --workdir (default: the newest) from its newest "
+                                     "checkpoint; starts it if nothing is saved yet, and does nothing if it "
+                                     "is finished",
+                  dtype: str = "float32", data_placement: str = "auto") -> None:
+    """--workdir, the data flags, --dtype, --data-placement, --resume,
+    --rescore, --quick, --no-progress and --debug."""
     add = parser.add_argument
     add("--dtype", choices=tuple(DTYPES),
-        help="compute dtype (default float32); bfloat16 keeps parameters, optimizer state and "
-             "loss in float32")
+        help=f"compute dtype; bfloat16 keeps parameters, optimizer state and loss in float32 {shown(dtype)}")
     add("--data-placement", choices=DATA_PLACEMENTS,
         help="where the training set lives: on the devices, epochs as lax.scan ('device'), or "
-             "on the host, one call per step ('host'); default 'auto': device where it fits")
+             "on the host, one call per step ('host'); 'auto': device on a GPU or TPU where it fits, "
+             f"else host {shown(data_placement)}")
     add("--workdir", type=pathlib.Path,
-        help=f"run directory (default: a new {DEFAULT_RUNS_DIR}/{name}/<time>; "
+        help=f"run directory (default: a new {DEFAULT_RUNS_DIR}/{name}/<date-time>; "
              "with --resume, the newest run there)")
-    add("--data-dir", type=pathlib.Path, help="tfds data dir holding mnist/3.0.1 (default $TFDS_DATA_DIR)")
-    add("--idx-dir", type=pathlib.Path, help="folder with the four MNIST IDX files (e.g. Kaggle's)")
-    add("--no-download", action="store_true", help="never download MNIST")
+    add_data_flags(parser)
     add("--resume", action="store_true", help=resume_help)
+    add("--rescore", action="store_true",
+        help="with --resume on a finished run: score its best checkpoint again and rewrite its results "
+             "(its training times are kept)")
     add("--quick", action="store_true", help=quick_help)
-    add("--no-progress", action="store_true", help="no progress bar")
+    add("--no-progress", action="store_true",
+        help="no progress bar (default: a bar on a terminal, a line per epoch otherwise)")
+    add("--debug", action="store_true",
+        help="show the libraries' logs and the full traceback of an error (default: one line per error)")
 
 
 def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: TrainConfig) -> TrainConfig:
@@ -106,23 +162,50 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
             level=args.noise_level if args.noise_level is not None else base.noise.level,
         )
     config = dataclasses.replace(base, **overrides)
-    parallel.check_batch_size(config.batch_size, parallel.data_mesh(), "training batch size")
+    parallel.check_batch_size(config.batch_size, parallel.data_mesh(), "training batch size (--batch-size)")
     return config
+
+
+def check_at_least_one(args: argparse.Namespace, *fields: str) -> None:
+    """ValueError naming the flag for each of `fields` given below 1."""
+    for field in fields:
+        value = getattr(args, field)
+        if value is not None and value < 1:
+            raise ValueError(f"--{field.replace('_', '-')} must be >= 1, got {value}")
 
 
 def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool,
                     is_run: Callable[[pathlib.Path], bool] = has_checkpoints) -> pathlib.Path:
     """The run directory: named, the newest one to resume (a dir that
-    `is_run` accepts), or a new one."""
+    `is_run` accepts), or a new one (with a notice, when --resume finds none)."""
     if workdir is not None:
         return workdir
     root = DEFAULT_RUNS_DIR / name
     if resume:
         runs = sorted(p for p in root.glob("*") if is_run(p)) if root.is_dir() else []
-        if not runs:
-            raise ResumeError(f"--resume: no run with checkpoints under {root}; name one with --workdir.")
-        return runs[-1]
-    return root / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        if runs:
+            return runs[-1]
+    new = root / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if resume:
+        print(f"--resume: no run saved under {root} yet; starting a new one in {new}", flush=True)
+    return new
+
+
+def finished_run(args: argparse.Namespace, workdir: pathlib.Path, final_file: str = rundir.SUMMARY,
+                 complete: Callable[[dict], bool] = lambda results: True) -> dict | None:
+    """On --resume of a finished run (its `final_file` written, and
+    `complete` by its contents) without --rescore: says so and returns that
+    file's contents, so that the experiment ends with status 0 and nothing
+    is trained, scored or written. None otherwise."""
+    path = pathlib.Path(workdir).expanduser() / final_file
+    if not args.resume or args.rescore or not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if not complete(results):
+        return None
+    print(f"{path.parent} is a finished run ({final_file} written); nothing to do. "
+          "Pass --rescore to score its best checkpoint again.", flush=True)
+    return results
 
 
 def _percent(value: float | None) -> str:
@@ -167,43 +250,86 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
 
 def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
           prepare: Callable[[argparse.Namespace], Any] = lambda args: None) -> tuple[argparse.Namespace, Any]:
-    """The start of every experiment's main: `setup()`, the flags parsed,
+    """The start of every experiment's main: the flags parsed, `setup()`,
     then `prepare(args)` (configs, the run dir: whatever checks the flags);
     a ValueError or ResumeError it raises is a usage error (exit status 2)
-    with its message. Returns (args, what prepare returned)."""
-    setup()
+    with its message, config fields named as their flags. --rescore implies
+    --resume. Returns (args, what prepare returned)."""
     args = parser.parse_args(argv)
+    if getattr(args, "rescore", False):
+        args.resume = True
+    setup(debug=getattr(args, "debug", False))
     try:
         return args, prepare(args)
     except (ValueError, ResumeError) as e:
-        parser.error(str(e))
+        parser.error(as_flags(str(e), parser))
 
 
-def setup() -> None:
+def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """`message` with the config fields it blames named as the parser's
+    flags: "batch_size must be >= 1" -> "--batch-size must be >= 1"."""
+    for option in parser._option_string_actions:
+        if option.startswith("--"):
+            field = option.removeprefix("--").replace("-", "_")
+            message = re.sub(rf"(?<![\w-]){field}(?= must\b)|(?<=unknown ){field}\b", option, message)
+    return message
+
+
+def setup(debug: bool = False) -> None:
     """Logging, and jax.distributed where the environment asks for it
-    (mnist_jax.parallel.initialize_distributed): before anything uses JAX."""
+    (mnist_jax.parallel.initialize_distributed): before anything uses JAX.
+
+    Without `debug`, the libraries' own logs (absl, where Orbax reports a
+    failed background save with its traceback; asyncio) show errors only
+    after this project has said, in one line, what happened."""
     parallel.initialize_distributed()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet = logging.DEBUG if debug else logging.CRITICAL
+    for name, level in (("absl", quiet), ("asyncio", quiet), ("jax._src.xla_bridge", logging.WARNING),
+                        ("orbax", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+    if not debug:
+        quiet_background_failures()
 
 
 @contextlib.contextmanager
-def training_errors(parser: argparse.ArgumentParser):
+def training_errors(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """How a command-line run ends when training cannot go on: a run that
-    cannot be resumed as asked is a usage error (status 2); a NaN loss
-    exits with status 1 and a SIGINT/SIGTERM with 128 + its number, each
-    with its message (which checkpoint holds what) and no traceback."""
+    cannot be resumed as asked is a usage error (status 2); a NaN loss or a
+    save that failed (a full disk, a read-only or vanished folder) exits
+    with status 1 and a SIGINT/SIGTERM with 128 + its number, each with its
+    message (which checkpoint holds what) and no traceback unless --debug."""
     try:
         yield
     except ResumeError as e:
         parser.error(str(e))
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from e
+    except OSError as e:
+        if args.debug or io_failure(e) is None:
+            raise
+        print(f"error: {save_failed_message(e)}", file=sys.stderr, flush=True)
+        # The libraries' background writers fail too as the process ends
+        # (TensorBoard's event thread, Orbax's): consequences, already told.
+        threading.excepthook = lambda hook_args: None
+        sys.unraisablehook = lambda hook_args: None
         raise SystemExit(1) from e
     except TrainingInterrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from e
+
+
+def save_failed_message(error: OSError) -> str:
+    """One line for a failed write: a SaveError says it all; another write
+    (metrics.json, a figure) names its file."""
+    if isinstance(error, SaveError):
+        return str(error)
+    where = f" {error.filename}" if error.filename else ""
+    return (f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. Free some space "
+            "(or make the folder writable again), then run the same command with --resume.")
 
 
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
@@ -248,7 +374,7 @@ def run_experiment(
     argv: Sequence[str] | None = None,
 ) -> dict:
     """Parses flags, trains and evaluates, prints the report-vs-ours table."""
-    parser = build_parser(name, description)
+    parser = build_parser(name, description, config, quick)
 
     def prepare(args):
         run_config = config_from_args(args, config, quick)
@@ -256,10 +382,13 @@ def run_experiment(
             resolve_workdir(name, args.workdir, args.resume)
 
     args, (config, model, workdir) = start(parser, argv, prepare)
+    if (done := finished_run(args, workdir)) is not None:
+        print_results(name, done, reference, workdir)
+        return done
     splits, source = load_splits(args, config)
     print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
           f"examples from {source}; run dir {workdir}", flush=True)
-    with training_errors(parser):
+    with training_errors(parser, args):
         summary = train_and_evaluate(
             config, model, splits, workdir, experiment=name, resume=args.resume,
             progress=not args.no_progress,

@@ -19,9 +19,10 @@ NUM_CLASSES = 10
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
 OFFLINE_HINT = (
-    "Point the run at data already on disk: --data-dir DIR (a tfds data dir "
-    f"holding {TFDS_NAME}/{TFDS_VERSION}) or --idx-dir DIR (a folder with the four "
-    "MNIST IDX files, gzipped or not, e.g. Kaggle's MNIST download)."
+    "Point the run at data already on disk: --data-dir DIR or the TFDS_DATA_DIR "
+    f"environment variable (a tfds data dir holding {TFDS_NAME}/{TFDS_VERSION}), or "
+    "--idx-dir DIR (a folder with the four MNIST IDX files, gzipped or not, e.g. "
+    "Kaggle's MNIST download)."
 )
 
 

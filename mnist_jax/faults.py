@@ -5,11 +5,15 @@
 - SIGINT and SIGTERM: noted while training (`stop_signals_caught`); the loop
   finishes the current step call, saves a checkpoint and raises
   `TrainingInterrupted`. A second signal gets the previous handler.
+- A save that fails for want of space, permission or the folder itself:
+  `SaveError`, naming the folder, the step and the last good checkpoint
+  (`io_failure` tells such errors from others).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -29,6 +33,48 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int, step: int):
         super().__init__(message)
         self.signum, self.step = signum, step
+
+
+class SaveError(OSError):
+    """A checkpoint or result could not be written: a full disk, a read-only
+    or vanished folder. What was saved before is intact."""
+
+
+_IO_FAILURES = ("No space left on device", "Read-only file system", "Permission denied",
+                "Disk quota exceeded", "No such file or directory")
+
+
+def io_failure(error: BaseException) -> str | None:
+    """Why `error` (or an error it was raised from) is a failed write to
+    the disk, in a few words ("No space left on device"); None when it is
+    not one. Orbax surfaces TensorStore's failures as ValueError with the
+    OS's words in the message."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return os.strerror(error.errno)
+        found = [reason for reason in _IO_FAILURES if reason in str(error)]
+        if found:
+            return found[0]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def quiet_background_failures() -> None:
+    """Keeps the echoes of a failed asynchronous save off the terminal: when
+    Orbax gives up a save it closes its event loop, and TensorStore's
+    callbacks then report "Event loop is closed" once per array. The save's
+    own error reaches the main thread (SaveError); others pass as before."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 @jax.jit

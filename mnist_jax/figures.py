@@ -1,7 +1,8 @@
 """The pictures every training run leaves behind, as PNG files beside its
 metrics.json and as TensorBoard images and projector embeddings.
 
-  curves.png            loss (and accuracy) per epoch, train and validation
+  curves.png            loss (and accuracy) per epoch, train and validation; the
+                        epoch whose checkpoint was scored on the test set marked
   confusion_matrix.png  classifiers: test confusion matrix
   misclassified.png     classifiers: wrong test predictions, true and predicted labels
   reconstructions.png   autoencoders: test images above their reconstructions
@@ -45,14 +46,16 @@ def write_run_figures(
     spec: StepConfig,
     history: list[dict],
     step: int,
+    scored_epoch: int | None = None,
     predictions: np.ndarray | None = None,
     confusion_matrix: np.ndarray | None = None,
     test_pictures: np.ndarray | None = None,
 ) -> list[str]:
     """Writes the run's figures; returns the names of the files written.
 
-    state: the evaluated (best) state. predictions, confusion_matrix: its test
-    results, where the task classifies. test_pictures: uint8 (N, 28, 28, 1)
+    state: the evaluated (best) state, of epoch `scored_epoch` (marked on
+    the curves). predictions, confusion_matrix: its test results, where the
+    task classifies. test_pictures: uint8 (N, 28, 28, 1)
     pictures of the test split where `test.images` are not pictures (cached
     transfer-learning features); None: `test.images` are the pictures.
     """
@@ -67,8 +70,8 @@ def write_run_figures(
         written.append(name)
 
     if history:
-        save("curves.png", viz.figure_to_array(
-            viz.training_curves_figure(history, f"{experiment}: training curves")))
+        save("curves.png", viz.figure_to_array(viz.training_curves_figure(
+            history, f"{experiment}: training curves", scored_epoch)), "train/curves")
     if confusion_matrix is not None:
         save("confusion_matrix.png", viz.confusion_matrix_image(
             np.asarray(confusion_matrix), f"{experiment}: test confusion matrix"), "test/confusion_matrix")

@@ -104,7 +104,8 @@ def find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
         if candidate.is_file():
             return candidate
     raise DataNotFoundError(
-        f"{folder} has no {stem} (looked for {', '.join(c.name for c in candidates[:4])}). "
+        f"{folder} has no {stem} (looked for "
+        f"{', '.join(dict.fromkeys(str(c.relative_to(folder)) for c in candidates))}). "
         "The folder must hold all four MNIST IDX files: "
         + ", ".join(stem for stem, _, _ in IDX_FILES.values())
         + " (each optionally .gz)."

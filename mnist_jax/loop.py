@@ -28,9 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
-
 from mnist_jax import checkpoints, parallel, pipeline, steps, summaries
+from mnist_jax.progress import EpochProgress
 from mnist_jax.checkpoints import CheckpointPolicy
 from mnist_jax.config import ResumeError, TrainConfig, check_resumable
 from mnist_jax.data import Splits
@@ -152,6 +151,7 @@ class _Loop:
         self.pending: list[tuple[int, dict, bool]] = []  # (first step, device-side sums, scanned)
         self.unlogged: list[tuple[int, list[dict]]] = []  # (step, host-side sums per member)
         self.first_step_seconds = None
+        self.bar: EpochProgress | None = None  # The epoch's progress, from its first step.
 
     def resume(self) -> None:
         """Continues from the newest readable latest checkpoint, exactly where it stopped."""
@@ -195,15 +195,15 @@ class _Loop:
         epoch_start = epoch * self.steps_per_epoch
         offset = start - epoch_start if epoch == start // self.steps_per_epoch else 0
         indices, masks = self.members.epoch_batches(epoch, len(self.splits.train))  # (steps, [K,] B) each
-        bar = tqdm(total=self.steps_per_epoch, initial=offset, disable=not self.progress,
-                   desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", leave=False)
+        self.bar = bar = EpochProgress(self.steps_per_epoch, offset, f"epoch {epoch + 1}/{self.config.epochs}",
+                                       enabled=self.progress)
         for begin, end in chunks(offset, self.steps_per_epoch, self.runner.chunk_length):
             self.state, step_metrics = self.runner(self.state, indices, masks, begin, end)
             self.pending.append((epoch_start + begin + 1, step_metrics, self.runner.name == "device"))
             if self.first_step_seconds is None:
                 jax.block_until_ready(step_metrics)
                 self.first_step_seconds = time.perf_counter() - self.clock
-            self.after_steps(epoch_start + begin, epoch_start + end, end == self.steps_per_epoch, bar)
+            self.after_steps(epoch_start + begin, epoch_start + end, end == self.steps_per_epoch)
             bar.update(end - begin)
             if self.on_step is not None:
                 self.on_step(epoch_start + end)
@@ -212,7 +212,7 @@ class _Loop:
         bar.close()
         return epoch_start + self.steps_per_epoch
 
-    def after_steps(self, first: int, step: int, end_of_epoch: bool, bar) -> None:
+    def after_steps(self, first: int, step: int, end_of_epoch: bool) -> None:
         """Logs the steps (first, step] that reach a log step; a mid-epoch checkpoint if due."""
         log_steps = [s for s in range(first + 1, step + 1) if s % self.config.log_every_steps == 0]
         if end_of_epoch and step not in log_steps:
@@ -228,14 +228,14 @@ class _Loop:
                     _add(self.sums[k], [part])
                     writer.scalars(log_step, {"train/loss_step": part.get("loss_sum", 0.0) / max(part.get("count", 0.0), 1)})
             losses = [steps.metric_means(s).get("loss", float("nan")) if s else float("nan") for s in self.sums]
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            self.bar.show_loss(float(np.mean(losses)))
         if (step % self.steps_per_epoch) % self.policy.every_steps == 0 and not end_of_epoch:
             self.save_latest(step)
 
     def end_epoch(self, epoch: int, step: int) -> None:
         """Each member's validation and record, then the best and latest checkpoints."""
         records = [self.record(epoch, step, k) for k in range(self.members.count)]
-        print(self.members.epoch_line(epoch, records), flush=True)
+        print(f"{self.members.epoch_line(epoch, records)}  ({self.bar.steps_per_second():.1f} steps/s)", flush=True)
         self.prepare_save(step)
         improved = [self.splits.val is not None and self.policy.is_better(r, b) for r, b in zip(records, self.bests)]
         for k, better in enumerate(improved):  # "best" before "latest" (CheckpointPolicy).
@@ -290,7 +290,8 @@ class _Loop:
     def save_latest(self, step: int) -> None:
         self.prepare_save(step)
         if self.ckpts is not None:
-            self.ckpts.save_latest(step, self.state, self.meta())
+            with self.bar.paused():
+                self.ckpts.save_latest(step, self.state, self.meta())
             self.last_saved = step
 
     def stop_if_asked(self, step: int) -> None:
@@ -332,6 +333,11 @@ def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | N
     """
     mesh = mesh or parallel.data_mesh()
     parallel.check_batch_size(members.config.batch_size, mesh, "training batch size")
+    if resume and ckpts is not None and ckpts.latest_step() is None:
+        # Killed before its first checkpoint: the command a preemptible
+        # machine repeats must still work.
+        print(f"--resume: nothing saved in {ckpts.latest.directory} yet; starting from the beginning", flush=True)
+        resume = False
     if resume:
         _check_can_resume(ckpts)  # Before the state's initialisation, which takes a while.
     run = _Loop(members, splits, ckpts, writers, mesh, progress=progress, on_step=on_step)

@@ -45,8 +45,8 @@ class NoiseConfig:
             raise ValueError(f"unknown noise kind {self.kind!r}; choose one of {NOISE_KINDS}")
         if self.level < 0 or (self.kind == "salt_pepper" and self.level > 1):
             raise ValueError(
-                f"noise level {self.level} is out of range for {self.kind!r} "
-                "(sigma >= 0; salt-and-pepper probability in [0, 1])"
+                f"noise_level must be a sigma >= 0, or for salt_pepper a probability in [0, 1]; "
+                f"got {self.level} for {self.kind!r}"
             )
 
 

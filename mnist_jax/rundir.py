@@ -31,6 +31,7 @@ from mnist_jax.optim import make_optimizer
 from mnist_jax.steps import TrainState, count_params, create_train_state
 
 SUMMARY = "metrics.json"
+TIMINGS = ("train_seconds", "compile_seconds", "first_step_seconds")  # Measured while training.
 
 
 class RunError(Exception):
@@ -64,7 +65,7 @@ def make_summary(*, experiment: str, config: TrainConfig, model: nn.Module, para
         "test": test,
         "evaluated_checkpoint": {"kind": f"best_{select_key}", **fit_result["best"]},
         "history": fit_result["history"],
-        **{k: fit_result[k] for k in ("train_seconds", "compile_seconds", "first_step_seconds")},
+        **{k: fit_result[k] for k in TIMINGS},
         "devices": devices,
         "data_placement": fit_result["data_placement"],
         "versions": {"jax": jax.__version__, "flax": _version("flax"), "optax": optax.__version__},

@@ -55,6 +55,21 @@ def load_tfds(data_dir: str | os.PathLike) -> MNIST:
         )
     import tensorflow_datasets as tfds  # Heavy: imported only to decode.
 
+    # tfds decodes the PNG records with PIL where OpenCV is missing, and says
+    # so through absl on every first load; PIL is what we want here.
+    absl_log = logging.getLogger("absl")
+    absl_log.addFilter(_no_opencv_notice)
+    try:
+        return _decode_tfds(tfds, data_dir, prepared)
+    finally:
+        absl_log.removeFilter(_no_opencv_notice)
+
+
+def _no_opencv_notice(record: logging.LogRecord) -> bool:
+    return "OpenCV is not installed" not in str(record.msg)
+
+
+def _decode_tfds(tfds, data_dir: pathlib.Path, prepared: pathlib.Path) -> MNIST:
     splits = {}
     for split, size in SPLIT_SIZES.items():
         try:

@@ -42,8 +42,14 @@ class MetricWriter:
     def __enter__(self) -> "MetricWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # Already failing (a full disk, say): the first error is the one to tell.
+            self.close()
+        except OSError:
+            pass
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self._writer is None:

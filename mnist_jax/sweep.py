@@ -207,9 +207,9 @@ def run_sweep(sweep: SweepConfig, splits: Splits, workdir: pathlib.Path, *, stra
         "wall_seconds": time.perf_counter() - clock,
         "devices": parallel.describe(mesh),
     }
-    rows = trial_rows(trials, results, select_key)
+    summary["rows"] = rows = trial_rows(trials, results, select_key)
     _write_sweep_files(workdir, summary, rows, spec)
-    return {**summary, "rows": rows, "state": state}
+    return {**summary, "state": state}
 
 
 def _write_sweep_files(workdir: pathlib.Path, summary: dict, rows: list[dict], spec: StepConfig) -> None:

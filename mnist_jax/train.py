@@ -41,7 +41,8 @@ def train_and_evaluate(
     """Trains, scores the best checkpoint on the test set, and writes the run directory.
 
     Without `resume`, a `workdir` that already holds checkpoints is refused,
-    so nothing saved is overwritten. `extra`: fields added to metrics.json.
+    so nothing saved is overwritten. With `resume` on a finished run, the
+    best checkpoint is scored again; metrics.json keeps the run's timings. `extra`: fields added to metrics.json.
     `mesh`: the devices (default: all). `test_pictures`: the test images as
     uint8 pictures, where `splits.test` holds something else (cached
     features), for the figures.
@@ -55,6 +56,7 @@ def train_and_evaluate(
             f"{workdir} already holds a run's checkpoints. Pass --resume to continue it, "
             "or choose another --workdir; nothing was changed."
         )
+    previous = rundir.read_summary(workdir) if resume and rundir.is_finished(workdir) else None
     spec = config.step_config()
     mesh = mesh or parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh, "training batch size")  # Before any file.
@@ -74,8 +76,8 @@ def train_and_evaluate(
         if is_main:
             figures.write_run_figures(
                 workdir, writer, experiment=experiment, state=best_state, test=splits.test, spec=spec,
-                history=result["history"], step=int(state.step), predictions=predictions,
-                confusion_matrix=test.get("confusion_matrix"), test_pictures=test_pictures)
+                history=result["history"], step=int(state.step), scored_epoch=(result["best"] or {}).get("epoch"),
+                predictions=predictions, confusion_matrix=test.get("confusion_matrix"), test_pictures=test_pictures)
         select_key = spec.selection[0]
         writer.hparams(flat_hparams(config), {
             **{f"hparam/test_{k}": v for k, v in test.items() if isinstance(v, float)},
@@ -83,5 +85,7 @@ def train_and_evaluate(
         })
     summary = rundir.make_summary(experiment=experiment, config=config, model=model, params=state.params,
                                   splits=splits, test=test, fit_result=result, devices=devices, extra=extra)
+    if previous is not None:  # Re-scored: the training was measured when it ran.
+        summary.update({k: previous[k] for k in rundir.TIMINGS if k in previous}, rescored=True)
     rundir.write_summary(workdir, summary)
     return {**summary, "state": state, "best_state": best_state}

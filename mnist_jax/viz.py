@@ -119,8 +119,10 @@ def _hide_ticks(ax) -> None:
     ax.set_yticks([])
 
 
-def training_curves_figure(history: list[dict], title: str = "Training curves") -> Figure:
-    """Loss, and accuracy where there is one, per epoch: train and validation.
+def training_curves_figure(history: list[dict], title: str = "Training curves",
+                           scored_epoch: int | None = None) -> Figure:
+    """Loss, and accuracy where there is one, per epoch: train and validation;
+    a dashed line at `scored_epoch`, the checkpoint the test set was scored on.
 
     history: a run's per-epoch records (metrics.json "history"), with keys
     "epoch", "train_loss", "val_loss" and maybe "train_accuracy", "val_accuracy".
@@ -140,6 +142,9 @@ def training_curves_figure(history: list[dict], title: str = "Training curves") 
                 continue
             ax.plot(epochs, [100 * v if percent else v for v in values], marker="o",
                     label="validation" if split == "val" else split)
+        if scored_epoch is not None:
+            ax.axvline(scored_epoch, linestyle="--", color="gray", linewidth=1,
+                       label=f"scored on test (epoch {scored_epoch})")
         ax.set(xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)

@@ -4,13 +4,12 @@ They are read once, when JAX starts its backends, so `mnist_jax` sets them
 on import (its __init__), before anything runs; options the user already
 put in XLA_FLAGS win. MNIST_JAX_XLA_DEFAULTS=0 turns this off.
 
-Measured with `python -m experiments.benchmark --vs-torch` (README,
-"Performance"): on XLA:CPU of jaxlib 0.10, YNNPACK takes reductions and
-elementwise fusions as well as matrix products by default, and its
-reductions are slow: batch-norm statistics over a (64, 28, 28, 32) batch
-took 5 ms where XLA's own loops take under 1 ms. Keeping YNNPACK for the
-matrix products only trains the 3-conv CNN 1.6x faster and leaves the
-ViT, made of matrix products, as fast as before.
+Why (measured with `python -m experiments.benchmark --vs-torch`;
+docs/performance.md): on XLA:CPU of jaxlib 0.10, YNNPACK takes reductions
+and elementwise fusions as well as matrix products by default, and its
+reductions are slow. Keeping YNNPACK for the matrix products only trains
+the convolutional models much faster and leaves the ViT, made of matrix
+products, as fast as before.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def assert_runs_agree(a_history: list[dict], b_history: list[dict]) -> None:
     is amplified about a thousandfold: changing every initial weight by one
     ulp, on one device, moved epoch 1's train loss by 5e-4 (relative),
     epoch 2's by up to 4.8e-3 and its validation loss by up to 5.3e-2, and
-    validation accuracy by 14 points (CPU box, 3 random ulp patterns). So
+    validation accuracy by 14 points (2-core CPU, 3 random ulp patterns). So
     accuracies are not compared, and the losses get about twice that
     envelope: enough to catch a device training on the wrong share of a
     batch or a mean over the wrong count (a real partitioning bug moved

@@ -19,9 +19,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.crash_job")
     parser.add_argument("workdir", type=pathlib.Path)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
-    from mnist_jax import checkpoints, models, train
+    from mnist_jax import models, train
     from mnist_jax.data import Splits
     from mnist_jax.cli import training_errors
     from tests.conftest import small_run_config, synthetic_split
@@ -29,11 +30,10 @@ def main(argv=None) -> None:
     config = small_run_config(checkpoint_every_steps=2, data_placement="host")
     splits = Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
     # A run killed before its first checkpoint was finished has nothing to
-    # resume: it starts again, as a job script that always passes --resume would.
-    resume = args.resume and checkpoints.has_checkpoints(args.workdir)
-    with training_errors(parser):
+    # resume: --resume starts it again, as a job script that always passes it expects.
+    with training_errors(parser, args):
         train.train_and_evaluate(config, models.get_model("cnn"), splits, args.workdir, experiment="crash_job",
-                                 resume=resume, progress=False,
+                                 resume=args.resume, progress=False,
                                  on_step=lambda step: print(f"step {step}", flush=True))
     print("done", flush=True)
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, models, optim, steps, train
+from mnist_jax import checkpoints, loop, models, optim, steps, train
 from mnist_jax.config import ResumeError
 from tests.conftest import small_run_config
 
@@ -102,9 +102,16 @@ def test_resume_can_extend_training(tmp_path, synthetic_splits):
     assert [h["epoch"] for h in longer["history"]] == [1, 2]
 
 
-def test_resume_without_checkpoint_is_refused(tmp_path, synthetic_splits):
-    with pytest.raises(ResumeError, match="no checkpoint"):
-        run(CONFIG, synthetic_splits, tmp_path, resume=True)
+def test_resume_without_checkpoint_starts_from_the_beginning(tmp_path, synthetic_splits, capsys):
+    # The command a preemptible machine repeats; tests/test_cli.py checks the numbers.
+    result = run(dataclasses.replace(CONFIG, epochs=1), synthetic_splits, tmp_path, resume=True)
+    assert "--resume: nothing saved in" in capsys.readouterr().out
+    assert [h["epoch"] for h in result["history"]] == [1]
+
+
+def test_resume_of_a_run_that_keeps_no_checkpoints_is_refused(synthetic_splits):
+    with pytest.raises(ResumeError, match="keeps no checkpoints"):
+        loop.fit(CONFIG, models.get_model("cnn"), synthetic_splits, None, resume=True)
 
 
 def test_leftover_tmp_folder_of_killed_save_is_cleared(tmp_path):

@@ -184,8 +184,17 @@ def test_no_network_gives_clear_error(tmp_path):
         port = s.getsockname()[1]
     files = [idx.RemoteFile(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz", 1, "0" * 64,
                              "train-images-idx3-ubyte.gz")]
-    with pytest.raises(data.DownloadError, match="offline.*--idx-dir"):
+    with pytest.raises(data.DownloadError, match="offline.*--data-dir DIR or the TFDS_DATA_DIR.*--idx-dir"):
         idx.download_idx_files(tmp_path, files, timeout=5)
+
+
+def test_an_empty_idx_folder_names_each_file_it_looked_for_once(tmp_path):
+    with pytest.raises(data.DataNotFoundError) as error:
+        sources.load_mnist(idx_dir=tmp_path, cache_dir=tmp_path / "cache")
+    looked_for = str(error.value).split("(looked for ", 1)[1].split(")", 1)[0].split(", ")
+    assert len(looked_for) == len(set(looked_for)) == 6
+    assert {"train-images-idx3-ubyte.gz", "train-images.idx3-ubyte", "train-images.idx3-ubyte/train-images.idx3-ubyte"} \
+        <= set(looked_for)
 
 
 def test_registered_checksums_are_tfds_mnist():

@@ -43,19 +43,19 @@ def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_run
     saved = json.loads((workdir / "metrics.json").read_text())
     assert saved["experiment"] == "cnn" and saved["data"]["test"] == 1000
     assert saved["reference"]["accuracy"] == 0.9938
-    # 2 epochs on 4,500 images: 93.90 % here (the full run's 99.30 % is in the README).
+    # 2 epochs on 4,500 images: well under the full run (docs/results.md), well over chance.
     assert saved["test"]["accuracy"] > 0.92
     args = quick_runs.args("cnn")
     with pytest.raises(SystemExit):  # The run exists: refused without --resume.
         cnn.main(args)
-    again = cnn.main(args + ["--resume"])  # Finished: resuming only re-evaluates.
-    assert again["test"] == summary["test"]
+    again = cnn.main(args + ["--resume"])  # Finished: nothing to do (tests/test_cli.py).
+    assert again["test"] == json.loads(json.dumps(summary["test"]))
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "epochs must be >= 1"),
-    (["--batch-size", "-4"], "batch_size must be >= 1"),
-    (["--noise", "gaussian", "--noise-level", "-1"], "out of range"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "-4"], "--batch-size must be >= 1"),
+    (["--noise", "gaussian", "--noise-level", "-1"], "--noise-level must be"),
 ])
 def test_bad_flags_fail_before_training(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -207,8 +207,10 @@ def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist
     assert model["frozen"]["trainable_parameters"] < model["frozen"]["parameters"]
     assert model["fine-tuned"]["trainable_parameters"] == model["fine-tuned"]["parameters"]
     # Everything finished: --resume recomputes nothing and gives the same table.
+    capsys.readouterr()
     again = few_labels.main(args + ["--resume"])
-    assert again["runs"] == results["runs"]
+    assert "is a finished run" in capsys.readouterr().out
+    assert again["runs"] == json.loads(json.dumps(results["runs"]))
 
 
 @pytest.mark.slow
@@ -246,7 +248,11 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
     with pytest.raises(SystemExit):  # The chain exists: refused without --resume.
         noisy.main(args)
     assert "--resume" in capsys.readouterr().err
-    again = noisy.main(args + ["--resume"])
+    saved = (tmp_path / "noisy.json").read_bytes()
+    again = noisy.main(args + ["--resume"])  # Finished: nothing to do.
+    assert "is a finished run" in capsys.readouterr().out and (tmp_path / "noisy.json").read_bytes() == saved
+    assert again["scores"] == json.loads(json.dumps(scores))
+    again = noisy.main(args + ["--rescore"])  # Scored again, every stage reused.
     out = capsys.readouterr().out
     assert out.count("finished; reusing") == 4 and "3_denoised: reusing" in out
     assert again["scores"] == json.loads(json.dumps(scores))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import checkpoints, cli, faults, models, optim, parallel, placement, steps, train
-from mnist_jax.config import ResumeError
+from mnist_jax.config import ResumeError, TrainConfig
 from tests.conftest import small_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -175,12 +175,13 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp
 
 
 def test_training_errors_end_a_command_line_run_with_a_message(capsys):
-    parser = cli.build_parser("cnn", "")
-    with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser):
+    parser = cli.build_parser("cnn", "", TrainConfig(), TrainConfig())
+    args = parser.parse_args([])
+    with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser, args):
         raise faults.NonFiniteLossError("the training loss became nan at step 3")
     assert exit_info.value.code == 1
     assert "error: the training loss became nan at step 3" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser):
+    with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser, args):
         raise faults.TrainingInterrupted("SIGTERM received", signal.SIGTERM, 7)
     assert exit_info.value.code == 128 + signal.SIGTERM
 
@@ -279,19 +280,22 @@ def test_a_run_killed_at_random_moments_and_resumed_ends_with_the_uninterrupted_
 
 # --- Bad flags -----------------------------------------------------------------
 
-BAD_FLAGS = [
-    ("cnn", ["--epochs", "-2"], "epochs must be >= 1"),
+BAD_FLAGS = [  # Each error names the flag, not the config field behind it.
+    ("cnn", ["--epochs", "-2"], "--epochs must be >= 1"),
+    ("cnn", ["--batch-size", "0"], "--batch-size must be >= 1"),
+    ("cnn", ["--noise", "gaussian", "--noise-level", "-1"], "--noise-level must be a sigma >= 0"),
     ("vit", ["--noise", "blur"], "invalid choice: 'blur'"),
-    ("conv_ae", ["--lr", "-1"], "learning_rate must be > 0"),
-    ("vgg16", ["--epochs", "0"], "epochs must be >= 1"),
-    ("noisy", ["--denoiser-epochs", "0"], "epochs must be >= 1"),
-    ("noisy", ["--epochs", "0"], "epochs must be >= 1"),
-    ("few_labels", ["--steps", "0"], "steps must be >= 1"),
-    ("few_labels", ["--pretrain-epochs", "0"], "epochs must be >= 1"),
+    ("conv_ae", ["--lr", "-1"], "--learning-rate must be > 0"),
+    ("simple_cnn", ["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    ("vgg16", ["--epochs", "0"], "--epochs must be >= 1"),
+    ("noisy", ["--denoiser-epochs", "0"], "--denoiser-epochs must be >= 1"),
+    ("noisy", ["--epochs", "0"], "--epochs must be >= 1"),
+    ("few_labels", ["--steps", "0"], "--steps must be >= 1"),
+    ("few_labels", ["--pretrain-epochs", "0"], "--pretrain-epochs must be >= 1"),
     ("sweep", ["--model", "resnet"], "invalid choice: 'resnet'"),
-    ("sweep", ["--trials", "0"], "trials must be >= 1"),
+    ("sweep", ["--trials", "0"], "--trials must be >= 1"),
     ("speedrun", ["--seeds", "0"], "--seeds must be >= 1"),
-    ("speedrun", ["--batch-size", "-1"], "batch_size must be >= 1"),
+    ("speedrun", ["--batch-size", "-1"], "--batch-size must be >= 1"),
     ("compare", ["--models", "resnet"], "unknown ['resnet']"),
     ("benchmark", ["--steps", "0"], "must be >= 1"),
 ]

@@ -53,6 +53,12 @@ def test_each_figure_is_a_png_of_its_size(name, tmp_path):
         assert np.asarray(image).std() > 0  # Something was drawn.
 
 
+def test_the_curves_mark_the_scored_epoch():
+    plain = viz.figure_to_array(viz.training_curves_figure(HISTORY))
+    marked = viz.figure_to_array(viz.training_curves_figure(HISTORY, scored_epoch=2))
+    assert plain.shape == marked.shape and (plain != marked).any(axis=-1).sum() > 500  # The line and its legend.
+
+
 def test_figures_refuse_what_they_cannot_draw():
     with pytest.raises(ValueError, match="no epochs"):
         viz.training_curves_figure([])

@@ -16,7 +16,7 @@ LAYERS = [
     ("foundations", {"mnist_jax", "mnist_jax.xla_defaults", "mnist_jax.files", "mnist_jax.precision",
                      "mnist_jax.parallel", "mnist_jax.metrics", "mnist_jax.digits", "mnist_jax.viz",
                      "mnist_jax.summaries", "mnist_jax.checkpoints", "mnist_jax.wandb_log", "mnist_jax.data",
-                     "mnist_jax.pipeline", "mnist_jax.faults"}),
+                     "mnist_jax.pipeline", "mnist_jax.faults", "mnist_jax.progress"}),
     ("data and models", {"mnist_jax.idx", "mnist_jax.sources", "mnist_jax.data_stats", "mnist_jax.tasks",
                          "mnist_jax.models", "mnist_jax.pretrained"}),
     ("config", {"mnist_jax.config"}),

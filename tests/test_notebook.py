@@ -31,6 +31,16 @@ def test_notebook_is_clean_nbformat_4(notebook):
     assert [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
 
 
+def test_notebook_asks_for_the_repository_first_and_opens_tensorboard_before_training(notebook):
+    code = [source(c) for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert code[0].startswith("# @title Settings") and 'REPO_URL = ""' in code[0] and 'DATA = ""' in code[0]
+    board = next(i for i, c in enumerate(code) if "notebook.start" in c)
+    training = next(i for i, c in enumerate(code) if "experiment.main(" in c)
+    assert board < training  # Watched while it trains.
+    text = " ".join(source(c) for c in notebook["cells"] if c["cell_type"] == "markdown")
+    assert "needs no restart" not in text and "Restart session" in text
+
+
 @pytest.mark.slow
 def test_notebook_code_cells_run_on_cpu(notebook, real_mnist, tmp_path, monkeypatch, capsys):
     """Runs every code cell in order in one namespace, as a kernel would; after

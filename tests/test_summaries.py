@@ -30,6 +30,8 @@ def test_scalars_and_confusion_matrix_image_are_logged(finished_run):
     assert events.Scalars("learning_rate")[0].value == pytest.approx(1e-3)
     (image,) = events.Images("test/confusion_matrix")
     assert image.width > 100 and image.height > 100
+    (curves,) = events.Images("train/curves")  # curves.png, in TensorBoard too.
+    assert (curves.width, curves.height) == (1040, 400)
     assert (finished_run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -365,9 +365,9 @@ def test_a_sweep_saved_before_a_config_field_existed_still_resumes(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--param", "bogus=1"], "cannot sweep 'bogus'"),
     (["--method", "grid", "--param", "learning_rate=log:1e-4:1e-2"], "a grid needs a list of values"),
-    (["--trials", "0"], "number of trials must be >= 1"),
+    (["--trials", "0"], "number of --trials must be >= 1"),
     (["--budget-minutes", "-1"], "--budget-minutes must be > 0"),
-    (["--max-group-size", "0"], "max_group_size must be >= 1"),
+    (["--max-group-size", "0"], "--max-group-size must be >= 1"),
     (["--model", "cnn", "--param", "model.dropout=0.1"], "cnn has no hyperparameter 'dropout'"),
 ])
 def test_bad_flags_fail_before_loading_data(flags, message, tmp_path, capsys):
@@ -394,5 +394,6 @@ def test_sweep_quick_on_real_mnist_writes_its_table_and_resumes(tmp_path, real_m
     with pytest.raises(SystemExit):
         sweep_experiment.main([*flags, "--resume", "--trials", "5"])
     assert "defines another sweep" in capsys.readouterr().err
-    again = sweep_experiment.main([*flags, "--resume"])
-    assert again["test"] == summary["test"] and again["best_trial"] == summary["best_trial"]
+    again = sweep_experiment.main([*flags, "--resume"])  # Finished: nothing to do.
+    assert "is a finished run" in capsys.readouterr().out
+    assert again["test"] == json.loads(json.dumps(summary["test"])) and again["best_trial"] == summary["best_trial"]

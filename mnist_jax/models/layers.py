@@ -1,7 +1,6 @@
 """Layers the models share."""
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
@@ -21,7 +20,7 @@ class Dropout(nn.Module):
     gives 64 bits, which flax's `jax.random.bernoulli` turns into one or two
     values and this layer into four, each kept when its 16 bits fall under
     round(keep * 65536). On the CPU, Threefry dominated the ViT's dropout
-    (README, "Performance"). The kept probability is the rate rounded to
+    (docs/performance.md). The kept probability is the rate rounded to
     1/65536 (0.9 becomes 0.899994), and kept values are scaled by the exact
     1 / keep, as flax does; the "dropout" key and the mask's independence
     of device count and sharding (counter-based bits) are as flax's.
@@ -80,8 +79,8 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
 
     The same values as `nn.max_pool(x, (w, w), strides=(w, w))`, written as a
     reshape and a max: its gradient is elementwise, where reduce_window's
-    (select_and_scatter) runs 7x slower on XLA CPU (22 ms against 3 ms for a
-    (64, 28, 28, 32) batch; experiments.benchmark). Where a window holds
+    (select_and_scatter) runs several times slower on XLA CPU
+    (docs/performance.md). Where a window holds
     ties, the gradient is shared between them rather than given to the
     first; after a ReLU, ties are zeros, whose gradient is zero anyway.
 
@@ -108,7 +107,7 @@ class BatchNorm(nn.Module):
     biased variance), fast-variance formula, float32 statistics and running
     average update as flax's BatchNorm, so checkpoints are interchangeable.
     What differs is the mask: flax broadcasts it to the input's shape and
-    counts it there, 5 ms of a 26 ms CNN step on XLA CPU; here it is a (B,)
+    counts it there, a fifth of a CNN step on XLA CPU; here it is a (B,)
     weight, and the count is its sum times the pixels per example.
 
     Attributes:
@@ -170,9 +169,9 @@ def _batch_statistics(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
     examples `mask` keeps: E[x^2] - E[x]^2, clipped at 0 (flax's fast variance).
 
     The sums are matrix products, a weight row times the (B * H * W, C)
-    values: XLA:CPU reduces over the leading axes of a (64, 28, 28, 64)
-    batch in 2-3 ms, a matrix product does it in a fraction of that
-    (README, "Performance")."""
+    values: XLA:CPU reduces over the leading axes of a conv layer's output
+    slowly, a matrix product does it in a fraction of the time
+    (docs/performance.md)."""
     rows = x.reshape(-1, x.shape[-1])  # (B * H * W, C)
     per_example = rows.shape[0] // x.shape[0]
     if mask is None:
@@ -209,8 +208,8 @@ class ConvTranspose(nn.Module):
     convolution many times slower than of a plain one (jax-ml/jax#23783,
     #31662; equinox's ConvTranspose made the same change, its PR #1259).
     Inserting the zeros first gives the same values from a plain
-    convolution: a (64, 7, 7, 64) -> 14x14x32 layer's gradients take 5.6 ms
-    instead of 11.2 on this workplace's CPU. Parameters are flax's
+    convolution, about twice as fast on the CPU (docs/performance.md).
+    Parameters are flax's
     ("kernel" (kh, kw, in, out), "bias").
 
     Attributes:
@@ -236,7 +235,7 @@ class ConvTranspose(nn.Module):
         numbers = ("NHWC", "HWIO", "NHWC")
         if self.features == 1:
             # One output channel: here XLA's dilated form is the faster one
-            # (a (64, 12, 12, 16) -> 28x28 layer's gradients: 1.3 ms against 4.3).
+            # (docs/performance.md).
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding, lhs_dilation=self.strides,
                                              dimension_numbers=numbers)
         else:
@@ -254,8 +253,7 @@ class Conv(nn.Module):
     The same parameters ("kernel" (kh, kw, in, out), "bias") and values as
     flax's Conv. Its bias is added with `_rows_of`, whose gradient, the sum
     over batch and pixels, XLA:CPU computes in a fraction of the time of the
-    reduction that flax's broadcast add leaves it (2-3 ms for a (64, 28, 28,
-    64) output; README, "Performance").
+    reduction that flax's broadcast add leaves it (docs/performance.md).
 
     Attributes:
       features: output channels.
