@@ -4,15 +4,18 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 from mnist_jax import data, idx, sources
-from tests.conftest import REAL_IDX_DIR
+from tests.conftest import REAL_IDX_DIR, REAL_TFDS_DIR, ROOT
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -224,6 +227,17 @@ def test_changed_source_is_decoded_again(tmp_path, monkeypatch):
     sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
     write_fake_idx_folder(folder, n_train=30)
     assert len(sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache").train) == 30
+
+
+@pytest.mark.slow
+def test_decoding_tfds_mnist_says_nothing_about_opencv(real_mnist, tmp_path):
+    # In a process of its own: absl logs tfds's notice once per process, and
+    # this session decoded MNIST already.
+    code = f"from mnist_jax import sources; sources.load_tfds({str(REAL_TFDS_DIR)!r})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MNIST_JAX_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert "OpenCV" not in done.stderr + done.stdout
 
 
 # --- splits ------------------------------------------------------------------
