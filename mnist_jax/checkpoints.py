@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mnist_jax.faults import SaveError, io_failure
+from mnist_jax.faults import AFTER_FAILED_SAVE, SaveError, io_failure
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,7 @@ class RunCheckpoints:
             intact = "no checkpoint was saved before it"
         else:
             intact = f"the last good checkpoint, step {good}, is intact in {self.latest.directory / str(good)}"
-        return (f"could not save {what} in {self.latest.directory.parent} ({reason}); {intact}. "
-                "Free some space (or make the folder writable again), then run the same command with --resume.")
+        return f"could not save {what} in {self.latest.directory.parent} ({reason}); {intact}. {AFTER_FAILED_SAVE}"
 
 
 def _first_line(error: Exception) -> str:

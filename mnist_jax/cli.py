@@ -32,7 +32,8 @@ from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
 from mnist_jax.config import DATA_PLACEMENTS, ResumeError, TrainConfig
-from mnist_jax.faults import NonFiniteLossError, SaveError, TrainingInterrupted, io_failure, quiet_background_failures
+from mnist_jax.faults import (AFTER_FAILED_SAVE, NonFiniteLossError, SaveError, TrainingInterrupted, io_failure,
+                              quiet_background_failures)
 from mnist_jax.train import train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
@@ -328,8 +329,7 @@ def save_failed_message(error: OSError) -> str:
     if isinstance(error, SaveError):
         return str(error)
     where = f" {error.filename}" if error.filename else ""
-    return (f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. Free some space "
-            "(or make the folder writable again), then run the same command with --resume.")
+    return f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. {AFTER_FAILED_SAVE}"
 
 
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:

@@ -40,6 +40,9 @@ class SaveError(OSError):
     or vanished folder. What was saved before is intact."""
 
 
+# What to do after a SaveError or any other failed write of a run.
+AFTER_FAILED_SAVE = "Free some space (or make the folder writable again), then run the same command with --resume."
+
 _IO_FAILURES = ("No space left on device", "Read-only file system", "Permission denied",
                 "Disk quota exceeded", "No such file or directory")
 
