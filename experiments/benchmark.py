@@ -5,6 +5,7 @@
     python -m experiments.benchmark --sweep         # 8 sweep trials together vs one after another
     python -m experiments.benchmark --vs-torch      # every model against plain PyTorch (`bench` extra)
     python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 --round-seconds 5
+    python -m experiments.benchmark --overhead      # what a user waits for: whole commands, phase by phase
 
 Prints (and writes as JSON) examples/s, on every device (data parallel), of
   - the model step alone: one batch already on the device, stepped repeatedly;
@@ -20,6 +21,9 @@ dropout and seed differ) for --steps steps each: one after another as
 ordinary runs (each compiles its own step), then trained together in one
 jitted step (mnist_jax.trial_group), unrolled and vmapped; wall time with
 compilation, compile time, examples/s and the ratio to sequential.
+
+--overhead instead times whole commands as processes, first and second
+run, phase by phase (experiments._overhead); --rounds repeats, median.
 
 --vs-torch instead trains every model (or --models) with our step and with
 a plain PyTorch loop, alternating, in processes of their own: examples/s
@@ -38,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _vs_torch as vs_torch
+from experiments import _overhead as overhead, _vs_torch as vs_torch
 from mnist_jax import data as data_lib, models, optim, parallel, pipeline
 from mnist_jax import sources
 from mnist_jax.steps import create_train_state, make_device_train_steps, make_train_step, run_keys
@@ -268,9 +272,12 @@ def main(argv=None) -> dict:
                         help="--sweep: how trials share a step, comma-separated (unroll, vmap)")
     parser.add_argument("--vs-torch", action="store_true",
                         help="every model against a plain PyTorch loop (needs torch: pip install -e '.[bench]')")
+    parser.add_argument("--overhead", action="store_true",
+                        help="whole commands (cnn --quick, cnn --epochs 1, predict) timed as processes, "
+                             "phase by phase, first and second run (experiments._overhead)")
     parser.add_argument("--models", default="all",
                         help="--vs-torch: comma-separated models, or all: every model with a PyTorch baseline")
-    parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds; --overhead: repeats")
     parser.add_argument("--round-seconds", type=float, default=3.0,
                         help="--vs-torch: each round runs --steps steps at a time for at least this long")
     args = parser.parse_args(argv)
@@ -285,7 +292,12 @@ def main(argv=None) -> dict:
         sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir)
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
-    if args.vs_torch:
+    if args.overhead:
+        data_flags = [*(["--data-dir", str(args.data_dir)] if args.data_dir else []),
+                      *(["--idx-dir", str(args.idx_dir)] if args.idx_dir else [])]
+        result = overhead.run(1 if args.quick else args.rounds, data_flags, args.quick)
+        print(overhead.format_result(result))
+    elif args.vs_torch:
         if importlib.util.find_spec("torch") is None:  # Fail before any worker starts, with the fix.
             parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
         steps = 3 if args.quick else args.steps
@@ -302,7 +314,8 @@ def main(argv=None) -> dict:
     else:
         result = run(steps, args.batch_size, noise, args.dtype, args.data_dir, args.idx_dir)
         print(format_result(result))
-    args.output = args.output or pathlib.Path("runs/benchmark") / ("vs_torch.json" if args.vs_torch else "benchmark.json")
+    default_name = "overhead.json" if args.overhead else "vs_torch.json" if args.vs_torch else "benchmark.json"
+    args.output = args.output or pathlib.Path("runs/benchmark") / default_name
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"\nwritten to {args.output}")

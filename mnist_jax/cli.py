@@ -24,7 +24,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from mnist_jax import data as data_lib, parallel
-from mnist_jax import rundir, sources
+from mnist_jax import rundir, sources, timing
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.figures import FILES as FIGURE_FILES
 from mnist_jax.metrics import format_classification_report
@@ -385,13 +385,15 @@ def run_experiment(
     if (done := finished_run(args, workdir)) is not None:
         print_results(name, done, reference, workdir)
         return done
-    splits, source = load_splits(args, config)
+    phases = timing.Phases()
+    with phases("data"):
+        splits, source = load_splits(args, config)
     print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
           f"examples from {source}; run dir {workdir}", flush=True)
     with training_errors(parser, args):
         summary = train_and_evaluate(
             config, model, splits, workdir, experiment=name, resume=args.resume,
-            progress=not args.no_progress,
+            progress=not args.no_progress, phases=phases,
             extra={"data_source": source, "reference": dataclasses.asdict(reference)},
         )
     print_results(name, summary, reference, workdir)

@@ -215,7 +215,7 @@ def download_idx_files(
         target = dest / remote.filename
         if target.is_file() and sha256_of(target) == remote.sha256:
             continue
-        part = target.with_name(target.name + ".part")
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")  # This process's own.
         fetch_url(remote.url, part, timeout=timeout, hint=OFFLINE_HINT)
         digest = sha256_of(part)
         if digest != remote.sha256:

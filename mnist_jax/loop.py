@@ -19,6 +19,7 @@ together in one jitted step. Everything else is written once, here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -140,8 +141,12 @@ class _Loop:
         self.policy = CheckpointPolicy.of(self.config)
         self.steps_per_epoch = pipeline.num_batches(len(splits.train), self.config.batch_size)
         sample = jnp.zeros((1, *splits.train.images.shape[1:]), jnp.float32)
+        start = time.perf_counter()
         # Replicated before any restore: Orbax restores into the target's shardings.
         self.state = parallel.replicate(members.initial_state(self.steps_per_epoch, sample), mesh)
+        jax.block_until_ready(self.state)
+        self.init_seconds = time.perf_counter() - start
+        self.save_seconds = 0.0  # In the checkpoint saves (asynchronous: their start) and waits.
         count = members.count
         self.histories, self.bests, self.sums = [[] for _ in range(count)], [None] * count, [{} for _ in range(count)]
         self.elapsed_before = 0.0
@@ -244,7 +249,8 @@ class _Loop:
         if any(improved):
             to_save, self.kept_best = self.members.best_to_save(self.kept_best, self.state, improved)
             if self.ckpts is not None:
-                self.ckpts.save_best(step, to_save, self.meta())
+                with self.saving():
+                    self.ckpts.save_best(step, to_save, self.meta())
         self.save_latest(step)
         self.stop_if_asked(step)
 
@@ -290,9 +296,17 @@ class _Loop:
     def save_latest(self, step: int) -> None:
         self.prepare_save(step)
         if self.ckpts is not None:
-            with self.bar.paused():
+            with self.bar.paused(), self.saving():
                 self.ckpts.save_latest(step, self.state, self.meta())
             self.last_saved = step
+
+    @contextlib.contextmanager
+    def saving(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.save_seconds += time.perf_counter() - start
 
     def stop_if_asked(self, step: int) -> None:
         """After SIGINT/SIGTERM: a checkpoint of this step, then TrainingInterrupted."""
@@ -327,9 +341,12 @@ def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | N
     the host, every scan with it on the device; tests interrupt runs there).
 
     Returns {"state", "histories", "bests" (one per member), "train_seconds",
-    "compile_seconds", "first_step_seconds", "data_placement"}: train_seconds
-    leaves out compile_seconds, the ahead-of-time compilation of the train
-    programs and the evaluation step.
+    "compile_seconds", "first_step_seconds", "init_seconds",
+    "checkpoint_seconds", "data_placement"}: train_seconds leaves out
+    compile_seconds, the ahead-of-time compilation of the train programs and
+    the evaluation step, and init_seconds, the initial state's; it includes
+    checkpoint_seconds, spent starting the (asynchronous) checkpoint saves
+    and waiting for the last.
     """
     mesh = mesh or parallel.data_mesh()
     parallel.check_batch_size(members.config.batch_size, mesh, "training batch size")
@@ -351,10 +368,12 @@ def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | N
             step = run.train_epoch(epoch, start)
             run.end_epoch(epoch, step)
     if ckpts is not None:
-        ckpts.wait()
+        with run.saving():
+            ckpts.wait()
     jax.block_until_ready(run.state)
     return {"state": run.state, "histories": run.histories, "bests": run.bests, "train_seconds": run.seconds(),
             "compile_seconds": compile_seconds, "first_step_seconds": run.first_step_seconds,
+            "init_seconds": run.init_seconds, "checkpoint_seconds": run.save_seconds,
             "data_placement": run.runner.name}
 
 
@@ -369,7 +388,8 @@ def fit(config: TrainConfig, model: nn.Module, splits: Splits, ckpts: checkpoint
     `steps.load_pretrained`); ignored on resume, where the checkpoint has them.
 
     Returns {"state", "history", "best", "train_seconds", "compile_seconds",
-    "first_step_seconds", "data_placement"} (see train_members).
+    "first_step_seconds", "init_seconds", "checkpoint_seconds",
+    "data_placement"} (see train_members).
     """
     writer = writer or summaries.MetricWriter(".", enabled=False)
     result = train_members(Single(config, model, pretrained), splits, ckpts, [writer], resume=resume,

@@ -29,7 +29,7 @@ import zipfile
 
 import numpy as np
 
-from mnist_jax import idx, sources
+from mnist_jax import caches, idx, sources
 from mnist_jax.models.vgg_alexnet import ARCHITECTURES, Conv
 
 
@@ -271,16 +271,16 @@ def fetch_weights(arch: str, cache_dir: str | os.PathLike | None = None, *, time
     into the cache (default $MNIST_JAX_CACHE/weights) and hash-checked."""
     published = PUBLISHED[arch]
     cache = pathlib.Path(cache_dir) if cache_dir else sources.default_cache_dir() / "weights"
-    cache.mkdir(parents=True, exist_ok=True)
     target = cache / published.filename
-    if target.is_file() and idx.sha256_of(target).startswith(published.sha256_prefix):
-        return target
-    part = target.with_name(target.name + ".part")
-    idx.fetch_url(published.url, part, timeout=timeout, hint=OFFLINE_HINT)
-    digest = idx.sha256_of(part)
-    if not digest.startswith(published.sha256_prefix):
-        part.unlink()
-        raise WeightsError(f"downloaded {published.url} has sha256 {digest}, which does not start "
-                           f"with {published.sha256_prefix} as torchvision's file name says. " + OFFLINE_HINT)
-    part.replace(target)
+    with caches.lock(cache, f"the {arch} weights"):  # One process downloads; others wait for it.
+        if target.is_file() and idx.sha256_of(target).startswith(published.sha256_prefix):
+            return target
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        idx.fetch_url(published.url, part, timeout=timeout, hint=OFFLINE_HINT)
+        digest = idx.sha256_of(part)
+        if not digest.startswith(published.sha256_prefix):
+            part.unlink()
+            raise WeightsError(f"downloaded {published.url} has sha256 {digest}, which does not start "
+                               f"with {published.sha256_prefix} as torchvision's file name says. " + OFFLINE_HINT)
+        part.replace(target)
     return target

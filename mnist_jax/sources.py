@@ -26,6 +26,7 @@ import tempfile
 
 import numpy as np
 
+from mnist_jax import caches
 from mnist_jax.data import (MNIST, OFFLINE_HINT, SPLIT_SIZES, TFDS_NAME, TFDS_VERSION, CorruptDataError,
                             DataNotFoundError, Split)
 from mnist_jax.idx import IDX_FILES, download_idx_files, find_idx_file, load_idx_folder
@@ -98,7 +99,7 @@ def _decode_tfds(tfds, data_dir: pathlib.Path, prepared: pathlib.Path) -> MNIST:
 
 
 def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("MNIST_JAX_CACHE", "~/.cache/mnist-jax")).expanduser()
+    return caches.cache_dir()
 
 
 def load_mnist(
@@ -119,6 +120,11 @@ def load_mnist(
         $MNIST_JAX_CACHE or ~/.cache/mnist-jax.
     """
     cache = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    with caches.lock(cache, "the MNIST cache"):  # One process downloads and decodes; others wait, then read.
+        return _load(cache, data_dir, idx_dir, download)
+
+
+def _load(cache: pathlib.Path, data_dir, idx_dir, download: bool) -> MNIST:
     if idx_dir is not None:
         folder = pathlib.Path(idx_dir).expanduser()
         if not folder.is_dir():

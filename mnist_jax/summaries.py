@@ -3,6 +3,10 @@
 One `SummaryWriter` per run directory (`<workdir>/tensorboard`). Hparams go
 into the same run rather than a timestamped sub-run (tensorboardX's
 `add_hparams` default, lanpa/tensorboardX #519), so one trial is one run.
+
+tensorboardX is imported when the first writer opens, and without PyTorch:
+its writer module imports torch wherever torch is installed (only to name a
+type in its annotations), which costs seconds of every run's start-up.
 """
 
 from __future__ import annotations
@@ -10,11 +14,25 @@ from __future__ import annotations
 import math
 import pathlib
 import shutil
+import sys
 from typing import Mapping
 
 import numpy as np
-import tensorboardX
-from tensorboardX.summary import hparams as hparams_summaries
+
+
+def _tensorboardx():
+    """The tensorboardX package, imported without torch (see the module docstring)."""
+    blocked = "tensorboardX" not in sys.modules and "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects.
+    try:
+        import tensorboardX
+        import tensorboardX.embedding
+        import tensorboardX.summary
+    finally:
+        if blocked:
+            del sys.modules["torch"]  # A later `import torch` works as ever.
+    return tensorboardX
 
 
 def sprite(images: np.ndarray) -> np.ndarray:
@@ -37,7 +55,7 @@ class MetricWriter:
 
     def __init__(self, logdir: str | pathlib.Path, *, enabled: bool = True):
         self.logdir = pathlib.Path(logdir)
-        self._writer = tensorboardX.SummaryWriter(str(self.logdir)) if enabled else None
+        self._writer = _tensorboardx().SummaryWriter(str(self.logdir)) if enabled else None
 
     def __enter__(self) -> "MetricWriter":
         return self
@@ -68,7 +86,7 @@ class MetricWriter:
         if self._writer is None:
             return
         file_writer = self._writer._get_file_writer()
-        for summary in hparams_summaries(dict(hparams), dict(metrics)):
+        for summary in _tensorboardx().summary.hparams(dict(hparams), dict(metrics)):
             file_writer.add_summary(summary)
         self.scalars(0, metrics)
 
@@ -90,26 +108,32 @@ class MetricWriter:
                 len(v) != len(features) for v in columns.values()):
             raise ValueError(f"embedding {tag!r}: features {features.shape}, images "
                              f"{np.asarray(images).shape} and metadata must have one row per point")
+        # tensorboardX's add_embedding would draw a sprite of its own (leaving
+        # the cells past the last image uninitialised: garbage pixels) and
+        # format each value in Python; its file helpers are used instead, with
+        # our sprite (black cells) and numpy's writer.
+        projector = _tensorboardx().embedding
         logdir = pathlib.Path(self._writer._get_file_writer().get_logdir())
-        subdir = logdir / f"{int(step):05d}" / self._writer._encode(tag)
-        if subdir.exists():
-            shutil.rmtree(subdir)
-        config = logdir / "projector_config.pbtxt"
-        before = config.read_text() if config.exists() else ""
+        subdir = f"{int(step):05d}/{self._writer._encode(tag)}"
+        folder = logdir / subdir
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
         rows = [[str(v) for v in row] for row in zip(*columns.values())]
-        label_img = np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0  # (N, 1, H, H)
-        self._writer.add_embedding(
-            features, metadata=rows if len(columns) > 1 else [r[0] for r in rows],
-            label_img=label_img, global_step=int(step), tag=tag,
-            metadata_header=list(columns) if len(columns) > 1 else None)
-        added = config.read_text()[len(before):]
-        if added in before:  # tensorboardX appends; keep one entry per embedding.
-            config.write_text(before)
-        # tensorboardX leaves the sprite's cells past the last image
-        # uninitialised (np.ndarray): garbage pixels. Ours are black.
+        projector.make_tsv(rows if len(columns) > 1 else [r[0] for r in rows], str(folder),
+                           metadata_header=list(columns) if len(columns) > 1 else None)
+        np.savetxt(folder / "tensors.tsv", features, fmt="%.9g", delimiter="\t")  # float32 exactly.
         from PIL import Image
 
-        Image.fromarray(sprite(np.asarray(images))).save(subdir / "sprite.png")
+        Image.fromarray(sprite(np.asarray(images))).save(folder / "sprite.png")
+        config = logdir / "projector_config.pbtxt"
+        before = config.read_text() if config.exists() else ""
+        size = np.asarray(images).shape[1]
+        # append_pbtxt reads only the (N, C, H, W) shape of the images it is given.
+        projector.append_pbtxt(columns, np.empty((0, 1, size, size)), str(logdir), subdir, int(step), tag)
+        added = config.read_text()[len(before):]
+        if added in before:  # Written again (a resumed run): keep one entry per embedding.
+            config.write_text(before)
 
     def flush(self) -> None:
         if self._writer is None:

@@ -1,15 +1,30 @@
-"""Figures as images, rendered headless with matplotlib's Agg canvas."""
+"""Figures as images, rendered headless with matplotlib's Agg canvas.
+
+matplotlib is imported by the first figure drawn, not with this module: a
+command that draws nothing (predict, a resumed run that is finished) does
+not wait for it.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Renders a figure to an (H, W, 3) uint8 array; no window ever opens."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -28,7 +43,7 @@ def _draw_confusion_matrix(ax, cm: np.ndarray, title: str, fontsize: float = 7) 
 
 def confusion_matrix_figure(cm: np.ndarray, title: str = "Confusion matrix") -> Figure:
     """A heatmap of counts, true labels down, predictions across."""
-    fig = Figure(figsize=(6, 5.4), dpi=100)
+    fig = _figure(figsize=(6, 5.4), dpi=100)
     _draw_confusion_matrix(fig.add_subplot(), cm, title)
     fig.tight_layout()
     return fig
@@ -37,7 +52,7 @@ def confusion_matrix_figure(cm: np.ndarray, title: str = "Confusion matrix") -> 
 def confusion_matrices_figure(grid: dict[str, dict[str, np.ndarray]]) -> Figure:
     """A table of confusion matrices: grid[row][column], e.g. [model][test set]."""
     rows, cols = list(grid), list(next(iter(grid.values())))
-    fig = Figure(figsize=(4.6 * len(cols), 4.4 * len(rows)), dpi=100)
+    fig = _figure(figsize=(4.6 * len(cols), 4.4 * len(rows)), dpi=100)
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for r, row in enumerate(rows):
         for c, col in enumerate(cols):
@@ -60,7 +75,7 @@ def save_png(image: np.ndarray, path) -> None:
 def image_rows_figure(rows: dict[str, np.ndarray], title: str = "") -> Figure:
     """One row of images per entry, labelled by its key; (N, 28, 28, 1) in [0, 1]."""
     n = next(iter(rows.values())).shape[0]
-    fig = Figure(figsize=(1.1 * n, 0.4 + 1.1 * len(rows)), dpi=100)
+    fig = _figure(figsize=(1.1 * n, 0.4 + 1.1 * len(rows)), dpi=100)
     axes = fig.subplots(len(rows), n, squeeze=False)
     for row, (label, images) in enumerate(rows.items()):
         for i in range(n):
@@ -91,7 +106,7 @@ def curves_figure(curves: dict[str, list[tuple[float, float]]], *, xlabel: str, 
                   marks: dict[str, float] | None = None) -> Figure:
     """One line per name through its (x, y) points; y as a percentage if
     `percent`; a dashed vertical line at each x of `marks`, labelled by its key."""
-    fig = Figure(figsize=(6.4, 4.2), dpi=100)
+    fig = _figure(figsize=(6.4, 4.2), dpi=100)
     ax = fig.add_subplot()
     for name, points in curves.items():
         xs, ys = zip(*sorted(points))
@@ -127,12 +142,14 @@ def training_curves_figure(history: list[dict], title: str = "Training curves",
     history: a run's per-epoch records (metrics.json "history"), with keys
     "epoch", "train_loss", "val_loss" and maybe "train_accuracy", "val_accuracy".
     """
+    from matplotlib import ticker
+
     if not history:
         raise ValueError("no epochs in the history to plot")
     panels = [("loss", "loss", False)]
     if "val_accuracy" in history[0]:
         panels.append(("accuracy", "accuracy (%)", True))
-    fig = Figure(figsize=(5.2 * len(panels), 4.0), dpi=100)
+    fig = _figure(figsize=(5.2 * len(panels), 4.0), dpi=100)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     epochs = [h["epoch"] for h in history]
     for ax, (metric, ylabel, percent) in zip(axes, panels):
@@ -146,7 +163,7 @@ def training_curves_figure(history: list[dict], title: str = "Training curves",
             ax.axvline(scored_epoch, linestyle="--", color="gray", linewidth=1,
                        label=f"scored on test (epoch {scored_epoch})")
         ax.set(xlabel="epoch", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
@@ -162,7 +179,7 @@ def labelled_images_figure(images: np.ndarray, captions: list[str], title: str =
     n = max(len(images), 1)
     columns = min(columns, n)
     rows = -(-n // columns)
-    fig = Figure(figsize=(1.15 * columns, 0.5 + 1.3 * rows), dpi=100)
+    fig = _figure(figsize=(1.15 * columns, 0.5 + 1.3 * rows), dpi=100)
     # One mosaic in one axes: 30 small axes would take most of a second to draw.
     h, w = images.shape[1:3]
     cell_h, cell_w = h + 12, w + 4  # Room for the caption above each image.
@@ -187,7 +204,7 @@ def misclassified_figure(images: np.ndarray, labels: np.ndarray, predictions: np
     "true T / pred P"; images uint8 (N, 28, 28, 1)."""
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predictions))
     if not len(wrong):
-        fig = Figure(figsize=(5, 1.2), dpi=100)
+        fig = _figure(figsize=(5, 1.2), dpi=100)
         fig.text(0.5, 0.5, f"{title}: none of {len(labels)}", ha="center", va="center", fontsize=10)
         return fig
     shown = wrong[:limit]
@@ -198,7 +215,7 @@ def misclassified_figure(images: np.ndarray, labels: np.ndarray, predictions: np
 
 def label_distribution_figure(counts: dict[str, np.ndarray], title: str = "Labels per split") -> Figure:
     """Grouped bars: for each digit, its count in every split ({split: (10,) counts})."""
-    fig = Figure(figsize=(8, 4), dpi=100)
+    fig = _figure(figsize=(8, 4), dpi=100)
     ax = fig.add_subplot()
     width = 0.8 / len(counts)
     for i, (split, values) in enumerate(counts.items()):
@@ -215,7 +232,7 @@ def samples_per_label_figure(images: np.ndarray, labels: np.ndarray, per_label: 
                              title: str = "Samples per label") -> Figure:
     """A row per digit with its first `per_label` images; uint8 (N, 28, 28, 1)."""
     classes = np.unique(labels)
-    fig = Figure(figsize=(1.0 * per_label + 0.6, 0.4 + 1.0 * len(classes)), dpi=100)
+    fig = _figure(figsize=(1.0 * per_label + 0.6, 0.4 + 1.0 * len(classes)), dpi=100)
     axes = fig.subplots(len(classes), per_label, squeeze=False)
     for row, label in enumerate(classes):
         picks = np.flatnonzero(labels == label)[:per_label]
@@ -234,7 +251,7 @@ def pixel_statistics_figure(mean_image: np.ndarray, std_image: np.ndarray,
                             histograms: dict[str, np.ndarray], title: str = "Pixel statistics") -> Figure:
     """The mean and standard deviation per pixel (28, 28) in [0, 1], and a
     log-scale histogram of pixel values per split ({split: (256,) counts})."""
-    fig = Figure(figsize=(12, 3.8), dpi=100)
+    fig = _figure(figsize=(12, 3.8), dpi=100)
     ax_mean, ax_std, ax_hist = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.6]})
     for ax, image, name in ((ax_mean, mean_image, "mean"), (ax_std, std_image, "standard deviation")):
         shown = ax.imshow(image, cmap="viridis")
@@ -263,7 +280,7 @@ def feature_maps_figure(maps: np.ndarray, title: str, columns: int = 8) -> Figur
     """One layer's activations (h, w, C): a panel per channel, each scaled to
     its own range (a flat channel shows as uniform grey)."""
     rows, columns = _channel_grid(maps, columns)
-    fig = Figure(figsize=(1.2 * columns, 0.5 + 1.2 * rows), dpi=100)
+    fig = _figure(figsize=(1.2 * columns, 0.5 + 1.2 * rows), dpi=100)
     axes = fig.subplots(rows, columns, squeeze=False)
     for c, ax in enumerate(axes.flat):
         _hide_ticks(ax)
@@ -290,7 +307,7 @@ def attention_figure(image: np.ndarray, cls_maps: np.ndarray, rollout: np.ndarra
     """The image; the rollout over it; then a row per layer with each head's
     CLS attention (depth, heads, g, g) over the image. image: (28, 28) in [0, 1]."""
     depth, heads = cls_maps.shape[:2]
-    fig = Figure(figsize=(1.3 * (heads + 1), 0.6 + 1.3 * (depth + 1)), dpi=100)
+    fig = _figure(figsize=(1.3 * (heads + 1), 0.6 + 1.3 * (depth + 1)), dpi=100)
     axes = fig.subplots(depth + 1, heads + 1, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -323,7 +340,7 @@ def comparison_figure(rows: list[dict], title: str = "Accuracy against training 
     "reference" ({"accuracy", "train_seconds"}: the report's point, hollow,
     joined to ours by a dotted line). Accuracies are fractions.
     """
-    fig = Figure(figsize=(10, 4.8), dpi=100)
+    fig = _figure(figsize=(10, 4.8), dpi=100)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(rows))]
     for row, color in zip(rows, colors):

@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ REAL_TFDS_DIR = SHARED_DATA / "tensorflow_datasets"
 REAL_IDX_DIR = SHARED_DATA / "mnist"
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+CACHE_ROOT = pytest.StashKey[pathlib.Path]()
 
 
 def synthetic_split(n: int, seed: int = 0):
@@ -113,16 +116,28 @@ def real_mnist():
     return load_mnist(data_dir=REAL_TFDS_DIR, download=False)  # Decodes into the session's cache.
 
 
+def pytest_configure(config):
+    """Fresh caches for the session, set before any test imports mnist_jax
+    and inherited by the commands the tests start: an empty MNIST cache, so
+    the tfds decoding path runs every time, and an empty compilation cache
+    (mnist_jax.caches), so the many tests and commands that compile the same
+    programs compile them once, in every session alike."""
+    if hasattr(config, "workerinput"):
+        return  # A pytest-xdist worker: it shares the caches its controller made (the environment).
+    root = pathlib.Path(tempfile.mkdtemp(prefix="mnist-jax-tests-"))
+    config.stash[CACHE_ROOT] = root
+    os.environ["MNIST_JAX_CACHE"] = str(root / "cache")
+    os.environ["MNIST_JAX_COMPILATION_CACHE"] = str(root / "jax")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(CACHE_ROOT, None) or "/nonexistent", ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def caches(tmp_path_factory):
-    """A fresh MNIST cache per session, so the tfds decoding path runs every
-    time, and a persistent compilation cache, so the many tests that compile
-    the same step compile it once."""
+def strict_ranks():
     import jax
 
-    os.environ["MNIST_JAX_CACHE"] = str(tmp_path_factory.mktemp("mnist_cache"))
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # Strict, as equinox tests: an accidental broadcast between ranks is a bug.
     jax.config.update("jax_numpy_rank_promotion", "raise")
     yield

@@ -4,6 +4,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -179,6 +180,46 @@ def test_download_checksum_mismatch_leaves_no_file(tmp_path, file_server):
         idx.download_idx_files(tmp_path / "dl", files)
     assert not (tmp_path / "dl" / "t10k-images-idx3-ubyte.gz").exists()
     assert not list((tmp_path / "dl").glob("*.part"))
+
+
+LOAD = """
+import hashlib, json, sys
+from mnist_jax import idx, sources
+files = [idx.RemoteFile(*f) for f in json.loads(sys.argv[1])]
+idx.registered_mnist_files = lambda: files
+mnist = sources.load_mnist(cache_dir=sys.argv[2])
+print(hashlib.sha256(mnist.train.images.tobytes() + mnist.test.labels.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["tfds", "download"])
+def test_two_processes_on_an_empty_cache_both_load_it_and_leave_one(source, tmp_path, file_server, monkeypatch):
+    """Started together, each finds MNIST; one downloads and decodes while
+    the other waits for the cache's lock, then reads what it wrote. (Without
+    the lock, two downloads into one folder shared a .part file, and both
+    failed, one with a checksum error.)"""
+    served, url = file_server
+    for path in REAL_IDX_DIR.glob("*.gz"):
+        shutil.copy(path, served)
+    files = [[f.url, f.size, f.sha256, f.filename] for f in remote_files(served, url)]
+    env = {**os.environ, "TFDS_DATA_DIR": str(REAL_TFDS_DIR if source == "tfds" else tmp_path / "no-tfds")}
+    cache = tmp_path / "cache"
+    together = [subprocess.Popen([sys.executable, "-c", LOAD, json.dumps(files), str(cache)], cwd=ROOT, env=env,
+                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    digests = []
+    for process in together:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        digests.append(out.strip())
+    assert digests[0] == digests[1] and len(digests[0]) == 64
+    assert len(list(cache.glob("mnist-*.npz"))) == 1 and not list(cache.rglob("*.tmp"))
+    if source == "download":
+        assert sorted(p.name for p in (cache / "downloads").iterdir()) == sorted(f[3] for f in files)
+    monkeypatch.setenv("TFDS_DATA_DIR", env["TFDS_DATA_DIR"])
+    for decoder in ("load_tfds", "load_idx_folder"):
+        monkeypatch.setattr(sources, decoder, lambda *a, **k: pytest.fail("decoded again: the cache was not valid"))
+    assert sources.load_mnist(cache_dir=cache).train.images.shape == (60_000, 28, 28, 1)
 
 
 def test_no_network_gives_clear_error(tmp_path):

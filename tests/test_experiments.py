@@ -82,6 +82,25 @@ def test_benchmark_quick(tmp_path, real_mnist, capsys):
 
 
 @pytest.mark.slow
+def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(tmp_path, real_mnist, capsys):
+    result = benchmark.main(["--overhead", "--quick", "--data-dir", str(REAL_TFDS_DIR),
+                             "--output", str(tmp_path / "o.json")])
+    commands, short = result["commands"], "cnn --quick --epochs 1"
+    assert set(commands) == {"import", short, "predict"} and result["repeats"] == 1
+    for which in ("first", "second"):
+        run = commands[short][which]
+        assert {"wall", "data", "init", "compile", "train", "test", "figures", "rest"} <= set(run)
+        assert run["wall"] > run["train"] > 0 and run["rest"] > 0  # The rest: imports, parsing, printing.
+        assert commands["predict"][which]["wall"] > 0
+    # The second run finds its programs in the compilation cache.
+    assert commands[short]["second"]["compile"] < commands[short]["first"]["compile"]
+    assert {g["goal"] for g in result["goals"]} == {"predict one image: wall (first run)",
+                                                   "predict one image: wall (second run)"}
+    assert json.loads((tmp_path / "o.json").read_text())["commands"] == json.loads(json.dumps(commands))
+    assert "| compile |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_path, real_mnist, capsys):
     result = benchmark.main(["--sweep", "--quick", "--strategies", "vmap", "--data-dir", str(REAL_TFDS_DIR),
                              "--output", str(tmp_path / "b.json")])
@@ -119,7 +138,7 @@ def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_
 
     result = speedrun.main(["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "s.json")])
     (run,) = result["runs"]  # --quick: one seed.
-    assert run["seed"] == 0 and run["steps"] == 32  # 2,000 images at batch 64.
+    assert run["seed"] == 0 and run["steps"] == 16  # 2,000 images at batch 128.
     assert run["compile_seconds"] > 0 and run["train_seconds"] > 0
     assert run["test_accuracy"] > 0.8  # 32 steps of the one-cycle schedule already learn.
     assert result["all_reached"] == (run["test_accuracy"] >= 0.99)

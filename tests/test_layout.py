@@ -16,7 +16,8 @@ LAYERS = [
     ("foundations", {"mnist_jax", "mnist_jax.xla_defaults", "mnist_jax.files", "mnist_jax.precision",
                      "mnist_jax.parallel", "mnist_jax.metrics", "mnist_jax.digits", "mnist_jax.viz",
                      "mnist_jax.summaries", "mnist_jax.checkpoints", "mnist_jax.wandb_log", "mnist_jax.data",
-                     "mnist_jax.pipeline", "mnist_jax.faults", "mnist_jax.progress"}),
+                     "mnist_jax.pipeline", "mnist_jax.faults", "mnist_jax.progress", "mnist_jax.caches",
+                     "mnist_jax.timing"}),
     ("data and models", {"mnist_jax.idx", "mnist_jax.sources", "mnist_jax.data_stats", "mnist_jax.tasks",
                          "mnist_jax.models", "mnist_jax.pretrained"}),
     ("config", {"mnist_jax.config"}),
@@ -112,3 +113,21 @@ def test_the_library_never_imports_the_experiments():
     assert {name: sorted(t for t in project_imports(name) if t.startswith("experiments"))
             for name in MODULES if name.startswith("mnist_jax")
             and any(t.startswith("experiments") for t in project_imports(name))} == {}
+
+
+def test_a_command_imports_only_what_it_uses():
+    """Start-up is part of every command's wait: training imports neither
+    torch (installed here by the test extra; tensorboardX would import it),
+    nor matplotlib before its first figure, nor tensorflow_datasets with MNIST
+    cached; predict neither."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    assert importlib.util.find_spec("torch") is not None, "the test extra installs torch; this test needs it"
+    code = ("import sys, tempfile; import experiments.cnn, mnist_jax.predict; from mnist_jax import summaries; "
+            "w = summaries.MetricWriter(tempfile.mkdtemp()); w.scalars(1, {'a': 1.0}); w.close(); "
+            "print([m for m in ('torch', 'matplotlib', 'tensorflow_datasets', 'wandb') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
