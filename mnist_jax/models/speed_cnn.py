@@ -21,7 +21,7 @@ class SpeedCNN(nn.Module):
     no 24x24 map is computed, its batch norm neither), and the second is
     pooled before its batch norm (12 -> 8 -> 4: the norm on a quarter of the
     values). Batch norm lets a one-cycle learning rate run high from the
-    first steps. docs/performance.md has what each change bought.
+    first steps (docs/performance.md: the speedrun).
 
     Attributes:
       features: filters of the two conv layers.
