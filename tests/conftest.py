@@ -134,6 +134,23 @@ def pytest_unconfigure(config):
     shutil.rmtree(config.stash.get(CACHE_ROOT, None) or "/nonexistent", ignore_errors=True)
 
 
+# Module- and session-scoped fixtures that train: pytest-xdist's workers
+# (pyproject.toml: --numprocesses=auto --dist=loadgroup) each build their
+# own copy of a fixture, so every test of one of these runs on one worker.
+TRAINING_FIXTURES = ("quick_runs", "runs", "trained_alone", "finished_sweep", "finished_run", "denoiser_state")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test of a training fixture joins that fixture's worker group;
+    the slow tests go first, so no worker is left alone with a long one at
+    the end (the order is the same without pytest-xdist)."""
+    for item in items:
+        shared = [name for name in TRAINING_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def strict_ranks():
     import jax

@@ -187,6 +187,21 @@ def test_transfer_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_frozen_features_are_the_same_in_full_batches_and_the_short_last_one():
+    """extract_features runs full batches, then the rest padded only to a
+    multiple of 8: every image's features are what it gets alone."""
+    from mnist_jax import frozen_features, models
+
+    model = models.get_model("vgg16", image_size=32)
+    params = frozen_features.feature_params_of(model, None, seed=0)
+    extractor = frozen_features.make_feature_extractor(model)
+    images = np.random.default_rng(0).integers(0, 256, (21, 28, 28, 1)).astype(np.uint8)
+    features = frozen_features.extract_features(extractor, params, images, batch_size=8)  # 8 + 8 + 5 (padded to 8).
+    alone = [np.asarray(extractor(params, np.repeat(image[None], 8, axis=0)))[0] for image in images[[0, 9, 17, 20]]]
+    assert features.shape == (21, 1, 1, 512)
+    np.testing.assert_array_equal(features[[0, 9, 17, 20]], np.stack(alone))
+
+
 @pytest.mark.slow
 def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path, real_mnist):
     """A torchvision-layout file loads; cached features give the run the frozen network gives."""
