@@ -116,6 +116,15 @@ def real_mnist():
     return load_mnist(data_dir=REAL_TFDS_DIR, download=False)  # Decodes into the session's cache.
 
 
+def _groups_ignored() -> bool:
+    """pytest 9.2 reads a test's id from a field that pytest-xdist 3.8's
+    --dist=loadgroup does not set, so it runs every group's tests anywhere."""
+    from importlib.metadata import version
+
+    release = lambda name: tuple(int(part) for part in version(name).split(".")[:2])
+    return release("pytest") >= (9, 2) and release("pytest-xdist") <= (3, 8)
+
+
 def pytest_configure(config):
     """Fresh caches for the session, set before any test imports mnist_jax
     and inherited by the commands the tests start: an empty MNIST cache, so
@@ -124,6 +133,10 @@ def pytest_configure(config):
     programs compile them once, in every session alike."""
     if hasattr(config, "workerinput"):
         return  # A pytest-xdist worker: it shares the caches its controller made (the environment).
+    if config.getoption("dist", "no") == "loadgroup" and _groups_ignored():
+        raise pytest.UsageError("pytest >= 9.2 with pytest-xdist <= 3.8 ignores the test groups "
+                                "(every worker would train every shared fixture): pip install -e '.[test]' "
+                                "for the versions pyproject.toml pins")
     root = pathlib.Path(tempfile.mkdtemp(prefix="mnist-jax-tests-"))
     config.stash[CACHE_ROOT] = root
     os.environ["MNIST_JAX_CACHE"] = str(root / "cache")
@@ -140,6 +153,7 @@ def pytest_unconfigure(config):
 TRAINING_FIXTURES = ("quick_runs", "runs", "trained_alone", "finished_sweep", "finished_run", "denoiser_state")
 
 
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the groups.
 def pytest_collection_modifyitems(config, items):
     """Each test of a training fixture joins that fixture's worker group;
     the slow tests go first, so no worker is left alone with a long one at
