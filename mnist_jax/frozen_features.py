@@ -94,7 +94,7 @@ def extract_features(extractor: FeatureExtractor, feature_params: dict, images: 
     feature_params = parallel.replicate(feature_params, extractor.mesh)  # Once, not per batch.
     batch_size = parallel.round_up(batch_size, extractor.mesh)
     full = len(images) - len(images) % batch_size
-    rest = parallel.round_up(max(8, -(-(len(images) - full) // 8) * 8), extractor.mesh)
+    rest = parallel.round_up(8 * max(1, pipeline.num_batches(len(images) - full, 8)), extractor.mesh)
     batches = [*pipeline.iterate_batches(images[:full], labels[:full], batch_size),
                *pipeline.iterate_batches(images[full:], labels[full:], rest)]
     return np.concatenate([np.asarray(extractor(feature_params, b["image"]))[b["mask"]] for b in batches])
