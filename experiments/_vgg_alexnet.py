@@ -8,9 +8,10 @@ import sys
 from typing import Sequence
 
 from mnist_jax import data as data_lib, frozen_features, pretrained
-from mnist_jax.cli import (Reference, build_parser, config_from_args, finished_run, load_splits, print_results,
+from mnist_jax.cli import (build_parser, config_from_args, finished_run, load_splits, print_results,
                            resolve_workdir, start, training_errors)
 from mnist_jax.config import TrainConfig
+from mnist_jax.reference import Reference
 from mnist_jax.models.vgg_alexnet import ARCHITECTURES, TransferNet
 from mnist_jax.train import train_and_evaluate
 
@@ -27,7 +28,7 @@ def parser_for(name: str, arch: str, description: str, config: TrainConfig, quic
                              f"{quick_image_size}; at least {ARCHITECTURES[arch].min_image_size})")
     parser.add_argument("--no-cache-features", action="store_true",
                         help="run the frozen layers at every step instead of once per image (default: once, "
-                             "without --noise)")
+                             "without --noise or augmentation)")
     return parser
 
 
@@ -57,7 +58,7 @@ def main(name: str, arch: str, description: str, config: TrainConfig, quick: Tra
     except (data_lib.DataError, pretrained.WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
-    cache = not args.no_cache_features and config.noise.kind == "none"
+    cache = not args.no_cache_features and not config.step_config().varies_inputs
     print(f"{name}: {arch} at {model.image_size}x{model.image_size}, weights: {weights_label}; "
           f"train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} from {source}; "
           f"{'cached features' if cache else 'frozen features run every step'}; run dir {workdir}",

@@ -12,8 +12,8 @@ frozen layers are deterministic); both wall times are printed.
 Report: 99.26 % test accuracy, F1 0.9926, 333.10 s on a GPU at 224x224.
 """
 
-from mnist_jax.cli import Reference
 from mnist_jax.config import TrainConfig
+from mnist_jax.reference import Reference
 from experiments import _vgg_alexnet
 
 CONFIG = TrainConfig(model="alexnet", input_norm="unit", epochs=5, batch_size=64, learning_rate=1e-4,

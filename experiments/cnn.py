@@ -8,7 +8,8 @@ Expected with the defaults: about 99.4 % (one seed moves it by a few test
 images); our runs and their times are in docs/results.md.
 """
 
-from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.cli import run_experiment
+from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(

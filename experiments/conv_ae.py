@@ -9,7 +9,8 @@ publishes no number; our results are in docs/results.md. Its encoder is
 what `experiments.few_labels` starts from.
 """
 
-from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.cli import run_experiment
+from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=10,

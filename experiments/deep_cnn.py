@@ -7,7 +7,8 @@ Report: 99.40 % test accuracy, F1 0.9940, 101.16 s for 10 epochs on a GPU.
 Our results are in docs/results.md.
 """
 
-from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.cli import run_experiment
+from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="deep_cnn", epochs=10, batch_size=64, learning_rate=1e-3, weight_decay=1e-5)

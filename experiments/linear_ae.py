@@ -10,7 +10,8 @@ TensorBoard). Report 001 publishes no number; our results are in
 docs/results.md.
 """
 
-from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.cli import run_experiment
+from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="linear_ae", task="reconstruct", input_norm="unit", epochs=20,

@@ -8,7 +8,8 @@ come from a W&B sweep it does not list; these are the CNN's settings).
 Our results are in docs/results.md.
 """
 
-from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.cli import run_experiment
+from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="simple_cnn", epochs=10, batch_size=64, learning_rate=1e-3, weight_decay=0.0)

@@ -33,11 +33,11 @@ import pathlib
 
 from mnist_jax import sweep as sweep_lib
 from mnist_jax.files import write_json
-from mnist_jax.cli import (Reference, build_parser, comparison_table, config_from_args, describe_quick, finished_run,
-                           load_splits,
-                           resolve_workdir, start, training_errors)
+from mnist_jax.cli import (build_parser, config_from_args, describe_quick, finished_run, load_splits, resolve_workdir,
+                           start, training_errors)
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import MODELS, dropout_fields
+from mnist_jax.reference import Reference, comparison_table
 from mnist_jax.search_space import METHODS, Choice, LogUniform, SweepConfig, group_trials, make_trials, parse_param
 from mnist_jax.sweep_report import format_table
 from mnist_jax.trial_group import STRATEGIES

@@ -8,7 +8,8 @@ Report: 97.97 % test accuracy, F1 0.9797, 189.49 s on a GPU.
 maps. Our results are in docs/results.md.
 """
 
-from mnist_jax.cli import Reference, run_experiment
+from mnist_jax.cli import run_experiment
+from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
 CONFIG = TrainConfig(model="vit", epochs=10, batch_size=64, optimizer="adamw", learning_rate=1e-3,

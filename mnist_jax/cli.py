@@ -4,7 +4,8 @@ An experiment module holds its config, the report's reference numbers and a
 `main()` that calls `run_experiment`, or builds on its parts: `start`
 parses the flags and turns a bad value into a usage error before any data
 is loaded or anything compiled; `load_mnist_or_exit` loads the data;
-`training_errors` ends a run that cannot go on with its message.
+`training_errors` ends a run that cannot go on with its message. The
+report-vs-ours table is mnist_jax.reference's.
 The library's other modules take configs and return results: argparse is
 used here, under experiments/, and in `python -m mnist_jax.predict` only.
 """
@@ -29,6 +30,7 @@ from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.figures import FILES as FIGURE_FILES
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
+from mnist_jax.reference import Reference, comparison_table
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
 from mnist_jax.config import DATA_PLACEMENTS, ResumeError, TrainConfig
@@ -37,21 +39,6 @@ from mnist_jax.faults import (AFTER_FAILED_SAVE, NonFiniteLossError, SaveError, 
 from mnist_jax.train import train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """A report's published result; None where the report gives no number."""
-
-    source: str  # Which report, and where it ran.
-    accuracy: float | None = None  # Fraction in [0, 1].
-    f1_macro: float | None = None
-    loss: float | None = None
-    mse: float | None = None  # Reconstruction MSE per pixel, [0, 1] images.
-    psnr: float | None = None  # dB.
-    ssim: float | None = None
-    train_seconds: float | None = None
-    device: str = "GPU (Colab/Kaggle, CUDA)"
 
 
 class ShowDefaults(argparse.RawDescriptionHelpFormatter):
@@ -82,6 +69,15 @@ def build_parser(name: str, description: str, config: TrainConfig, quick: TrainC
     add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
     add("--noise", choices=NOISE_KINDS, help=f"noise added to training images on the fly {shown(config.noise.kind)}")
     add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(config.noise.level)}")
+    add("--rotation", type=float, metavar="DEGREES",
+        help=f"augmentation: rotate each training image by up to this angle {shown(config.augment.rotation)}")
+    add("--shift", type=float, metavar="FRACTION",
+        help=f"augmentation: shift it by up to this fraction of its size {shown(config.augment.shift)}")
+    add("--zoom", type=float, metavar="FRACTION",
+        help=f"augmentation: scale it by 1 +- up to this {shown(config.augment.zoom)}")
+    add("--ema-decay", type=float,
+        help="validate, select and test a moving average of the weights with this decay, e.g. 0.999; "
+             f"0: none {shown(config.ema_decay)}")
     add_run_flags(parser, name, quick_help=quick_help or describe_quick(config, quick), dtype=config.dtype,
                   data_placement=config.data_placement)
     return parser
@@ -154,9 +150,12 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
     overrides = {
         field: getattr(args, field)
         for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "split_seed", "dtype",
-                      "data_placement")
+                      "data_placement", "ema_decay")
         if getattr(args, field, None) is not None
     }
+    augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom") if getattr(args, f, None) is not None}
+    if augment:
+        overrides["augment"] = dataclasses.replace(base.augment, **augment)
     if args.noise is not None or args.noise_level is not None:
         overrides["noise"] = NoiseConfig(
             kind=args.noise if args.noise is not None else base.noise.kind,
@@ -207,46 +206,6 @@ def finished_run(args: argparse.Namespace, workdir: pathlib.Path, final_file: st
     print(f"{path.parent} is a finished run ({final_file} written); nothing to do. "
           "Pass --rescore to score its best checkpoint again.", flush=True)
     return results
-
-
-def _percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f} %"
-
-
-def _number(value: float | None, fmt: str) -> str:
-    return "—" if value is None else format(value, fmt)
-
-
-def comparison_table(reference: Reference, summary: dict, title: str = "this run") -> str:
-    """The report's numbers beside this run's, as a Markdown table.
-
-    Rows are the metrics this run measured (accuracy, F1 and loss for
-    classifiers; MSE, PSNR and SSIM for autoencoders), then time and device.
-    """
-    test = summary["test"]
-    devices = summary["devices"]
-    ours_device = f"{devices['platform']} x{devices['count']} ({', '.join(devices['kinds'])})"
-    candidates = [
-        ("test accuracy", "accuracy", _percent),
-        ("test F1 (macro)", "f1_macro", lambda v: _number(v, ".4f")),
-        ("test loss", "loss", lambda v: _number(v, ".4f")),
-        ("test MSE", "mse", lambda v: _number(v, ".5f")),
-        ("test PSNR (dB)", "psnr", lambda v: _number(v, ".2f")),
-        ("test SSIM", "ssim", lambda v: _number(v, ".4f")),
-    ]
-    rows = [(label, fmt(getattr(reference, key)), fmt(test[key]))
-            for label, key, fmt in candidates if key in test]
-    rows += [
-        ("training time (s)", _number(reference.train_seconds, ".2f"), _number(summary["train_seconds"], ".2f")),
-        # Compiled ahead of the clock: the report's PyTorch has nothing to compile.
-        ("compile time (s)", "—", _number(summary.get("compile_seconds"), ".2f")),
-        ("device", reference.device, ours_device),
-    ]
-    header = ("", f"report ({reference.source})", title)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
 
 
 def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

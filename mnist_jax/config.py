@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from mnist_jax.augment import AugmentConfig
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 
@@ -64,6 +65,13 @@ class TrainConfig:
     split_seed: int | None = None
     val_fraction: float = 0.1
     noise: NoiseConfig = NoiseConfig()
+    # A random rotation, shift and zoom of every training image, on the
+    # device (mnist_jax.augment); all zero: none.
+    augment: AugmentConfig = AugmentConfig()
+    # The weights' exponential moving average (mnist_jax.steps.averaged):
+    # with a decay > 0 it is what is validated, selected, tested and
+    # predicted with; the raw weights' validation is recorded beside it.
+    ema_decay: float = 0.0
     # Stratified subsets for quick runs and tests; None = the whole split.
     train_size: int | None = None
     test_size: int | None = None
@@ -97,7 +105,7 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
-        self.step_config()  # Validates task, input_norm and recon_weight.
+        self.step_config()  # Validates task, input_norm, recon_weight and ema_decay.
 
     @property
     def data_seed(self) -> int:
@@ -106,7 +114,8 @@ class TrainConfig:
 
     def step_config(self) -> StepConfig:
         return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
-                          recon_weight=self.recon_weight, dtype=self.dtype)
+                          recon_weight=self.recon_weight, dtype=self.dtype, augment=self.augment,
+                          ema_decay=self.ema_decay)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,6 +145,8 @@ def config_from_dict(saved: dict) -> TrainConfig:
     values = dict(saved)
     if isinstance(values.get("noise"), dict):
         values["noise"] = NoiseConfig(**values["noise"])
+    if isinstance(values.get("augment"), dict):
+        values["augment"] = AugmentConfig(**values["augment"])
     return TrainConfig(**values)
 
 

@@ -4,9 +4,9 @@ features, a new classifier.
 The feature layers are frozen and deterministic, so by default their
 outputs are computed once per image and only the classifier trains, on
 those cached features: the same numbers as running the frozen layers every
-step, far faster. With noise on the inputs the features change every step,
-so the full network runs (classifier trainable, features frozen through
-optax), as it does without caching.
+step, far faster. With noise or augmentation on the inputs the features
+change every step, so the full network runs (classifier trainable, features
+frozen through optax), as it does without caching.
 """
 
 from __future__ import annotations

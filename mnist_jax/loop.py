@@ -55,7 +55,7 @@ class Single:
 
     def initial_state(self, steps_per_epoch: int, sample: jax.Array) -> steps.TrainState:
         state = steps.create_train_state(self.model, make_optimizer(self.config, steps_per_epoch),
-                                         self.config.seed, sample)
+                                         self.config.seed, sample, ema=self.config.ema_decay > 0)
         return steps.load_pretrained(state, self.pretrained) if self.pretrained else state
 
     def host_step(self, spec, mesh) -> Callable:
@@ -255,14 +255,15 @@ class _Loop:
         self.stop_if_asked(step)
 
     def record(self, epoch: int, step: int, k: int) -> dict:
-        """Member k's record of the epoch: train means, validation, learning rate; logged."""
+        """Member k's record of the epoch: train means, validation ("val_raw_*" too with a moving
+        average: the raw weights beside it), learning rate; logged."""
         state = self.members.member(self.state, k)
         train = steps.metric_means(self.sums[k]) if self.sums[k] else {}
         record = {"epoch": epoch + 1, "step": step, **{f"train_{n}": v for n, v in train.items()}}
-        if self.splits.val is not None:
-            val = steps.evaluate(state, self.splits.val, self.config.eval_batch_size, self.spec, self.mesh)
-            val.pop("predictions", None)
-            record.update({f"val_{n}": v for n, v in val.items()})
+        evaluated = {"val": steps.averaged(state), **({"val_raw": state} if state.ema else {})}
+        for prefix, weights in evaluated.items() if self.splits.val is not None else ():
+            val = steps.evaluate(weights, self.splits.val, self.config.eval_batch_size, self.spec, self.mesh)
+            record.update({f"{prefix}_{n}": v for n, v in val.items() if n != "predictions"})
         record["learning_rate"] = current_learning_rate(state.opt_state)
         self.histories[k].append(record)
         self.sums[k] = {}

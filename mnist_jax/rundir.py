@@ -28,7 +28,7 @@ from mnist_jax.checkpoints import CheckpointError
 from mnist_jax.config import ResumeError, TrainConfig, config_differences, config_from_dict
 from mnist_jax.files import write_json
 from mnist_jax.optim import make_optimizer
-from mnist_jax.steps import TrainState, count_params, create_train_state
+from mnist_jax.steps import TrainState, averaged, count_params, create_train_state
 
 SUMMARY = "metrics.json"
 # Measured while training; checkpoint_seconds is part of train_seconds.
@@ -108,7 +108,9 @@ def read_summary(run_dir: str | pathlib.Path) -> dict:
 def restore_best_state(config: TrainConfig, model: nn.Module, workdir: str | pathlib.Path,
                        mesh: jax.sharding.Mesh | None = None,
                        sample_shape: tuple[int, ...] = (1, 28, 28, 1)) -> TrainState:
-    """The best checkpoint of a run in `workdir` that was trained with `config`.
+    """The best checkpoint of a run in `workdir` that was trained with
+    `config`, as it was scored: its moving average in place of the raw
+    weights where the run kept one (steps.averaged).
 
     Raises ResumeError when `workdir` holds no checkpoint, or one trained
     with other settings.
@@ -121,7 +123,8 @@ def restore_best_state(config: TrainConfig, model: nn.Module, workdir: str | pat
     # nor run: the restore fills it. steps_per_epoch only sets a cosine
     # schedule's length, not the state's structure.
     tx = make_optimizer(config, steps_per_epoch=1)
-    shapes = jax.eval_shape(lambda: create_train_state(model, tx, config.seed, jnp.zeros(sample_shape, jnp.float32)))
+    shapes = jax.eval_shape(lambda: create_train_state(model, tx, config.seed, jnp.zeros(sample_shape, jnp.float32),
+                                                       ema=config.ema_decay > 0))
     replicated = parallel.replicated(mesh)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
     with checkpoints.RunCheckpoints(workdir, keep_latest=config.keep_checkpoints,
@@ -130,7 +133,7 @@ def restore_best_state(config: TrainConfig, model: nn.Module, workdir: str | pat
     detail = config_differences(meta["config"], config)
     if detail:
         raise ResumeError(f"the run in {workdir} was trained with other settings ({detail})")
-    return state
+    return averaged(state)
 
 
 def _hashable(value):

@@ -6,12 +6,17 @@ devices, state replicated). Batches are padded to a fixed size and masked,
 so every step of a run shares one compiled program and padding never
 enters a loss, a gradient or batch-norm statistics. Randomness is
 stateless: the state holds one root key, and step `s` uses
-`fold_in(key, s)` for its dropout and noise, so a run resumed from any
-checkpoint replays exactly the steps it would have taken.
+`fold_in(key, s)` for its dropout, augmentation and noise, so a run resumed
+from any checkpoint replays exactly the steps it would have taken.
+
+With `ema_decay` the state also holds an exponential moving average of the
+weights (parameters and batch-norm statistics), updated after every step;
+`averaged(state)` is the state evaluated in its place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -28,11 +33,12 @@ from mnist_jax.tasks import StepConfig
 
 
 class TrainState(train_state.TrainState):
-    """params, opt_state, step (from Flax) + batch-norm statistics + root key."""
+    """params, opt_state, step (from Flax) + batch-norm statistics + root key
+    + the weights' moving average ({} without one)."""
 
     batch_stats: Any
     key: jax.Array  # uint32[2]; step s draws from fold_in(key, s).
-
+    ema: Any = dataclasses.field(default_factory=dict)  # {"params", "batch_stats"}, or {}.
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -49,9 +55,11 @@ def step_keys(key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, seed: int, sample: jax.Array
+    model: nn.Module, tx: optax.GradientTransformation, seed: int, sample: jax.Array, *, ema: bool = False
 ) -> TrainState:
-    """Initialises parameters from `seed`; sample: a float input batch, e.g. (1, 28, 28, 1).
+    """Initialises parameters from `seed`; sample: a float input batch, e.g.
+    (1, 28, 28, 1). With `ema`, a moving average of the weights that starts
+    at the initial ones.
 
     One jitted program, which the compilation cache keeps between runs
     (mnist_jax.caches): run eagerly, the initialisers and the optimizer's
@@ -62,8 +70,9 @@ def create_train_state(
 
     def create(init_key, train_key, sample):
         variables = model.init(init_key, sample, train=False)
-        return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                 batch_stats=variables.get("batch_stats", {}), tx=tx, key=train_key)
+        weights = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        return TrainState.create(apply_fn=model.apply, **weights, tx=tx, key=train_key,
+                                 ema=jax.tree.map(jnp.copy, weights) if ema else {})
 
     state = jax.jit(create)(init_key, train_key, sample)
     # Flax starts `step` as the Python int 0; as an array from the start, the
@@ -92,7 +101,33 @@ def load_pretrained(state: TrainState, pretrained: dict) -> TrainState:
         return {k: merge(v, given[k], path + (k,)) if k in given else v for k, v in initial.items()}
 
     params = merge(dict(state.params), pretrained, ())
-    return state.replace(params=params, opt_state=state.tx.init(params))
+    state = state.replace(params=params, opt_state=state.tx.init(params))
+    return state.replace(ema=_weights(state)) if state.ema else state
+
+
+def _weights(state: TrainState) -> dict:
+    """Fresh copies of the state's weights: what a moving average starts from."""
+    return jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+
+
+def averaged(state: TrainState) -> TrainState:
+    """The state with its moving-average weights in place of the raw ones
+    (the state itself without an average): what a run with `ema_decay`
+    validates, selects, tests and predicts with."""
+    if not state.ema:
+        return state
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+
+
+def update_average(state: TrainState, decay: float) -> TrainState:
+    """The moving average after the state's latest step. Its decay grows to
+    `decay` as min(decay, (1 + t) / (10 + t)) at step t (as TensorFlow's
+    ExponentialMovingAverage with num_updates), so the early average is not
+    held back by the random initial weights."""
+    t = state.step.astype(jnp.float32)
+    rate = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    new = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.replace(ema=optax.incremental_update(new, state.ema, 1.0 - rate))
 
 
 
@@ -140,6 +175,8 @@ def train_step(state: TrainState, batch: dict, *, spec: StepConfig) -> tuple[Tra
 
     (_, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    if spec.ema_decay:
+        state = update_average(state, spec.ema_decay)
     return state, _masked_sums(jax.lax.stop_gradient(terms), mask)
 
 

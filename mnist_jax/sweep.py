@@ -33,7 +33,7 @@ from mnist_jax.loop import train_members
 from mnist_jax.models import get_model
 from mnist_jax.optim import make_optimizer
 from mnist_jax.search_space import SweepConfig, Trial, group_trials, make_trials
-from mnist_jax.steps import TrainState, score_split
+from mnist_jax.steps import TrainState, averaged, score_split
 from mnist_jax.sweep_report import trial_rows, write_csv
 from mnist_jax.tasks import StepConfig
 from mnist_jax.trial_group import TrialGroup, group_model, init_trial_states, resolve_strategy, take
@@ -185,7 +185,7 @@ def run_sweep(sweep: SweepConfig, splits: Splits, workdir: pathlib.Path, *, stra
     best_trial, g = trials[best_index], results[best_index]["group"]
     state = restore_trial_best(groups[g], groups[g].index(best_trial), splits,
                                workdir / "groups" / f"group_{g:02d}", mesh)
-    test = score_split(state, splits.test, best_trial.config.eval_batch_size, spec, mesh)
+    test = score_split(averaged(state), splits.test, best_trial.config.eval_batch_size, spec, mesh)
     best_meta = {"config": best_trial.config.to_dict(), "model_kwargs": dict(best_trial.model_kwargs),
                  "trial": best_index, "history": results[best_index]["history"], "best": results[best_index]["best"],
                  "epoch_sums": {}, "train_seconds": results[best_index]["group_seconds"]}

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mnist_jax import pipeline, precision
+from mnist_jax import augment, pipeline, precision
+from mnist_jax.augment import AugmentConfig
 from mnist_jax.pipeline import NoiseConfig
 
 TASKS = ("classify", "reconstruct", "classify_decode")
@@ -40,8 +41,12 @@ class StepConfig:
       as the classifiers of reports 000 and 004) or "unit" (pixels in [0, 1],
       as the autoencoders, whose sigmoid outputs live there).
     noise: added to the training inputs (never to the reconstruction target).
+    augment: the random affine transform of each training image (before the
+      noise; the reconstruction target is the transformed clean image).
     recon_weight: weight of the MSE term of "classify_decode".
     dtype: the compute dtype, "float32" or "bfloat16" (see mnist_jax.precision).
+    ema_decay: the decay of the weights' moving average (mnist_jax.steps);
+      0: none.
     """
 
     task: str = "classify"
@@ -49,6 +54,8 @@ class StepConfig:
     noise: NoiseConfig = NoiseConfig()
     recon_weight: float = 1.0
     dtype: str = "float32"
+    augment: AugmentConfig = AugmentConfig()
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         precision.check_dtype(self.dtype)
@@ -58,6 +65,8 @@ class StepConfig:
             raise ValueError(f"unknown input_norm {self.input_norm!r}; choose one of {INPUT_NORMS}")
         if self.recon_weight < 0:
             raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no moving average), got {self.ema_decay}")
 
     @property
     def classifies(self) -> bool:
@@ -66,6 +75,11 @@ class StepConfig:
     @property
     def reconstructs(self) -> bool:
         return self.task in ("reconstruct", "classify_decode")
+
+    @property
+    def varies_inputs(self) -> bool:
+        """Whether the training inputs change from step to step (noise, augmentation)."""
+        return self.noise.kind != "none" or self.augment.active
 
     @property
     def selection(self) -> tuple[str, str]:
@@ -80,11 +94,19 @@ def model_inputs(
 
     images: uint8 MNIST (B, 28, 28, 1), or float precomputed features, which
       pass through unchanged (and have no reconstruction target).
-    key: the noise key, or None for clean inputs (evaluation).
+    key: the step's input key, or None for clean inputs (evaluation). With
+      augmentation it is split in two (augmentation, noise); without, the
+      noise takes it whole, as before augmentation existed.
     """
     if images.dtype != jnp.uint8:
+        if key is not None and spec.augment.active:
+            raise ValueError("augmentation transforms images, but these inputs are precomputed features "
+                             f"{images.shape}: run the frozen layers every step (--no-cache-features)")
         return images, None
     clean = pipeline.to_unit_range(images)  # (B, 28, 28, 1)
+    if key is not None and spec.augment.active:
+        augment_key, key = jax.random.split(key)
+        clean = augment.random_affine(augment_key, clean, spec.augment)
     noisy = clean if key is None else pipeline.add_noise(key, clean, spec.noise)
     inputs = pipeline.normalize(noisy) if spec.input_norm == "mnist" else noisy
     return inputs, clean

@@ -21,7 +21,7 @@ from mnist_jax.config import ResumeError, TrainConfig, flat_hparams
 from mnist_jax.data import Splits
 from mnist_jax.checkpoints import CheckpointPolicy
 from mnist_jax.loop import fit
-from mnist_jax.steps import score_split
+from mnist_jax.steps import averaged, score_split
 
 
 def train_and_evaluate(
@@ -52,7 +52,7 @@ def train_and_evaluate(
     metrics.json's "phase_seconds".
 
     Returns the contents of metrics.json plus the final "state" and the
-    "best_state" that was scored.
+    "best_state" that was scored (its moving average, if any: steps.averaged).
     """
     workdir = pathlib.Path(workdir).expanduser()
     if not resume and checkpoints.has_checkpoints(workdir):
@@ -79,7 +79,7 @@ def train_and_evaluate(
             phases.add(name, result[f"{name}_seconds"])
         state = result["state"]
         with phases("test"):
-            best_state, _ = ckpts.restore_best(state)
+            best_state = averaged(ckpts.restore_best(state)[0])
             test = score_split(best_state, splits.test, config.eval_batch_size, spec, mesh,
                                keep_predictions=True)
         predictions = test.pop("predictions", None)

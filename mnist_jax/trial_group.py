@@ -83,7 +83,7 @@ def init_trial_states(trials: list[Trial], model: nn.Module, steps_per_epoch: in
     config_fields, _ = batched_fields(trials[0])
     states = []
     for trial in trials:
-        state = create_train_state(model, tx, trial.config.seed, sample)
+        state = create_train_state(model, tx, trial.config.seed, sample, ema=trial.config.ema_decay > 0)
         values = {k: getattr(trial.config, k) for k in ("learning_rate", "weight_decay") if k in config_fields}
         states.append(state.replace(opt_state=set_hyperparams(state.opt_state, **values)))
     return stack(states)

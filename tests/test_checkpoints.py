@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import checkpoints, loop, models, optim, steps, train
+from mnist_jax.augment import AugmentConfig
 from mnist_jax.config import ResumeError
 from tests.conftest import small_run_config
 
@@ -52,14 +53,18 @@ def run(config, splits, workdir, *, resume=False, stop_at=None):
     )
 
 
+AUGMENTED_EMA = dict(augment=AugmentConfig(rotation=15, shift=0.1, zoom=0.15), ema_decay=0.9)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("placement, stop_at", [
-    ("host", 15),  # mid-epoch 2, off a checkpoint: steps 15 and 16 are replayed
-    ("host", 10),  # an epoch's end
-    ("device", 15),  # scan calls of 5 steps: the one that passes step 15 ends there, a checkpoint
+@pytest.mark.parametrize("placement, stop_at, extra", [
+    ("host", 15, {}),  # mid-epoch 2, off a checkpoint: steps 15 and 16 are replayed
+    ("host", 10, {}),  # an epoch's end
+    ("device", 15, {}),  # scan calls of 5 steps: the one that passes step 15 ends there, a checkpoint
+    ("host", 15, AUGMENTED_EMA),  # the replayed steps' augmentation and the average too
 ])
-def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement, stop_at):
-    config = dataclasses.replace(CONFIG, data_placement=placement)
+def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement, stop_at, extra):
+    config = dataclasses.replace(CONFIG, data_placement=placement, **extra)
     if placement == "device":  # One scan length, so one compilation.
         config = dataclasses.replace(config, checkpoint_every_steps=5)
     reference = run(config, synthetic_splits, tmp_path / "straight")
@@ -69,6 +74,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement,
     assert int(resumed["state"].step) == int(reference["state"].step) == 30
     chex.assert_trees_all_close(resumed["state"].params, reference["state"].params, atol=1e-6, rtol=0)
     chex.assert_trees_all_close(resumed["state"].batch_stats, reference["state"].batch_stats, atol=1e-6, rtol=0)
+    chex.assert_trees_all_close(resumed["state"].ema, reference["state"].ema, atol=1e-6, rtol=0)
+    assert bool(resumed["state"].ema) == ("ema_decay" in extra)
     assert [h["val_accuracy"] for h in resumed["history"]] == [h["val_accuracy"] for h in reference["history"]]
     np.testing.assert_allclose(
         [h["train_loss"] for h in resumed["history"]], [h["train_loss"] for h in reference["history"]],

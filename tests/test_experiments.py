@@ -56,6 +56,9 @@ def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_run
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--batch-size", "-4"], "--batch-size must be >= 1"),
     (["--noise", "gaussian", "--noise-level", "-1"], "--noise-level must be"),
+    (["--rotation", "-5"], "--rotation must be"),
+    (["--zoom", "1.5"], "--zoom must be"),
+    (["--ema-decay", "1"], "--ema-decay must be"),
 ])
 def test_bad_flags_fail_before_training(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
