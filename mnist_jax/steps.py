@@ -70,9 +70,9 @@ def create_train_state(
 
     def create(init_key, train_key, sample):
         variables = model.init(init_key, sample, train=False)
-        weights = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-        return TrainState.create(apply_fn=model.apply, **weights, tx=tx, key=train_key,
-                                 ema=jax.tree.map(jnp.copy, weights) if ema else {})
+        state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                  batch_stats=variables.get("batch_stats", {}), tx=tx, key=train_key)
+        return state.replace(ema=_weights(state, copy=True)) if ema else state
 
     state = jax.jit(create)(init_key, train_key, sample)
     # Flax starts `step` as the Python int 0; as an array from the start, the
@@ -102,12 +102,15 @@ def load_pretrained(state: TrainState, pretrained: dict) -> TrainState:
 
     params = merge(dict(state.params), pretrained, ())
     state = state.replace(params=params, opt_state=state.tx.init(params))
-    return state.replace(ema=_weights(state)) if state.ema else state
+    return state.replace(ema=_weights(state, copy=True)) if state.ema else state
 
 
-def _weights(state: TrainState) -> dict:
-    """Fresh copies of the state's weights: what a moving average starts from."""
-    return jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+def _weights(state: TrainState, copy: bool = False) -> dict:
+    """The state's weights, as its moving average holds them; `copy`: in
+    buffers of their own (what an average starts from: a step donates the
+    state's buffers)."""
+    weights = {"params": state.params, "batch_stats": state.batch_stats}
+    return jax.tree.map(jnp.copy, weights) if copy else weights
 
 
 def averaged(state: TrainState) -> TrainState:
@@ -126,8 +129,7 @@ def update_average(state: TrainState, decay: float) -> TrainState:
     held back by the random initial weights."""
     t = state.step.astype(jnp.float32)
     rate = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
-    new = {"params": state.params, "batch_stats": state.batch_stats}
-    return state.replace(ema=optax.incremental_update(new, state.ema, 1.0 - rate))
+    return state.replace(ema=optax.incremental_update(_weights(state), state.ema, 1.0 - rate))
 
 
 
