@@ -37,8 +37,12 @@ from mnist_jax.rundir import find_summaries
 from mnist_jax.config import TrainConfig
 from mnist_jax.files import write_json
 
-# The classifier experiments (experiments.classifier_experiments).
+# The classifier experiments (experiments.classifier_experiments), which
+# --train runs seed by seed; then the experiments beyond the reports, whose
+# runs are collected but which train their own seeds (and their ensemble).
 CLASSIFIERS = classifier_experiments()
+BEYOND = ("best",)
+COLLECTED = CLASSIFIERS + BEYOND
 DEFAULT_SEEDS = 3
 # Fields that do not change what a run measures; the seeds are what a group averages over.
 IGNORED_FIELDS = {"seed", "split_seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_best",
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--runs-dir", type=pathlib.Path, default=DEFAULT_RUNS_DIR,
         help=f"where to look for runs (default {DEFAULT_RUNS_DIR}/)")
     add("--out", type=pathlib.Path, help=f"output folder (default: {DEFAULT_RUNS_DIR}/compare)")
-    add("--models", default=",".join(CLASSIFIERS), help=f"comma-separated, of {','.join(CLASSIFIERS)}")
+    add("--models", default=",".join(COLLECTED), help=f"comma-separated, of {','.join(COLLECTED)}")
     add("--train", action="store_true", help="train the missing seeds of every model first")
     add("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 with --train")
     add("--quick", action="store_true", help="with --train: each experiment's --quick settings (a smoke test)")
@@ -65,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_models(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in CLASSIFIERS]
+    unknown = [n for n in names if n not in COLLECTED]
     if unknown or not names:
-        raise ValueError(f"--models: unknown {unknown or 'none given'}; choose from {', '.join(CLASSIFIERS)}")
+        raise ValueError(f"--models: unknown {unknown or 'none given'}; choose from {', '.join(COLLECTED)}")
     return names
 
 
@@ -84,6 +88,9 @@ def train_missing(models: tuple[str, ...], seeds: int, quick: bool, root: pathli
     if epochs is not None:
         extra_args = [*extra_args, "--epochs", str(epochs)]
     for name in models:
+        if name in BEYOND:
+            print(f"{name}: not trained here; python -m experiments.{name} trains its seeds", flush=True)
+            continue
         for seed in range(seeds):
             workdir = root / name / (f"seed{seed}" if epochs is None else f"e{epochs}_seed{seed}")
             if (workdir / "metrics.json").is_file():
@@ -167,7 +174,7 @@ class Group:
             "train_seconds": seconds, "train_seconds_std": seconds_std,
             "examples_per_second": throughput, "examples_per_second_std": throughput_std,
             "parameters": self.runs[0][1]["model"]["parameters"],
-            "devices": self.runs[0][1].get("devices", {}).get("kind"),
+            "devices": ", ".join(self.runs[0][1].get("devices", {}).get("kinds", [])),
             "run_dirs": [str(path) for path, _ in self.runs],
             "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
         }
@@ -196,6 +203,32 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
             continue
         group.runs.append((path, summary))
     return sorted(groups.values(), key=lambda g: (models.index(g.experiment), -len(g.runs), g.label))
+
+
+def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
+    """A row for each ensemble that `python -m experiments.best --ensemble K`
+    scored (its best.json, or a copy of one under another name), each counted once."""
+    rows = {}
+    for path in sorted(pathlib.Path(root).expanduser().rglob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # find_summaries has warned.
+        if not (isinstance(result, dict) and result.get("experiment") in models and result.get("ensemble")):
+            continue
+        name, ensemble = result["experiment"], result["ensemble"]
+        label = ", ".join(x for x in (settings_label(name, result), f"ensemble of {ensemble['size']}") if x)
+        reference = dataclasses.asdict(experiment_module(name).REFERENCE)
+        row = {
+            "experiment": name, "label": f"{name} ({label})", "runs": ensemble["size"], "seeds": ensemble["seeds"],
+            "accuracy": ensemble["test_accuracy"], "accuracy_std": None, "f1_macro": ensemble["f1_macro"],
+            "f1_macro_std": None, "train_seconds": ensemble["train_seconds"], "train_seconds_std": None,
+            "examples_per_second": None, "examples_per_second_std": None, "parameters": ensemble["parameters"],
+            "devices": result["seeds"][0]["device"], "run_dirs": [str(path)],
+            "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
+        }
+        rows.setdefault((row["label"], row["accuracy"], tuple(row["seeds"])), row)
+    return list(rows.values())
 
 
 def _pm(mean, std, fmt: str, scale: float = 1.0) -> str:
@@ -263,7 +296,7 @@ def main(argv=None) -> dict:
     if not groups:
         parser.error(f"no finished classifier runs of {', '.join(models)} under {args.runs_dir}; "
                      "train some (add --train) or point --runs-dir at them")
-    rows = [g.row() for g in groups]
+    rows = [g.row() for g in groups] + ensemble_rows(args.runs_dir, models)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "comparison.json", {"runs_dir": str(args.runs_dir), "rows": rows, "failed": failed})
     write_csv(rows, out / "comparison.csv")

@@ -33,7 +33,7 @@ from mnist_jax.models import get_model
 from mnist_jax.reference import Reference, comparison_table
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
-from mnist_jax.config import DATA_PLACEMENTS, ResumeError, TrainConfig
+from mnist_jax.config import DATA_PLACEMENTS, SCHEDULES, ResumeError, TrainConfig
 from mnist_jax.faults import (AFTER_FAILED_SAVE, NonFiniteLossError, SaveError, TrainingInterrupted, io_failure,
                               quiet_background_failures)
 from mnist_jax.train import train_and_evaluate
@@ -65,6 +65,8 @@ def build_parser(name: str, description: str, config: TrainConfig, quick: TrainC
     add("--batch-size", type=int, help=f"training batch size {shown(config.batch_size)}")
     add("--learning-rate", "--lr", type=float, help=f"peak learning rate {shown(config.learning_rate)}")
     add("--weight-decay", type=float, help=f"L2 weight decay {shown(config.weight_decay)}")
+    add("--schedule", choices=SCHEDULES, help="learning rate over the run: constant, cosine decay to 0, or "
+                                              f"onecycle (warm-up over 25 %% of it, then cosine) {shown(config.schedule)}")
     add("--seed", type=int, help=f"seed for init, split, shuffling, dropout and noise {shown(config.seed)}")
     add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
     add("--noise", choices=NOISE_KINDS, help=f"noise added to training images on the fly {shown(config.noise.kind)}")
@@ -150,7 +152,7 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
     overrides = {
         field: getattr(args, field)
         for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "split_seed", "dtype",
-                      "data_placement", "ema_decay")
+                      "data_placement", "ema_decay", "schedule")
         if getattr(args, field, None) is not None
     }
     augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom") if getattr(args, f, None) is not None}

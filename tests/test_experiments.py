@@ -302,3 +302,44 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
     assert exit_info.value.code == 2
     assert "noise: saved" in capsys.readouterr().err
     assert not any((tmp_path / "other").glob("1_*"))
+
+
+@pytest.mark.slow
+def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(tmp_path, real_mnist, capsys):
+    from experiments import best, compare
+    from mnist_jax import data as data_lib
+
+    root = tmp_path / "best"
+    args = ["--quick", "--ensemble", "2", "--workdir", str(root), "--data-dir", str(REAL_TFDS_DIR),
+            "--no-progress"]
+    result = best.main(args)
+    saved = [json.loads((root / f"seed{seed}" / "metrics.json").read_text()) for seed in (0, 1)]
+    assert [r["seed"] for r in result["seeds"]] == [0, 1]
+    assert [r["test_accuracy"] for r in result["seeds"]] == [s["test"]["accuracy"] for s in saved]
+    assert all(s["config"]["ema_decay"] == 0.999 and s["config"]["augment"]["rotation"] == 10 for s in saved)
+    assert all("val_raw_accuracy" in s["history"][-1] for s in saved)  # The average was what was validated.
+    assert result["accuracy_mean"] == pytest.approx(np.mean([s["test"]["accuracy"] for s in saved]))
+    ensemble = result["ensemble"]
+    assert ensemble["size"] == 2 and ensemble["test_images"] == 1000 and 0.5 < ensemble["test_accuracy"] <= 1
+    assert json.loads((root / "best.json").read_text()) == json.loads(json.dumps(result))
+    out = capsys.readouterr().out
+    assert "Deotte" in out and "99.38 %" in out and f"{100 * ensemble['test_accuracy']:.2f} %" in out
+
+    # An ensemble of one model twice is that model: its softmax path scores
+    # seed 0's test images as its training run's evaluation did.
+    test = data_lib.make_splits(real_mnist, seed=0, train_size=5000, test_size=1000).test
+    alone = best.score_ensemble([root / "seed0"] * 2, test)
+    assert alone["test_accuracy"] == pytest.approx(saved[0]["test"]["accuracy"], abs=1e-9)
+
+    assert best.main(args) == result  # Finished: read back, nothing trained.
+    assert capsys.readouterr().out.count("finished earlier") == 2
+    with pytest.raises(SystemExit) as exit_info:  # Another recipe is not these seeds' runs.
+        best.main([*args, "--epochs", "3"])
+    assert exit_info.value.code == 2 and "epochs: saved 2, now 3" in capsys.readouterr().err
+
+    rows = {r["label"]: r for r in compare.main(["--runs-dir", str(tmp_path), "--models", "best"])["rows"]}
+    assert list(rows) == ["best (quick)", "best (quick, ensemble of 2)"], rows
+    assert rows["best (quick)"]["runs"] == 2 and rows["best (quick)"]["accuracy"] == result["accuracy_mean"]
+    ensemble_row = rows["best (quick, ensemble of 2)"]
+    assert ensemble_row["accuracy"] == ensemble["test_accuracy"] and ensemble_row["seeds"] == [0, 1]
+    assert ensemble_row["parameters"] == 2 * 326_410

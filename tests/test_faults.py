@@ -295,6 +295,8 @@ BAD_FLAGS = [  # Each error names the flag, not the config field behind it.
     ("sweep", ["--model", "resnet"], "invalid choice: 'resnet'"),
     ("sweep", ["--trials", "0"], "--trials must be >= 1"),
     ("speedrun", ["--seeds", "0"], "--seeds must be >= 1"),
+    ("best", ["--ensemble", "1"], "--ensemble must be 0 (none) or >= 2"),
+    ("best", ["--seeds", "0"], "--seeds must be >= 1"),
     ("speedrun", ["--batch-size", "-1"], "--batch-size must be >= 1"),
     ("compare", ["--models", "resnet"], "unknown ['resnet']"),
     ("benchmark", ["--steps", "0"], "must be >= 1"),

@@ -23,6 +23,7 @@ MODELS = {
     "encoder_classifier": ({}, LOGITS, 33_454, 12),
     "classifier_decoding": ({}, lambda b: ((b, 10), (b, 28, 28, 1)), 64_431, 12),
     "speed_cnn": ({}, LOGITS, 147_242, 256),
+    "strided_cnn": ({}, LOGITS, 326_410, 128),
     # Small inputs and a narrow classifier keep these fast; full sizes are counted below.
     "vgg16": ({"image_size": 32, "hidden": 64}, LOGITS, None, 64),
     "alexnet": ({"image_size": 63, "hidden": 64}, LOGITS, None, 64),
