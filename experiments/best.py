@@ -127,7 +127,8 @@ def format_table(result: dict) -> str:
         rows.append((f"ours, seed {run['seed']}", f"one model (epoch {run['best_epoch']} of {run['epochs']})",
                      percent(run["test_accuracy"]), f"{run['train_seconds']:.0f}"))
     std = result["accuracy_std"]
-    rows.append(("ours, mean of seeds", f"{len(result['seeds'])} models, one at a time",
+    count = len(result["seeds"])
+    rows.append(("ours, mean of seeds", f"{count} model{'s' * (count > 1)}, one at a time",
                  percent(result["accuracy_mean"]) + (f" +- {100 * std:.2f}" if std is not None else ""),
                  f"{result['train_seconds_mean']:.0f}"))
     if result.get("ensemble"):

@@ -34,7 +34,7 @@ from experiments import classifier_experiments
 from mnist_jax import viz
 from mnist_jax.cli import DEFAULT_RUNS_DIR, ShowDefaults, setup
 from mnist_jax.rundir import find_summaries
-from mnist_jax.config import TrainConfig
+from mnist_jax.config import TrainConfig, flatten
 from mnist_jax.files import write_json
 
 # The classifier experiments (experiments.classifier_experiments), which
@@ -118,8 +118,8 @@ def settings_label(name: str, summary: dict) -> str:
         config.pop("trainable", None)
 
     def differences(reference: TrainConfig) -> list[str]:
-        defaults = json.loads(json.dumps(reference.to_dict()))
-        return [f"{k}={v}" for k, v in config.items() if defaults.get(k) != v]
+        defaults = flatten(json.loads(json.dumps(reference.to_dict())))
+        return [f"{k}={_short(v)}" for k, v in flatten(config).items() if defaults.get(k) != v]
 
     parts = []
     if not differences(module.CONFIG):
@@ -133,6 +133,10 @@ def settings_label(name: str, summary: dict) -> str:
     if "weights" in summary and not str(summary["weights"]).startswith(TRANSFER_DEFAULTS["weights"]):
         parts.append("random init")
     return ", ".join(parts)
+
+
+def _short(value) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def examples_per_second(summary: dict) -> float | None:

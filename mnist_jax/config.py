@@ -121,13 +121,23 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def flatten(config: dict) -> dict:
+    """A config dict with its nested settings (noise, augment) spelled
+    "noise.kind", "augment.rotation" and so on: one level, one key each."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def flat_hparams(config: TrainConfig) -> dict:
     """The config as flat scalars for TensorBoard's HParams dashboard."""
     flat = {}
-    for key, value in config.to_dict().items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        elif isinstance(value, (list, tuple)):
+    for key, value in flatten(config.to_dict()).items():
+        if isinstance(value, (list, tuple)):
             flat[key] = ",".join(map(str, value)) or "all"
         elif value is not None:
             flat[key] = value

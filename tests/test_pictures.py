@@ -118,20 +118,24 @@ def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
         "f": {**fake_summary("conv_ae", 0, 0.5, 1.0), "test": {"mse": 0.01}},
         # The same settings on a GPU: a group of its own, its times not mixed with the CPU's.
         "g": {**fake_summary("cnn", 0, 0.99, 2.0), "devices": {"platform": "gpu", "kinds": ["NVIDIA H100"]}},
+        # A recipe: only the nested settings that differ are named.
+        "h": fake_summary("cnn", 0, 0.996, 20.0, ema_decay=0.999,
+                          augment={"rotation": 10.0, "shift": 0.1, "zoom": 0.0}),
     }
     for name, summary in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(summary))
     groups = compare.group_runs(compare.find_summaries(tmp_path), compare.CLASSIFIERS)
     rows = [g.row() for g in groups]
-    assert [(r["label"], r["runs"]) for r in rows] == [("cnn", 2), ("cnn (NVIDIA H100)", 1), ("cnn (epochs=3)", 1),
-                                                        ("vit", 1)]
+    assert [(r["label"], r["runs"]) for r in rows] == [
+        ("cnn", 2), ("cnn (NVIDIA H100)", 1), ("cnn (augment.rotation=10, augment.shift=0.1, ema_decay=0.999)", 1),
+        ("cnn (epochs=3)", 1), ("vit", 1)]
     cnn_row = rows[0]
     assert cnn_row["accuracy"] == pytest.approx(0.985) and cnn_row["accuracy_std"] == pytest.approx(np.std([0.99, 0.98], ddof=1))
     assert cnn_row["train_seconds"] == pytest.approx(11.0) and cnn_row["seeds"] == [0, 1]
     # 1,000 examples x 10 epochs in 10 s and in 12 s.
     assert cnn_row["examples_per_second"] == pytest.approx(np.mean([1000.0, 10000 / 12]))
-    assert rows[3]["accuracy_std"] is None and rows[3]["reference"]["accuracy"] == 0.9797
+    assert rows[4]["accuracy_std"] is None and rows[4]["reference"]["accuracy"] == 0.9797
     table = compare.format_table(rows)
     assert "98.50 +- 0.71" in table and "99.38" in table
 

@@ -114,3 +114,17 @@ def test_config_round_trips_through_json():
 
     config = config_lib.TrainConfig(model="vit", noise=NoiseConfig("salt_pepper", 0.1), trainable=("head",), seed=4)
     assert config_lib.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_flat_settings_name_each_nested_field_once():
+    from mnist_jax import config as config_lib
+    from mnist_jax.augment import AugmentConfig
+    from mnist_jax.pipeline import NoiseConfig
+
+    config = TrainConfig(noise=NoiseConfig("gaussian", 0.5), augment=AugmentConfig(rotation=10.0), trainable=("head",))
+    flat = config_lib.flatten(config.to_dict())
+    assert flat["noise.kind"] == "gaussian" and flat["augment.rotation"] == 10.0 and flat["augment.zoom"] == 0.0
+    assert "noise" not in flat and not any(isinstance(v, dict) for v in flat.values())
+    hparams = config_lib.flat_hparams(config)
+    assert hparams["trainable"] == "head" and "split_seed" not in hparams  # None is left out.
+    assert config_lib.flat_hparams(TrainConfig())["trainable"] == "all"
