@@ -13,8 +13,9 @@ test set is scored once, at the end. Seed k trains in <workdir>/seed<k>:
 a finished seed is read back, an interrupted one resumed, so the command
 can be run again after any stop.
 
-Expected: about 99.7 % test accuracy per seed and more for the ensemble;
-the recorded runs (commands, machine, times) are in docs/results.md.
+Expected: about 99.65 % test accuracy per seed and a little more for the
+ensemble, each seed about half an hour on 2 CPU cores; the recorded runs
+(commands, machine, times) are in docs/results.md.
 """
 
 from __future__ import annotations
