@@ -17,7 +17,7 @@ LAYERS = [
                      "mnist_jax.parallel", "mnist_jax.metrics", "mnist_jax.digits", "mnist_jax.viz",
                      "mnist_jax.summaries", "mnist_jax.checkpoints", "mnist_jax.wandb_log", "mnist_jax.data",
                      "mnist_jax.pipeline", "mnist_jax.faults", "mnist_jax.progress", "mnist_jax.caches",
-                     "mnist_jax.timing", "mnist_jax.augment", "mnist_jax.reference"}),
+                     "mnist_jax.timing", "mnist_jax.augment", "mnist_jax.reference", "mnist_jax.onednn"}),
     ("data and models", {"mnist_jax.idx", "mnist_jax.sources", "mnist_jax.data_stats", "mnist_jax.tasks",
                          "mnist_jax.models", "mnist_jax.pretrained"}),
     ("config", {"mnist_jax.config"}),

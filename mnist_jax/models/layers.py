@@ -8,6 +8,8 @@ import jax.extend
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
+from mnist_jax import onednn
+
 
 class Dropout(nn.Module):
     """Dropout whose rate may be a traced array, drawing 16 random bits per value.
@@ -243,7 +245,7 @@ class ConvTranspose(nn.Module):
             (stride_h, stride_w) = self.strides
             x = jax.lax.pad(x, jnp.zeros((), x.dtype),
                             ((0, 0, 0), (top, bottom, stride_h - 1), (left, right, stride_w - 1), (0, 0, 0)))
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=numbers)
+            y = onednn.conv2d(x, kernel, (1, 1), "VALID")
         return _add_bias(y, bias)
 
 
@@ -275,9 +277,7 @@ class Conv(nn.Module):
         """x: (B, H, W, C) -> (B, H', W', features)."""
         x, kernel, bias = _kernel_and_bias(self, x)
         padding = ((self.padding,) * 2,) * 2 if isinstance(self.padding, int) else self.padding
-        y = jax.lax.conv_general_dilated(x, kernel, self.strides, padding,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return _add_bias(y, bias)
+        return _add_bias(onednn.conv2d(x, kernel, self.strides, padding), bias)
 
 
 # Every convolution module the models use (mnist_jax.inspection's feature maps).
