@@ -38,6 +38,7 @@ struct Plan {
   memory::desc weights;       // the layout the primitive wants its weights in
   memory::desc user_weights;  // HWIO, as JAX holds them
   bool reorder;               // weights differ from HWIO
+  dnnl::reorder to_primitive, to_user;  // between the two layouts, where they differ
 };
 
 dnnl::engine& Engine() {
@@ -56,30 +57,39 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
       memory::desc(g.dst, f32, Tag::nhwc), g.strides, g.pad_l, g.pad_r);
 }
 
-std::shared_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
+// The primitive descriptor of a backward pass (data or weights): the two
+// take the same arguments.
+template <typename Desc>
+Desc BackwardDesc(const Geometry& g, const dnnl::convolution_forward::primitive_desc& fwd) {
   auto f32 = memory::data_type::f32;
+  return Desc(Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src, f32, Tag::nhwc),
+              memory::desc(g.weights, f32, Tag::any), memory::desc(g.dst, f32, Tag::nhwc), g.strides,
+              g.pad_l, g.pad_r, fwd);
+}
+
+std::shared_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
   auto plan = std::make_shared<Plan>();
-  plan->user_weights = memory::desc(g.weights, f32, Tag::hwio);
+  plan->user_weights = memory::desc(g.weights, memory::data_type::f32, Tag::hwio);
   auto fwd = ForwardDesc(g);
   if (kind == Kind::kForward) {
     plan->weights = fwd.weights_desc();
     plan->primitive = dnnl::convolution_forward(fwd);
   } else if (kind == Kind::kData) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src, f32, Tag::nhwc),
-        memory::desc(g.weights, f32, Tag::any), memory::desc(g.dst, f32, Tag::nhwc), g.strides,
-        g.pad_l, g.pad_r, fwd);
+    auto pd = BackwardDesc<dnnl::convolution_backward_data::primitive_desc>(g, fwd);
     plan->weights = pd.weights_desc();
     plan->primitive = dnnl::convolution_backward_data(pd);
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src, f32, Tag::nhwc),
-        memory::desc(g.weights, f32, Tag::any), memory::desc(g.dst, f32, Tag::nhwc), g.strides,
-        g.pad_l, g.pad_r, fwd);
+    auto pd = BackwardDesc<dnnl::convolution_backward_weights::primitive_desc>(g, fwd);
     plan->weights = pd.diff_weights_desc();
     plan->primitive = dnnl::convolution_backward_weights(pd);
   }
   plan->reorder = plan->weights != plan->user_weights;
+  if (plan->reorder) {
+    plan->to_primitive = dnnl::reorder(dnnl::reorder::primitive_desc(
+        Engine(), plan->user_weights, Engine(), plan->weights));
+    plan->to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
+        Engine(), plan->weights, Engine(), plan->user_weights));
+  }
   return plan;
 }
 
@@ -98,7 +108,7 @@ ffi::Error Run(Kind kind, const Geometry& g, float* src, float* weights, float* 
     memory user_w(plan->user_weights, Engine(), weights);
     memory w = plan->reorder ? memory(plan->weights, Engine()) : user_w;
     dnnl::stream stream(Engine());
-    if (plan->reorder && kind != Kind::kWeights) dnnl::reorder(user_w, w).execute(stream, user_w, w);
+    if (plan->reorder && kind != Kind::kWeights) plan->to_primitive.execute(stream, user_w, w);
     if (kind == Kind::kForward) {
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst_m}});
     } else if (kind == Kind::kData) {
@@ -107,7 +117,7 @@ ffi::Error Run(Kind kind, const Geometry& g, float* src, float* weights, float* 
     } else {
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, w},
                                        {DNNL_ARG_DIFF_DST, dst_m}});
-      if (plan->reorder) dnnl::reorder(w, user_w).execute(stream, w, user_w);
+      if (plan->reorder) plan->to_user.execute(stream, w, user_w);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
