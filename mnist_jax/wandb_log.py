@@ -13,7 +13,12 @@ import pathlib
 def log_sweep(summary: dict, project: str, directory: pathlib.Path, sweep_name: str) -> None:
     """One W&B run per trial: its hyperparameters, per-epoch metrics, and its
     best-epoch scores in the summary; the best trial's run also carries the
-    test scores and confusion matrix."""
+    test scores and confusion matrix.
+
+    Ends with `wandb.teardown()`: `run.finish()` returns before W&B's service
+    has written the last records of an offline run, so without it a `wandb
+    sync` straight after (in the same notebook, say) could read a cut-off log.
+    """
     try:
         import wandb
     except ImportError as e:
@@ -37,3 +42,4 @@ def log_sweep(summary: dict, project: str, directory: pathlib.Path, sweep_name: 
                     columns=[str(c) for c in range(len(test["confusion_matrix"]))],
                     data=test["confusion_matrix"])})
         run.finish()
+    wandb.teardown()  # Waits until every run's files are written.

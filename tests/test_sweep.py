@@ -307,8 +307,10 @@ def test_wandb_log_makes_one_run_per_trained_trial_with_its_history(tmp_path, mo
         def finish(self):
             self.finished = True
 
+    torn_down = []
     stand_in = types.SimpleNamespace(init=lambda **kwargs: Run(**kwargs),
-                                     Table=lambda columns, data: ("table", columns, data))
+                                     Table=lambda columns, data: ("table", columns, data),
+                                     teardown=lambda: torn_down.append([r.finished for r in runs]))
     monkeypatch.setitem(sys.modules, "wandb", stand_in)
     history = [{"epoch": 1, "step": 5, "val_accuracy": 0.5}, {"epoch": 2, "step": 10, "val_accuracy": 0.75}]
     trial = lambda i: {"trial": i, "params": {"learning_rate": 0.1 * (i + 1)}, "config": {"seed": i},
@@ -317,6 +319,7 @@ def test_wandb_log_makes_one_run_per_trained_trial_with_its_history(tmp_path, mo
                "test": {"accuracy": 0.7, "confusion_matrix": [[1, 0], [0, 1]]}}
     wandb_log.log_sweep(summary, "project", tmp_path / "wandb", "unit")
     assert [r.init["name"] for r in runs] == ["trial_00", "trial_01"] and all(r.finished for r in runs)
+    assert torn_down == [[True, True]]  # Once, after every run has finished.
     assert runs[1].init["config"]["learning_rate"] == 0.2 and runs[0].init["group"] == "unit"
     assert [step for step, _ in runs[0].logged] == [1, 2] and "epoch" not in runs[0].logged[0][1]
     assert runs[0].summary == {"best_epoch": 2, "best_val_accuracy": 0.75}
