@@ -72,6 +72,9 @@ class TrainConfig:
     # with a decay > 0 it is what is validated, selected, tested and
     # predicted with; the raw weights' validation is recorded beside it.
     ema_decay: float = 0.0
+    # Training targets put this much mass evenly on all classes
+    # (tasks.StepConfig.label_smoothing); 0: none.
+    label_smoothing: float = 0.0
     # Stratified subsets for quick runs and tests; None = the whole split.
     train_size: int | None = None
     test_size: int | None = None
@@ -105,7 +108,7 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
-        self.step_config()  # Validates task, input_norm, recon_weight and ema_decay.
+        self.step_config()  # Validates task, input_norm, recon_weight, ema_decay, label_smoothing.
 
     @property
     def data_seed(self) -> int:
@@ -115,7 +118,7 @@ class TrainConfig:
     def step_config(self) -> StepConfig:
         return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
                           recon_weight=self.recon_weight, dtype=self.dtype, augment=self.augment,
-                          ema_decay=self.ema_decay)
+                          ema_decay=self.ema_decay, label_smoothing=self.label_smoothing)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -172,7 +172,7 @@ def train_step(state: TrainState, batch: dict, *, spec: StepConfig) -> tuple[Tra
             **_apply_kwargs(state, mask),
         )
         outputs = precision.to_float32(outputs, spec.dtype)
-        terms = tasks.per_example_terms(outputs, target, labels, spec)
+        terms = tasks.per_example_terms(outputs, target, labels, spec, train=True)
         return masked_mean(terms["loss"], mask), (terms, updates)
 
     (_, (terms, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

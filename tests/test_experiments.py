@@ -59,6 +59,7 @@ def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_run
     (["--rotation", "-5"], "--rotation must be"),
     (["--zoom", "1.5"], "--zoom must be"),
     (["--ema-decay", "1"], "--ema-decay must be"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be"),
 ])
 def test_bad_flags_fail_before_training(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

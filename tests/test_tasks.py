@@ -36,6 +36,30 @@ def test_classify_decode_adds_the_weighted_mse():
     np.testing.assert_array_equal(terms["correct"], [1.0, 0.0])
 
 
+def test_label_smoothing_spreads_the_training_targets_only():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 10)) * 3
+    labels = jnp.array([0, 3, 9, 3])
+    plain = tasks.per_example_terms(logits, None, labels, StepConfig(), train=True)
+    smoothed = StepConfig(label_smoothing=0.1)
+    log_p = np.asarray(jax.nn.log_softmax(logits))
+    expected = -(0.9 * log_p[np.arange(4), labels] + 0.1 * log_p.mean(axis=1))  # (1 - a) CE + a uniform CE
+    train_terms = tasks.per_example_terms(logits, None, labels, smoothed, train=True)
+    np.testing.assert_allclose(train_terms["loss"], expected, rtol=1e-5)
+    # The plain cross-entropy is still reported, and is the loss outside training.
+    np.testing.assert_array_equal(train_terms["cross_entropy"], plain["cross_entropy"])
+    eval_terms = tasks.per_example_terms(logits, None, labels, smoothed)
+    np.testing.assert_array_equal(eval_terms["loss"], plain["loss"])
+    # Without smoothing the training loss is exactly the cross-entropy, as before the option existed.
+    np.testing.assert_array_equal(plain["loss"], optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+@pytest.mark.parametrize("fields", [dict(label_smoothing=-0.1), dict(label_smoothing=1.0),
+                                    dict(task="reconstruct", input_norm="unit", label_smoothing=0.1)])
+def test_bad_label_smoothing_is_refused(fields):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dataclasses.replace(TrainConfig(), **fields)
+
+
 @pytest.mark.slow
 def test_ssim_is_one_for_equal_images_and_falls_with_noise():
     clean = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
