@@ -35,10 +35,12 @@ struct Geometry {
 
 struct Plan {
   dnnl::primitive primitive;
+  memory::desc src, dst;      // NHWC, as JAX holds them
   memory::desc weights;       // the layout the primitive wants its weights in
   memory::desc user_weights;  // HWIO, as JAX holds them
   bool reorder;               // weights differ from HWIO
   dnnl::reorder to_primitive, to_user;  // between the two layouts, where they differ
+  memory scratch;             // the weights in the primitive's layout, where they differ
 };
 
 dnnl::engine& Engine() {
@@ -46,7 +48,13 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-std::mutex mutex;  // guards the caches and serialises execution (one stream)
+std::mutex mutex;  // guards the caches and serialises execution: one stream, one scratch per plan
+
+dnnl::stream& Stream() {
+  static dnnl::stream stream(Engine());
+  return stream;
+}
+
 std::map<std::pair<Kind, Geometry>, std::shared_ptr<Plan>> plans;
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
@@ -69,7 +77,10 @@ Desc BackwardDesc(const Geometry& g, const dnnl::convolution_forward::primitive_
 
 std::shared_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
   auto plan = std::make_shared<Plan>();
-  plan->user_weights = memory::desc(g.weights, memory::data_type::f32, Tag::hwio);
+  auto f32 = memory::data_type::f32;
+  plan->src = memory::desc(g.src, f32, Tag::nhwc);
+  plan->dst = memory::desc(g.dst, f32, Tag::nhwc);
+  plan->user_weights = memory::desc(g.weights, f32, Tag::hwio);
   auto fwd = ForwardDesc(g);
   if (kind == Kind::kForward) {
     plan->weights = fwd.weights_desc();
@@ -89,6 +100,7 @@ std::shared_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
         Engine(), plan->user_weights, Engine(), plan->weights));
     plan->to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
         Engine(), plan->weights, Engine(), plan->user_weights));
+    plan->scratch = memory(plan->weights, Engine());
   }
   return plan;
 }
@@ -102,12 +114,11 @@ ffi::Error Run(Kind kind, const Geometry& g, float* src, float* weights, float* 
     std::lock_guard<std::mutex> lock(mutex);
     auto& plan = plans[{kind, g}];
     if (!plan) plan = MakePlan(kind, g);
-    auto f32 = memory::data_type::f32;
-    memory src_m(memory::desc(g.src, f32, Tag::nhwc), Engine(), src);
-    memory dst_m(memory::desc(g.dst, f32, Tag::nhwc), Engine(), dst);
+    memory src_m(plan->src, Engine(), src);
+    memory dst_m(plan->dst, Engine(), dst);
     memory user_w(plan->user_weights, Engine(), weights);
-    memory w = plan->reorder ? memory(plan->weights, Engine()) : user_w;
-    dnnl::stream stream(Engine());
+    memory w = plan->reorder ? plan->scratch : user_w;
+    dnnl::stream& stream = Stream();
     if (plan->reorder && kind != Kind::kWeights) plan->to_primitive.execute(stream, user_w, w);
     if (kind == Kind::kForward) {
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst_m}});

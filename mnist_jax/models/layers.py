@@ -234,12 +234,11 @@ class ConvTranspose(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (B, H, W, C) -> (B, H', W', features)."""
         x, kernel, bias = _kernel_and_bias(self, x)
-        numbers = ("NHWC", "HWIO", "NHWC")
         if self.features == 1:
             # One output channel: here XLA's dilated form is the faster one
             # (docs/performance.md).
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding, lhs_dilation=self.strides,
-                                             dimension_numbers=numbers)
+                                             dimension_numbers=onednn.NUMBERS)
         else:
             (top, bottom), (left, right) = self.padding
             (stride_h, stride_w) = self.strides
