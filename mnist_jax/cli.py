@@ -60,6 +60,21 @@ def build_parser(name: str, description: str, config: TrainConfig, quick: TrainC
     each flag's help shows the value it overrides."""
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description,
                                      formatter_class=ShowDefaults)
+    add_recipe_flags(parser, config)
+    add = parser.add_argument
+    add("--seed", type=int, help=f"seed for init, split, shuffling, dropout and noise {shown(config.seed)}")
+    add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
+    add("--noise", choices=NOISE_KINDS, help=f"noise added to training images on the fly {shown(config.noise.kind)}")
+    add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(config.noise.level)}")
+    add_run_flags(parser, name, quick_help=quick_help or describe_quick(config, quick), dtype=config.dtype,
+                  data_placement=config.data_placement)
+    return parser
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
+    """The training recipe's flags, each overriding a field of `config`:
+    epochs, batch size, learning rate and its schedule, weight decay,
+    augmentation, the weights' moving average and label smoothing."""
     add = parser.add_argument
     add("--epochs", type=int, help=f"training epochs {shown(config.epochs)}")
     add("--batch-size", type=int, help=f"training batch size {shown(config.batch_size)}")
@@ -67,10 +82,6 @@ def build_parser(name: str, description: str, config: TrainConfig, quick: TrainC
     add("--weight-decay", type=float, help=f"L2 weight decay {shown(config.weight_decay)}")
     add("--schedule", choices=SCHEDULES, help="learning rate over the run: constant, cosine decay to 0, or "
                                               f"onecycle (warm-up over 25 %% of it, then cosine) {shown(config.schedule)}")
-    add("--seed", type=int, help=f"seed for init, split, shuffling, dropout and noise {shown(config.seed)}")
-    add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
-    add("--noise", choices=NOISE_KINDS, help=f"noise added to training images on the fly {shown(config.noise.kind)}")
-    add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(config.noise.level)}")
     add("--rotation", type=float, metavar="DEGREES",
         help=f"augmentation: rotate each training image by up to this angle {shown(config.augment.rotation)}")
     add("--shift", type=float, metavar="FRACTION",
@@ -83,9 +94,6 @@ def build_parser(name: str, description: str, config: TrainConfig, quick: TrainC
     add("--label-smoothing", type=float, metavar="ALPHA",
         help="train against labels smoothed by this much, e.g. 0.1 (validation and test losses stay plain "
              f"cross-entropy); 0: none {shown(config.label_smoothing)}")
-    add_run_flags(parser, name, quick_help=quick_help or describe_quick(config, quick), dtype=config.dtype,
-                  data_placement=config.data_placement)
-    return parser
 
 
 NOISE_LEVEL_HELP = "Gaussian or speckle sigma, or salt-and-pepper probability"
@@ -161,11 +169,10 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
     augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom") if getattr(args, f, None) is not None}
     if augment:
         overrides["augment"] = dataclasses.replace(base.augment, **augment)
-    if args.noise is not None or args.noise_level is not None:
-        overrides["noise"] = NoiseConfig(
-            kind=args.noise if args.noise is not None else base.noise.kind,
-            level=args.noise_level if args.noise_level is not None else base.noise.level,
-        )
+    kind, level = getattr(args, "noise", None), getattr(args, "noise_level", None)
+    if kind is not None or level is not None:
+        overrides["noise"] = NoiseConfig(kind=kind if kind is not None else base.noise.kind,
+                                         level=level if level is not None else base.noise.level)
     config = dataclasses.replace(base, **overrides)
     parallel.check_batch_size(config.batch_size, parallel.data_mesh(), "training batch size (--batch-size)")
     return config

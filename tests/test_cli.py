@@ -92,6 +92,26 @@ def test_the_help_of_the_chains_shows_their_configs(monkeypatch):
     assert f"{few_labels.QUICK.steps} steps with {' and '.join(map(str, few_labels.QUICK.labels))} labels" in quick
 
 
+def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
+    from dataclasses import replace
+
+    from experiments import best
+
+    def config(*flags):
+        return cli.config_from_args(best.build_parser().parse_args(list(flags)), best.CONFIG, best.QUICK)
+
+    assert config() == best.CONFIG
+    tried = config("--label-smoothing", "0.1", "--rotation", "15", "--lr", "2e-3", "--schedule", "onecycle",
+                   "--epochs", "30")
+    assert tried == replace(best.CONFIG, label_smoothing=0.1, learning_rate=2e-3, schedule="onecycle", epochs=30,
+                            augment=replace(best.CONFIG.augment, rotation=15.0))
+    assert config("--quick", "--ema-decay", "0.99") == replace(best.QUICK, ema_decay=0.99)
+    shown = help_text("best")
+    assert f"by up to this angle (default: {best.CONFIG.augment.rotation})" in shown, shown
+    with pytest.raises(SystemExit) as exit_info:  # A bad value is refused, naming its flag, before any data.
+        best.main(["--label-smoothing", "1.5", "--no-progress", "--data-dir", "/nonexistent"])
+    assert exit_info.value.code == 2 and "--label-smoothing" in capsys.readouterr().err
+
 # --- --resume: safe to repeat -------------------------------------------------
 
 @pytest.mark.slow
