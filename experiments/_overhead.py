@@ -41,17 +41,6 @@ GOALS = (("1-epoch run: wall - train - compile", "cnn 1 epoch", "second", 5.0),
          ("predict one image: wall", "predict", "first", 6.0))
 
 
-def machine() -> str:
-    """The CPU's model name and core count (Linux), else the platform."""
-    import platform
-
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        return f"{os.cpu_count()}-core {names[0]}"
-    except (OSError, IndexError):
-        return f"{os.cpu_count()}-core {platform.processor() or platform.machine()}"
-
-
 def commit() -> str:
     """The checkout's commit, "+changes" where the tree differs from it."""
     def git(*args):
@@ -157,7 +146,9 @@ def run(repeats: int, data_flags: list[str], quick: bool) -> dict:
                 for name, runs in median_cells(measured).items()}
     import jax
 
-    return {"machine": machine(), "commit": commit(), "jax": jax.__version__, "repeats": repeats,
+    from mnist_jax.parallel import host_cpu
+
+    return {"machine": host_cpu(), "commit": commit(), "jax": jax.__version__, "repeats": repeats,
             "python_writes_bytecode": not sys.flags.dont_write_bytecode, "commands": commands,
             "goals": goal_values(commands), "each_repeat": measured}
 

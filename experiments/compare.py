@@ -185,27 +185,41 @@ class Group:
 
 
 def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) -> list[Group]:
-    """Groups the classifier runs by experiment and settings, in `models` order,
-    the group with the most runs first within an experiment."""
+    """Groups the classifier runs by experiment, settings and machine, in
+    `models` order, the group with the most runs first within an experiment.
+
+    Runs on another device kind, or on another CPU model (metrics.json's
+    devices.host), are groups of their own: times do not mix. A CPU is
+    named in a label only where the same settings ran on several."""
     groups: dict[tuple, Group] = {}
+    parts: dict[tuple, tuple[str, list[str], str]] = {}  # key -> (name, settings and device, host)
     for path, summary in found:
         name = summary.get("experiment")
         if name not in models or "accuracy" not in summary.get("test", {}):
             continue
         config = {k: v for k, v in summary["config"].items() if k not in IGNORED_FIELDS}
         devices = summary.get("devices", {})
-        device = "" if devices.get("platform", "cpu") == "cpu" else ", ".join(devices.get("kinds", []))
+        on_cpu = devices.get("platform", "cpu") == "cpu"
+        device = "" if on_cpu else ", ".join(devices.get("kinds", []))
+        host = devices.get("host", "CPU not recorded") if on_cpu else ""
         key = (name, json.dumps(config, sort_keys=True), summary.get("image_size"),
-               str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"], device)
-        # Runs on another device kind are a group of their own: times do not mix.
-        label = ", ".join(x for x in (settings_label(name, summary), device) if x)
-        group = groups.setdefault(key, Group(name, f"{name} ({label})" if label else name))
+               str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"], device, host)
+        if key not in groups:
+            groups[key] = Group(name, "")
+            parts[key] = (name, [x for x in (settings_label(name, summary), device) if x], host)
+        group = groups[key]
         seed = summary["config"]["seed"]
         twin = next((p for p, s in group.runs if s["config"]["seed"] == seed), None)
         if twin is not None:  # The same run twice (a copy in results/, say): counted once.
             print(f"note: {path} repeats seed {seed} of {twin}; counting it once")
             continue
         group.runs.append((path, summary))
+    hosts: dict[tuple, set] = {}
+    for name, label, host in parts.values():
+        hosts.setdefault((name, *label), set()).add(host)
+    for key, (name, label, host) in parts.items():
+        label = label + [host] if len(hosts[(name, *label)]) > 1 else label
+        groups[key].label = f"{name} ({', '.join(label)})" if label else name
     return sorted(groups.values(), key=lambda g: (models.index(g.experiment), -len(g.runs), g.label))
 
 

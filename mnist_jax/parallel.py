@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from typing import Any, Sequence
 
 import jax
@@ -150,14 +151,28 @@ def describe(mesh: Mesh) -> dict:
         "kinds": sorted({d.device_kind for d in devices}),
         "processes": jax.process_count(),
         "mesh": dict(mesh.shape),
+        "host": host_cpu(),
     }
 
 
+def host_cpu() -> str:
+    """This machine's CPU: core count and model name, e.g. "2-core AMD EPYC"
+    (from /proc/cpuinfo on Linux, else the platform's name for it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{os.cpu_count()}-core {names[0]}"
+    except (OSError, IndexError):
+        return f"{os.cpu_count()}-core {platform.processor() or platform.machine()}"
+
+
 def format_devices(info: dict) -> str:
-    """e.g. "8 x tpu (TPU v2), 1 process, mesh data=8"."""
+    """e.g. "8 x tpu (TPU v2), 1 process, mesh data=8"; CPU devices are named
+    by the host's CPU: "1 x cpu (2-core AMD EPYC), ..."."""
     processes = info["processes"]
     mesh = ", ".join(f"{k}={v}" for k, v in info["mesh"].items())
-    return (f"{info['count']} x {info['platform']} ({', '.join(info['kinds'])}), "
+    kinds = [info["host"]] if info["platform"] == "cpu" and "host" in info else info["kinds"]
+    return (f"{info['count']} x {info['platform']} ({', '.join(kinds)}), "
             f"{processes} process{'es' if processes > 1 else ''}, mesh {mesh}")
 
 

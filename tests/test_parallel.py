@@ -38,6 +38,16 @@ def test_evaluation_batches_round_up_to_the_device_count():
     assert parallel.round_up(1000, fake_mesh(6)) == 1002
 
 
+def test_a_cpu_run_names_its_cpu(monkeypatch):
+    info = parallel.describe(parallel.data_mesh())
+    assert info["platform"] == "cpu" and info["host"].startswith(f"{os.cpu_count()}-core ")
+    assert f"1 x cpu ({info['host']}), 1 process" in parallel.format_devices(info)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    assert parallel.host_cpu().startswith(f"{os.cpu_count()}-core ")  # Not Linux: the platform's name.
+    gpu = {**info, "platform": "gpu", "kinds": ["NVIDIA H100"]}
+    assert "(NVIDIA H100)" in parallel.format_devices(gpu)
+
+
 def test_distributed_is_initialised_only_when_the_environment_asks(monkeypatch):
     calls = []
     monkeypatch.setattr(parallel.jax.distributed, "initialize", lambda **kw: calls.append(kw))

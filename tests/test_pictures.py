@@ -121,6 +121,10 @@ def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
         # A recipe: only the nested settings that differ are named.
         "h": fake_summary("cnn", 0, 0.996, 20.0, ema_decay=0.999,
                           augment={"rotation": 10.0, "shift": 0.1, "zoom": 0.0}),
+        # The same settings on two CPU models: a row each, named by their CPU (times do not mix).
+        "i": {**fake_summary("vit", 1, 0.96, 40.0, epochs=2), "devices": {"platform": "cpu", "host": "2-core Xeon"}},
+        "j": {**fake_summary("vit", 2, 0.97, 60.0, epochs=2), "devices": {"platform": "cpu", "host": "2-core EPYC"}},
+        "k": {**fake_summary("vit", 3, 0.98, 50.0, epochs=2), "devices": {"platform": "cpu", "host": "2-core EPYC"}},
     }
     for name, summary in runs.items():
         (tmp_path / name).mkdir()
@@ -129,13 +133,14 @@ def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
     rows = [g.row() for g in groups]
     assert [(r["label"], r["runs"]) for r in rows] == [
         ("cnn", 2), ("cnn (NVIDIA H100)", 1), ("cnn (augment.rotation=10, augment.shift=0.1, ema_decay=0.999)", 1),
-        ("cnn (epochs=3)", 1), ("vit", 1)]
+        ("cnn (epochs=3)", 1), ("vit (epochs=2, 2-core EPYC)", 2), ("vit", 1), ("vit (epochs=2, 2-core Xeon)", 1)]
     cnn_row = rows[0]
     assert cnn_row["accuracy"] == pytest.approx(0.985) and cnn_row["accuracy_std"] == pytest.approx(np.std([0.99, 0.98], ddof=1))
     assert cnn_row["train_seconds"] == pytest.approx(11.0) and cnn_row["seeds"] == [0, 1]
     # 1,000 examples x 10 epochs in 10 s and in 12 s.
     assert cnn_row["examples_per_second"] == pytest.approx(np.mean([1000.0, 10000 / 12]))
-    assert rows[4]["accuracy_std"] is None and rows[4]["reference"]["accuracy"] == 0.9797
+    assert rows[5]["accuracy_std"] is None and rows[5]["reference"]["accuracy"] == 0.9797
+    assert rows[4]["accuracy"] == pytest.approx(0.975) and rows[4]["train_seconds"] == pytest.approx(55.0)
     table = compare.format_table(rows)
     assert "98.50 +- 0.71" in table and "99.38" in table
 
