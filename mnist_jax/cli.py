@@ -24,7 +24,7 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
-from mnist_jax import data as data_lib, parallel
+from mnist_jax import data as data_lib, onednn, parallel
 from mnist_jax import rundir, sources, timing
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.figures import FILES as FIGURE_FILES
@@ -224,14 +224,16 @@ def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
           prepare: Callable[[argparse.Namespace], Any] = lambda args: None) -> tuple[argparse.Namespace, Any]:
     """The start of every experiment's main: the flags parsed, `setup()`,
     then `prepare(args)` (configs, the run dir: whatever checks the flags);
-    a ValueError or ResumeError it raises is a usage error (exit status 2)
-    with its message, config fields named as their flags. --rescore implies
-    --resume. Returns (args, what prepare returned)."""
+    a ValueError or ResumeError it raises, or a bad MNIST_JAX_ONEDNN, is a
+    usage error (exit status 2) with its message, config fields named as
+    their flags. --rescore implies --resume. Returns (args, what prepare
+    returned)."""
     args = parser.parse_args(argv)
     if getattr(args, "rescore", False):
         args.resume = True
     setup(debug=getattr(args, "debug", False))
     try:
+        onednn.wanted()  # A bad MNIST_JAX_ONEDNN is told before anything runs.
         return args, prepare(args)
     except (ValueError, ResumeError) as e:
         parser.error(as_flags(str(e), parser))

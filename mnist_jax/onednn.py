@@ -9,16 +9,15 @@ differentiated with `jax.custom_vjp`.
 
 The library is built on first use with the system's C++ compiler, against
 the headers of the `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers,
-and kept in the cache (mnist_jax.caches; a few seconds, once per version).
-For now it is opt-in: its kernels beat XLA's one by one, but whole train
-steps are not yet measured faster beyond run-to-run noise
-(docs/performance.md). It runs where MNIST_JAX_ONEDNN=1 is set and
-`pip install -e ".[onednn]"` brought oneDNN, and steps aside, XLA's
-convolutions running, where:
+and kept in the cache (mnist_jax.caches; a few seconds, once per version
+of this file, jaxlib and oneDNN). It runs wherever `pip install -e
+".[onednn]"` brought oneDNN (a faster train step for the deep CNN,
+docs/performance.md), and steps aside, XLA's convolutions running, where:
 
-- MNIST_JAX_ONEDNN is not 1;
+- MNIST_JAX_ONEDNN=0 (the default is 1);
 - the machine is not x86-64 Linux, oneDNN is not installed, or no compiler
-  builds the library (one log line says which);
+  builds the library (one log line says which: a warning where the build
+  fails or MNIST_JAX_ONEDNN=1 asked for it, else a note);
 - JAX's default backend is not the CPU, or a process has several devices
   (`jax.sharding` would replicate an opaque custom call);
 - the dtype is not float32.
@@ -90,35 +89,46 @@ def _build(headers: pathlib.Path, libdnnl: pathlib.Path) -> pathlib.Path:
     return target
 
 
+SETTING = "MNIST_JAX_ONEDNN"
+
+
+def wanted() -> bool:
+    """MNIST_JAX_ONEDNN: 1 (the default) calls oneDNN where it is installed, 0 never."""
+    value = os.environ.get(SETTING, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{SETTING}={value!r}: set it to 1 (oneDNN's convolutions where installed, the default) "
+                         "or 0 (XLA's)")
+    return value == "1"
+
+
 def library() -> ctypes.CDLL | None:
-    """The loaded library with its FFI targets registered, or None: off
-    unless MNIST_JAX_ONEDNN=1 (while its whole-model gain is measured)."""
-    if os.environ.get("MNIST_JAX_ONEDNN", "0") != "1":
-        return None
-    return _load()
+    """The loaded library with its FFI targets registered, or None (see the module docstring)."""
+    return _load() if wanted() else None
 
 
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     """library()'s work, once a process; a failure is logged once."""
-    reason = None
+    # Where oneDNN cannot run (another platform, the default install without
+    # it) and nobody asked for it, a note; a warning where it was asked for or fails to build.
+    reason, level = None, logging.WARNING if SETTING in os.environ else logging.INFO
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         reason = f"oneDNN's convolutions are built for x86-64 Linux, not {sys.platform} {platform.machine()}"
     else:
         headers, libdnnl = _find("include/oneapi/dnnl/dnnl.hpp"), _find(f"lib/{LIBDNNL}")
         if headers is None or libdnnl is None:
-            reason = "oneDNN is not installed (pip install -e \".[onednn]\")"
+            reason = "oneDNN is not installed (pip install -e \".[onednn]\" for faster CPU convolutions)"
     if reason is None:
         # Idle OpenMP threads sleep instead of spinning: spinning, they take the
-        # cores from XLA's next operations (the deep CNN's step: 11-22 % faster).
+        # cores from XLA's next operations (docs/performance.md).
         # libgomp reads this when it loads, with libdnnl, just below.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             lib = ctypes.CDLL(str(_build(headers.parents[2], libdnnl)))
         except OSError as e:
-            reason = f"the oneDNN convolutions could not be built or loaded: {e}"
+            reason, level = f"the oneDNN convolutions could not be built or loaded: {e}", logging.WARNING
     if reason is not None:
-        log.warning("%s; XLA's convolutions run instead.", reason)
+        log.log(level, "%s; XLA's convolutions run instead.", reason)
         return None
     for name in TARGETS.values():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")

@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mnist_jax import onednn
+
 DATA_AXIS = "data"
 
 # Setting this to 1 makes every entry point call jax.distributed.initialize().
@@ -152,6 +154,7 @@ def describe(mesh: Mesh) -> dict:
         "processes": jax.process_count(),
         "mesh": dict(mesh.shape),
         "host": host_cpu(),
+        "convolutions": "oneDNN" if onednn.enabled() else "XLA",  # The path the models' conv2d takes.
     }
 
 
@@ -168,12 +171,14 @@ def host_cpu() -> str:
 
 def format_devices(info: dict) -> str:
     """e.g. "8 x tpu (TPU v2), 1 process, mesh data=8"; CPU devices are named
-    by the host's CPU: "1 x cpu (2-core AMD EPYC), ..."."""
+    by the host's CPU, and oneDNN's convolutions where they run:
+    "1 x cpu (2-core AMD EPYC), 1 process, mesh data=1, oneDNN convolutions"."""
     processes = info["processes"]
     mesh = ", ".join(f"{k}={v}" for k, v in info["mesh"].items())
     kinds = [info["host"]] if info["platform"] == "cpu" and "host" in info else info["kinds"]
     return (f"{info['count']} x {info['platform']} ({', '.join(kinds)}), "
-            f"{processes} process{'es' if processes > 1 else ''}, mesh {mesh}")
+            f"{processes} process{'es' if processes > 1 else ''}, mesh {mesh}"
+            + (", oneDNN convolutions" if info.get("convolutions") == "oneDNN" else ""))
 
 
 def is_main_process() -> bool:

@@ -127,18 +127,32 @@ def test_a_model_step_agrees_with_xla(turned_on, monkeypatch):
         _assert_close(a, b, "deep CNN gradient")
 
 
-@pytest.mark.parametrize("setting", [None, "0"])
-def test_off_by_default_and_by_the_environment(setting):
-    code = ("import jax, jax.numpy as jnp; from mnist_jax import onednn; "
+@pytest.mark.parametrize("setting", [None, "1", "0"])
+def test_on_by_default_where_installed_and_off_by_the_environment(setting):
+    code = ("import jax, jax.numpy as jnp; from mnist_jax import onednn, parallel; "
             "x = jnp.zeros((1, 8, 8, 2)); k = jnp.zeros((3, 3, 2, 4)); "
             "text = jax.jit(onednn.conv2d).lower(x, k).as_text(); "
-            "print(onednn.enabled(), 'custom_call' in text, 'convolution' in text)")
+            "print(onednn.enabled(), 'custom_call' in text, 'convolution' in text, "
+            "parallel.describe(parallel.data_mesh())['convolutions'])")
     env = {k: v for k, v in os.environ.items() if k != "MNIST_JAX_ONEDNN"}
     if setting is not None:
         env["MNIST_JAX_ONEDNN"] = setting
     done = subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "False", "True"]
+    # The test install brings oneDNN on x86-64 Linux; elsewhere XLA's convolutions run.
+    on = setting != "0" and X86_LINUX
+    assert done.stdout.split() == ([str(on), str(on), str(not on), "oneDNN" if on else "XLA"]), done.stderr
+
+
+def test_a_bad_setting_is_a_usage_error(monkeypatch, capsys):
+    from experiments import cnn
+
+    monkeypatch.setenv("MNIST_JAX_ONEDNN", "yes")
+    with pytest.raises(ValueError, match="MNIST_JAX_ONEDNN='yes': set it to 1"):
+        onednn.library()
+    with pytest.raises(SystemExit) as exit_info:  # Told before anything runs.
+        cnn.main(["--quick", "--data-dir", "/nonexistent", "--no-progress"])
+    assert exit_info.value.code == 2 and "MNIST_JAX_ONEDNN='yes'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("breakage", ["not installed", "compiler fails"])
@@ -154,10 +168,18 @@ def test_falls_back_to_xla_with_one_log_line(breakage, monkeypatch, caplog, tmp_
             pytest.skip("nothing is compiled off x86-64 Linux")
         monkeypatch.setenv("CXX", "false")  # A compiler that always fails.
         expected = "could not be built"
-    with caplog.at_level(logging.WARNING, logger="mnist_jax.onednn"):
+    with caplog.at_level(logging.INFO, logger="mnist_jax.onednn"):
         assert onednn.library() is None
-    messages = [r.getMessage() for r in caplog.records if r.name == "mnist_jax.onednn"]
-    assert len(messages) == 1 and expected in messages[0], messages
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records
+                if r.name == "mnist_jax.onednn" and not r.getMessage().startswith("Building")]
+    assert len(messages) == 1 and expected in messages[0][1], messages
+    assert messages[0][0] == "WARNING"  # Asked for with MNIST_JAX_ONEDNN=1, or failed to build.
+    if breakage == "not installed":  # Not asked for: the default install, a note.
+        monkeypatch.delenv("MNIST_JAX_ONEDNN")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mnist_jax.onednn"):
+            assert onednn._load() is None
+        assert [r.levelname for r in caplog.records if r.name == "mnist_jax.onednn"] == ["INFO"]
     monkeypatch.setattr(onednn, "enabled", lambda: onednn.library() is not None)
     x, k = _operands(8, 8, 2, 3, 3)
     np.testing.assert_array_equal(onednn.conv2d(x, k, (1, 1), "SAME"), onednn.xla_conv2d(x, k, (1, 1), "SAME"))
