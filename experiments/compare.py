@@ -189,8 +189,9 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
     `models` order, the group with the most runs first within an experiment.
 
     Runs on another device kind, or on another CPU model (metrics.json's
-    devices.host), are groups of their own: times do not mix. A CPU is
-    named in a label only where the same settings ran on several."""
+    devices.host) or convolution path (devices.convolutions), are groups of
+    their own: times do not mix. A CPU is named in a label only where the
+    same settings ran on several."""
     groups: dict[tuple, Group] = {}
     parts: dict[tuple, tuple[str, list[str], str]] = {}  # key -> (name, settings and device, host)
     for path, summary in found:
@@ -202,6 +203,7 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
         on_cpu = devices.get("platform", "cpu") == "cpu"
         device = "" if on_cpu else ", ".join(devices.get("kinds", []))
         host = devices.get("host", "CPU not recorded") if on_cpu else ""
+        host += ", oneDNN convolutions" if on_cpu and devices.get("convolutions") == "oneDNN" else ""
         key = (name, json.dumps(config, sort_keys=True), summary.get("image_size"),
                str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"], device, host)
         if key not in groups:

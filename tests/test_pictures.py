@@ -125,6 +125,8 @@ def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
         "i": {**fake_summary("vit", 1, 0.96, 40.0, epochs=2), "devices": {"platform": "cpu", "host": "2-core Xeon"}},
         "j": {**fake_summary("vit", 2, 0.97, 60.0, epochs=2), "devices": {"platform": "cpu", "host": "2-core EPYC"}},
         "k": {**fake_summary("vit", 3, 0.98, 50.0, epochs=2), "devices": {"platform": "cpu", "host": "2-core EPYC"}},
+        "l": {**fake_summary("vit", 3, 0.98, 45.0, epochs=2),
+              "devices": {"platform": "cpu", "host": "2-core EPYC", "convolutions": "oneDNN"}},
     }
     for name, summary in runs.items():
         (tmp_path / name).mkdir()
@@ -133,7 +135,8 @@ def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
     rows = [g.row() for g in groups]
     assert [(r["label"], r["runs"]) for r in rows] == [
         ("cnn", 2), ("cnn (NVIDIA H100)", 1), ("cnn (augment.rotation=10, augment.shift=0.1, ema_decay=0.999)", 1),
-        ("cnn (epochs=3)", 1), ("vit (epochs=2, 2-core EPYC)", 2), ("vit", 1), ("vit (epochs=2, 2-core Xeon)", 1)]
+        ("cnn (epochs=3)", 1), ("vit (epochs=2, 2-core EPYC)", 2), ("vit", 1),
+        ("vit (epochs=2, 2-core EPYC, oneDNN convolutions)", 1), ("vit (epochs=2, 2-core Xeon)", 1)]
     cnn_row = rows[0]
     assert cnn_row["accuracy"] == pytest.approx(0.985) and cnn_row["accuracy_std"] == pytest.approx(np.std([0.99, 0.98], ddof=1))
     assert cnn_row["train_seconds"] == pytest.approx(11.0) and cnn_row["seeds"] == [0, 1]
