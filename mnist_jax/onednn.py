@@ -17,7 +17,8 @@ docs/performance.md), and steps aside, XLA's convolutions running, where:
 - MNIST_JAX_ONEDNN=0 (the default is 1);
 - the machine is not x86-64 Linux, oneDNN is not installed, or no compiler
   builds the library (one log line says which: a warning where the build
-  fails or MNIST_JAX_ONEDNN=1 asked for it, else a note);
+  fails or MNIST_JAX_ONEDNN=1 asked for it, else a note that the extra is
+  missing, and a debug line off x86-64 Linux);
 - JAX's default backend is not the CPU, or a process has several devices
   (`jax.sharding` would replicate an opaque custom call);
 - the dtype is not float32.
@@ -109,11 +110,13 @@ def library() -> ctypes.CDLL | None:
 @functools.cache
 def _load() -> ctypes.CDLL | None:
     """library()'s work, once a process; a failure is logged once."""
-    # Where oneDNN cannot run (another platform, the default install without
-    # it) and nobody asked for it, a note; a warning where it was asked for or fails to build.
-    reason, level = None, logging.WARNING if SETTING in os.environ else logging.INFO
+    # A warning where MNIST_JAX_ONEDNN=1 asked for it or the build fails; where
+    # nobody asked, a note that the extra is missing, and nothing off x86-64 Linux.
+    asked = SETTING in os.environ
+    reason, level = None, logging.WARNING if asked else logging.INFO
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         reason = f"oneDNN's convolutions are built for x86-64 Linux, not {sys.platform} {platform.machine()}"
+        level = logging.WARNING if asked else logging.DEBUG
     else:
         headers, libdnnl = _find("include/oneapi/dnnl/dnnl.hpp"), _find(f"lib/{LIBDNNL}")
         if headers is None or libdnnl is None:
