@@ -101,10 +101,12 @@ def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
         return cli.config_from_args(best.build_parser().parse_args(list(flags)), best.CONFIG, best.QUICK)
 
     assert config() == best.CONFIG
-    tried = config("--label-smoothing", "0.1", "--rotation", "15", "--lr", "2e-3", "--schedule", "onecycle",
+    tried = config("--label-smoothing", "0.05", "--rotation", "15", "--lr", "1e-3", "--schedule", "cosine",
                    "--epochs", "30")
-    assert tried == replace(best.CONFIG, label_smoothing=0.1, learning_rate=2e-3, schedule="onecycle", epochs=30,
+    assert tried == replace(best.CONFIG, label_smoothing=0.05, learning_rate=1e-3, schedule="cosine", epochs=30,
                             augment=replace(best.CONFIG.augment, rotation=15.0))
+    fields = ("label_smoothing", "learning_rate", "schedule", "epochs")  # Each flag moved its field.
+    assert all(getattr(tried, f) != getattr(best.CONFIG, f) for f in fields) and tried.augment != best.CONFIG.augment
     assert config("--quick", "--ema-decay", "0.99") == replace(best.QUICK, ema_decay=0.99)
     shown = help_text("best")
     assert f"by up to this angle (default: {best.CONFIG.augment.rotation})" in shown, shown
