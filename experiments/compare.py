@@ -110,16 +110,29 @@ def train_missing(models: tuple[str, ...], seeds: int, quick: bool, root: pathli
     return failed
 
 
+def run_settings(summary: dict) -> dict:
+    """A run's config, flat, without IGNORED_FIELDS. A setting its
+    metrics.json lacks is TrainConfig's default: settings are added with
+    the default that keeps earlier runs' behaviour (label smoothing came
+    after the first best-model runs, which trained without it)."""
+    config = {**flatten(_as_json(TrainConfig().to_dict())), **flatten(summary["config"])}
+    return {k: v for k, v in config.items() if k.split(".")[0] not in IGNORED_FIELDS}
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value))  # Tuples as lists, as metrics.json holds them.
+
+
 def settings_label(name: str, summary: dict) -> str:
     """How a run's settings differ from its experiment's defaults ("" when they don't)."""
     module = experiment_module(name)
-    config = {k: v for k, v in summary["config"].items() if k not in IGNORED_FIELDS}
+    config = run_settings(summary)
     if summary.get("cached_features"):  # Trained the classifier alone: "trainable" was dropped.
         config.pop("trainable", None)
 
     def differences(reference: TrainConfig) -> list[str]:
-        defaults = flatten(json.loads(json.dumps(reference.to_dict())))
-        return [f"{k}={_short(v)}" for k, v in flatten(config).items() if defaults.get(k) != v]
+        defaults = flatten(_as_json(reference.to_dict()))
+        return [f"{k}={_short(v)}" for k, v in config.items() if defaults.get(k) != v]
 
     parts = []
     if not differences(module.CONFIG):
@@ -198,7 +211,7 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
         name = summary.get("experiment")
         if name not in models or "accuracy" not in summary.get("test", {}):
             continue
-        config = {k: v for k, v in summary["config"].items() if k not in IGNORED_FIELDS}
+        config = run_settings(summary)
         devices = summary.get("devices", {})
         on_cpu = devices.get("platform", "cpu") == "cpu"
         device = "" if on_cpu else ", ".join(devices.get("kinds", []))

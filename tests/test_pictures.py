@@ -148,6 +148,21 @@ def test_compare_groups_runs_by_settings_and_averages_over_seeds(tmp_path):
     assert "98.50 +- 0.71" in table and "99.38" in table
 
 
+def test_compare_reads_a_setting_missing_from_an_older_run_as_its_default(tmp_path):
+    """best's defaults smooth labels; a run saved before the setting existed
+    trained without it, so it is labelled so, and groups with a run that
+    records label_smoothing=0 rather than with the defaults' runs."""
+    older = fake_summary("best", 0, 0.99, 10.0)
+    del older["config"]["label_smoothing"]
+    runs = {"older": older, "newer": fake_summary("best", 1, 0.98, 10.0, label_smoothing=0.0),
+            "default": fake_summary("best", 2, 0.97, 10.0)}
+    for name, summary in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(summary))
+    groups = compare.group_runs(compare.find_summaries(tmp_path), ("best",))
+    assert [(g.label, len(g.runs)) for g in groups] == [("best (label_smoothing=0)", 2), ("best", 1)]
+
+
 def test_compare_refuses_bad_flags_and_an_empty_folder(tmp_path, capsys):
     for flags, message in ((["--models", "cnn,resnet"], "unknown ['resnet']"), (["--seeds", "0"], "--seeds"),
                            (["--quick"], "add --train"), (["--train", "--epochs", "0"], "--epochs must be"), ([], "no finished classifier runs")):
