@@ -3,8 +3,9 @@
     python -m experiments.cnn            # the report's settings: 10 epochs, batch 64
     python -m experiments.cnn --quick    # 2 epochs on 4,500 images: a smoke test
     python -m experiments.cnn --rotation 10 --shift 0.1 --zoom 0.1 --ema-decay 0.999 \\
-        --schedule onecycle --lr 3e-3 --weight-decay 1e-4
-        # beyond the report: augmentation, a moving average, a one-cycle schedule and L2 (about 99.55 %)
+        --schedule onecycle --lr 3e-3 --weight-decay 1e-4 --label-smoothing 0.1
+        # beyond the report: augmentation, a moving average, a one-cycle schedule,
+        # L2 and label smoothing (about 99.56 %)
 
 Report: 99.38 % test accuracy, F1 0.9938, 88.29 s for 10 epochs on a GPU.
 Expected with the defaults: about 99.4 % (one seed moves it by a few test

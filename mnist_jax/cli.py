@@ -89,8 +89,9 @@ def add_recipe_flags(parser: argparse.ArgumentParser, config: TrainConfig) -> No
     add("--zoom", type=float, metavar="FRACTION",
         help=f"augmentation: scale it by 1 +- up to this {shown(config.augment.zoom)}")
     add("--ema-decay", type=float,
-        help="validate, select and test a moving average of the weights with this decay, e.g. 0.999; "
-             f"0: none {shown(config.ema_decay)}")
+        help="validate, select and test a moving average of the weights with this decay, e.g. 0.999 "
+             "(it warms up as (1 + step) / (10 + step), reaching the decay after about 9 / (1 - decay) "
+             f"steps); 0: none {shown(config.ema_decay)}")
     add("--label-smoothing", type=float, metavar="ALPHA",
         help="train against labels smoothed by this much, e.g. 0.1 (validation and test losses stay plain "
              f"cross-entropy); 0: none {shown(config.label_smoothing)}")
