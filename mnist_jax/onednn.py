@@ -5,7 +5,8 @@ oneDNN, the library PyTorch's CPU convolutions use (docs/performance.md).
 `conv2d` is `lax.conv_general_dilated` for NHWC inputs and HWIO kernels; on
 a CPU with oneDNN at hand it calls oneDNN's forward, input-gradient and
 kernel-gradient kernels as XLA FFI custom calls (mnist_jax/onednn_conv.cc),
-differentiated with `jax.custom_vjp`.
+differentiated with `jax.custom_vjp`. `conv_transpose2d`, the autoencoders'
+transposed convolutions, calls the same three kernels in another order.
 
 The library is built on first use with the system's C++ compiler, against
 the headers of the `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers,
@@ -156,13 +157,43 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NUMBERS)
 
 
+def usable(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether oneDNN convolves these operands here (float32, and enabled())."""
+    return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and enabled()
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME") -> jax.Array:
     """x (B, H, W, C), kernel (kh, kw, C, O) -> (B, H', W', O): oneDNN where enabled, else XLA."""
     strides = tuple(int(s) for s in strides)
     padding = explicit_padding(x.shape, kernel.shape, strides, padding)
-    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and enabled():
+    if usable(x, kernel):
         return _onednn_conv2d(x, kernel, strides, padding)
     return xla_conv2d(x, kernel, strides, padding)
+
+
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    """flax's transposed convolution (transpose_kernel=False) through oneDNN:
+    x (B, H, W, C), kernel (kh, kw, C, O), `padding` ((top, bottom), (left,
+    right)) of the stride-dilated input -> (B, H', W', O); callers check
+    `usable` first.
+
+    A transposed convolution is the input gradient of a convolution, so it
+    runs oneDNN's input-gradient kernel forward, on x as it is, where XLA
+    would convolve x with (stride - 1) zeros between its rows and columns:
+    the convolution's kernel is this one flipped, inputs and outputs
+    swapped, and its padding kh - 1 - top and kh - 1 - bottom. Padding
+    below zero (an output row no input reaches, such as PyTorch's
+    output_padding) is added as zero rows after the call."""
+    (kh, kw), strides = kernel.shape[:2], tuple(int(s) for s in strides)
+    pads = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip((kh, kw), padding)]
+    crops = [(max(0, -low), max(0, -high)) for low, high in pads]
+    pads = tuple((max(0, low), max(0, high)) for low, high in pads)
+    # Each output size as XLA's dilated convolution gives it, less the rows no input reaches.
+    size = [(n - 1) * s + 1 + low + high - k + 1 - sum(crop)
+            for n, s, (low, high), k, crop in zip(x.shape[1:3], strides, padding, (kh, kw), crops)]
+    conv_kernel = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (kh, kw, O, C)
+    y = _onednn_conv_transpose2d(x, conv_kernel, strides, pads, (x.shape[0], *size, kernel.shape[3]))
+    return jnp.pad(y, ((0, 0), *crops, (0, 0))) if any(map(any, crops)) else y
 
 
 def _call(op: str, shape, a, b, strides, padding) -> jax.Array:
@@ -189,3 +220,23 @@ def _backward(strides, padding, residuals, dy):
 
 
 _onednn_conv2d.defvjp(_forward, _backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _onednn_conv_transpose2d(x, conv_kernel, strides, padding, shape):
+    """The input gradient of the convolution (conv_kernel, strides, padding)
+    whose output is x: shape is that convolution's input's (B, H', W', O)."""
+    return _call("data", shape, x, conv_kernel, strides, padding)
+
+
+def _transpose_forward(x, conv_kernel, strides, padding, shape):
+    return _onednn_conv_transpose2d(x, conv_kernel, strides, padding, shape), (x, conv_kernel)
+
+
+def _transpose_backward(strides, padding, shape, residuals, dy):
+    x, conv_kernel = residuals  # The convolution run forward on dy, and its kernel gradient.
+    return (_call("forward", x.shape, dy, conv_kernel, strides, padding),
+            _call("weights", conv_kernel.shape, dy, x, strides, padding))
+
+
+_onednn_conv_transpose2d.defvjp(_transpose_forward, _transpose_backward)

@@ -41,6 +41,16 @@ ODD_SHAPES = [
     (17, 10, 5, 9, (2, 3), (2, 1), ((0, 1), (1, 1))),
 ]
 
+# (H, W, C, O, kernel, stride, padding of the stride-dilated input): the
+# autoencoders' transposed convolutions, then odd ones (padding past the
+# kernel, where no input reaches an output row, and a crop).
+TRANSPOSE_SHAPES = [
+    (3, 3, 64, 32, 3, 2, ((1, 2), (1, 2))), (6, 6, 32, 16, 3, 2, ((1, 2), (1, 2))),  # conv_ae's decoder
+    (12, 12, 16, 1, 5, 2, ((4, 5), (4, 5))),
+    (7, 7, 64, 32, 3, 2, ((1, 2), (1, 2))), (14, 14, 32, 1, 3, 2, ((1, 2), (1, 2))),  # the denoiser's decoder
+    (5, 4, 3, 7, (2, 3), (3, 1), ((0, 3), (2, -1))), (4, 4, 2, 3, 3, 1, ((2, 2), (2, 2))),
+]
+
 
 def _operands(h, w, c, o, kernel, seed=0, batch=3):
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
@@ -79,6 +89,26 @@ def test_forward_and_gradients_match_xla(shape, turned_on):
 
 
 @needs_onednn
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES, ids=str)
+def test_transposed_convolution_matches_xlas_dilated_one(shape, turned_on):
+    """conv_transpose2d runs oneDNN's input-gradient kernel forward; flax and
+    the XLA path convolve the input with zeros inserted between its pixels."""
+    h, w, c, o, kernel, stride, padding = shape
+    x, k = _operands(h, w, c, o, kernel)
+    strides = (stride, stride) if isinstance(stride, int) else stride
+    ours = jax.jit(lambda x, k: jax.vjp(lambda x, k: onednn.conv_transpose2d(x, k, strides, padding), x, k))
+    assert "OnednnConvData" in ours.lower(x, k).as_text()
+    ours_y, ours_vjp = ours(x, k)
+    xla_y, xla_vjp = jax.vjp(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (1, 1), padding, lhs_dilation=strides, dimension_numbers=onednn.NUMBERS), x, k)
+    assert ours_y.shape == xla_y.shape and ours_y.dtype == jnp.float32
+    dy = jnp.asarray(np.random.default_rng(1).standard_normal(xla_y.shape), jnp.float32)
+    _assert_close(ours_y, xla_y, "forward")
+    for name, ours, xla in zip(("input gradient", "kernel gradient"), ours_vjp(dy), xla_vjp(dy)):
+        _assert_close(ours, xla, name)
+
+
+@needs_onednn
 def test_used_on_this_cpu_and_deterministic(turned_on):
     """On x86-64 Linux the test install brings oneDNN: with MNIST_JAX_ONEDNN=1
     a jitted convolution calls it, and the same inputs give the same bits twice."""
@@ -108,11 +138,13 @@ def test_vmap_matches_xla(turned_on):
 
 
 @needs_onednn
-def test_a_model_step_agrees_with_xla(turned_on, monkeypatch):
-    """The deep CNN's loss gradient, with oneDNN's convolutions and with XLA's."""
+@pytest.mark.parametrize("name", ["deep_cnn", "conv_ae", "denoising_ae"])
+def test_a_model_step_agrees_with_xla(name, turned_on, monkeypatch):
+    """A model's loss gradient, with oneDNN's convolutions and with XLA's
+    (the autoencoders: their transposed convolutions too)."""
     from mnist_jax import models
 
-    model = models.get_model("deep_cnn")
+    model = models.get_model(name)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 28, 28, 1)), jnp.float32)
     variables = model.init(jax.random.key(0), x, train=False)
 
@@ -124,7 +156,7 @@ def test_a_model_step_agrees_with_xla(turned_on, monkeypatch):
     monkeypatch.setattr(onednn, "enabled", lambda: False)
     xla = grad()
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(xla)):
-        _assert_close(a, b, "deep CNN gradient")
+        _assert_close(a, b, f"{name} gradient")
 
 
 @pytest.mark.parametrize("setting", [None, "1", "0"])
