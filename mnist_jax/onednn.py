@@ -13,7 +13,8 @@ the headers of the `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers,
 and kept in the cache (mnist_jax.caches; a few seconds, once per version
 of this file, jaxlib and oneDNN). It runs wherever `pip install -e
 ".[onednn]"` brought oneDNN (faster train steps for the deep CNN and the
-convolutional autoencoders, docs/performance.md), and steps aside, XLA's convolutions running, where:
+convolutional autoencoders, docs/performance.md), and steps aside, XLA's
+convolutions running, where:
 
 - MNIST_JAX_ONEDNN=0 (the default is 1);
 - the machine is not x86-64 Linux, oneDNN is not installed, or no compiler
