@@ -158,7 +158,7 @@ def xla_conv2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NUMBERS)
 
 
-def usable(x: jax.Array, kernel: jax.Array) -> bool:
+def _usable(x: jax.Array, kernel: jax.Array) -> bool:
     """Whether oneDNN convolves these operands here (float32, and enabled())."""
     return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and enabled()
 
@@ -167,34 +167,54 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME") -> j
     """x (B, H, W, C), kernel (kh, kw, C, O) -> (B, H', W', O): oneDNN where enabled, else XLA."""
     strides = tuple(int(s) for s in strides)
     padding = explicit_padding(x.shape, kernel.shape, strides, padding)
-    if usable(x, kernel):
+    if _usable(x, kernel):
         return _onednn_conv2d(x, kernel, strides, padding)
     return xla_conv2d(x, kernel, strides, padding)
 
 
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
-    """flax's transposed convolution (transpose_kernel=False) through oneDNN:
-    x (B, H, W, C), kernel (kh, kw, C, O), `padding` ((top, bottom), (left,
-    right)) of the stride-dilated input -> (B, H', W', O); callers check
-    `usable` first.
+    """flax's transposed convolution (transpose_kernel=False): x (B, H, W, C),
+    kernel (kh, kw, C, O), `padding` ((top, bottom), (left, right)) of the
+    stride-dilated input -> (B, H', W', O): oneDNN where enabled, else XLA.
 
-    A transposed convolution is the input gradient of a convolution, so it
-    runs oneDNN's input-gradient kernel forward, on x as it is, where XLA
-    would convolve x with (stride - 1) zeros between its rows and columns:
-    the convolution's kernel is this one flipped, inputs and outputs
-    swapped, and its padding kh - 1 - top and kh - 1 - bottom. Padding
-    below zero (an output row no input reaches, such as PyTorch's
-    output_padding) is added as zero rows after the call."""
-    (kh, kw), strides = kernel.shape[:2], tuple(int(s) for s in strides)
-    pads = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip((kh, kw), padding)]
+    A transposed convolution is the input gradient of a convolution, so
+    oneDNN's input-gradient kernel runs forward, on x as it is: the
+    convolution's kernel is this one flipped, inputs and outputs swapped,
+    and its padding kh - 1 - top and kh - 1 - bottom. Padding below zero
+    (an output row no input reaches, such as PyTorch's output_padding) is
+    added as zero rows after the call."""
+    strides = tuple(int(s) for s in strides)
+    if not _usable(x, kernel):
+        return xla_conv_transpose2d(x, kernel, strides, padding)
+    pads = [(k - 1 - low, k - 1 - high) for k, (low, high) in zip(kernel.shape[:2], padding)]
     crops = [(max(0, -low), max(0, -high)) for low, high in pads]
     pads = tuple((max(0, low), max(0, high)) for low, high in pads)
-    # Each output size as XLA's dilated convolution gives it, less the rows no input reaches.
-    size = [(n - 1) * s + 1 + low + high - k + 1 - sum(crop)
-            for n, s, (low, high), k, crop in zip(x.shape[1:3], strides, padding, (kh, kw), crops)]
+    # XLA's output shape, less the rows no input reaches.
+    batch, height, width, features = jax.eval_shape(lambda x, k: _xla_dilated(x, k, strides, padding), x, kernel).shape
+    shape = (batch, height - sum(crops[0]), width - sum(crops[1]), features)
     conv_kernel = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (kh, kw, O, C)
-    y = _onednn_conv_transpose2d(x, conv_kernel, strides, pads, (x.shape[0], *size, kernel.shape[3]))
+    y = _onednn_conv_transpose2d(x, conv_kernel, strides, pads, shape)
     return jnp.pad(y, ((0, 0), *crops, (0, 0))) if any(map(any, crops)) else y
+
+
+def xla_conv_transpose2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    """conv_transpose2d in XLA: a plain convolution over x with the stride's
+    zeros inserted by `lax.pad`. flax writes it as a convolution with
+    `lhs_dilation`, whose kernel gradient XLA computes many times slower
+    than a plain one's (jax-ml/jax#23783, #31662; equinox's ConvTranspose
+    made the same change, its PR #1259), except with one output channel,
+    where the dilated form is the faster of the two (docs/performance.md)."""
+    if kernel.shape[3] == 1:
+        return _xla_dilated(x, kernel, strides, padding)
+    (top, bottom), (left, right) = padding
+    (stride_h, stride_w) = strides
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                    ((0, 0, 0), (top, bottom, stride_h - 1), (left, right, stride_w - 1), (0, 0, 0)))
+    return xla_conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)))
+
+
+def _xla_dilated(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=strides, dimension_numbers=NUMBERS)
 
 
 def _call(op: str, shape, a, b, strides, padding) -> jax.Array:

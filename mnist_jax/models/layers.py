@@ -202,17 +202,11 @@ def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 class ConvTranspose(nn.Module):
-    """nn.ConvTranspose (transpose_kernel=False): oneDNN's input-gradient
-    kernel run forward where oneDNN is enabled (mnist_jax.onednn), else a
-    convolution over an input whose stride gaps are filled by `lax.pad`.
-
-    flax writes the transposed convolution as `conv_general_dilated` with
-    `lhs_dilation`, and XLA computes the kernel gradient of such a
-    convolution many times slower than of a plain one (jax-ml/jax#23783,
-    #31662; equinox's ConvTranspose made the same change, its PR #1259).
-    Inserting the zeros first gives the same values from a plain
-    convolution, about twice as fast on the CPU; oneDNN skips the zeros
-    altogether (docs/performance.md). Parameters are flax's
+    """nn.ConvTranspose (transpose_kernel=False) through
+    `onednn.conv_transpose2d`: oneDNN's input-gradient kernel run forward
+    where oneDNN is enabled, else a plain convolution over an input whose
+    stride gaps are filled with zeros, which XLA differentiates faster than
+    flax's dilated form (docs/performance.md). Parameters are flax's
     ("kernel" (kh, kw, in, out), "bias").
 
     Attributes:
@@ -235,20 +229,7 @@ class ConvTranspose(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (B, H, W, C) -> (B, H', W', features)."""
         x, kernel, bias = _kernel_and_bias(self, x)
-        if onednn.usable(x, kernel):
-            y = onednn.conv_transpose2d(x, kernel, self.strides, self.padding)
-        elif self.features == 1:
-            # One output channel: here XLA's dilated form is the faster of its two
-            # (docs/performance.md).
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding, lhs_dilation=self.strides,
-                                             dimension_numbers=onednn.NUMBERS)
-        else:
-            (top, bottom), (left, right) = self.padding
-            (stride_h, stride_w) = self.strides
-            x = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                            ((0, 0, 0), (top, bottom, stride_h - 1), (left, right, stride_w - 1), (0, 0, 0)))
-            y = onednn.xla_conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)))
-        return _add_bias(y, bias)
+        return _add_bias(onednn.conv_transpose2d(x, kernel, self.strides, self.padding), bias)
 
 
 class Conv(nn.Module):
