@@ -1,15 +1,18 @@
-"""Data augmentation on the device: a random rotation, shift and zoom per image.
+"""Data augmentation on the device: a random rotation, shift, zoom and elastic distortion per image.
 
 Each training image gets one affine resample (bilinear, zeros outside the
 picture) that rotates it about its centre, scales it and shifts it, with
-its own random parameters. It runs inside the jitted train step beside the
+its own random parameters, and, where asked, an elastic distortion after
+it (Simard et al. 2003, "Best practices for convolutional neural networks
+applied to visual document analysis": every pixel moved by a random field
+smoothed by a Gaussian, which bends strokes the way hands do). It runs inside the jitted train step beside the
 noise (mnist_jax.tasks.model_inputs), keyed from the step's key, so the
 same seed gives the same images and a resumed run replays them exactly;
 nothing is precomputed and no host thread is needed.
 
-The resampling is dm-pix's `affine_transform` (the library behind our SSIM),
-whose order-1 interpolation is plain gathers and arithmetic that XLA
-compiles on every backend. Off by default, so that the reports' runs are
+The resampling is dm-pix's `affine_transform` and `elastic_deformation`
+(the library behind our SSIM), whose order-1 interpolation is plain
+gathers and arithmetic that XLA compiles on every backend. Off by default, so that the reports' runs are
 unchanged; the recipes that use it are in docs/results.md.
 """
 
@@ -31,12 +34,19 @@ class AugmentConfig:
     shift: a fraction of the image size, each axis in [-shift, shift]
       (0.1 of 28 pixels: up to 2.8 pixels).
     zoom: the scale is in [1 - zoom, 1 + zoom], the same on both axes.
+    elastic: the elastic distortion's strength alpha, in pixels: each pixel
+      moves by alpha times a field of uniform [-1, 1] noise blurred by a
+      Gaussian of `elastic_sigma` pixels (Simard et al.: alpha 34, sigma 4,
+      which moves a pixel about 1.4 pixels on average); 0: none.
+    elastic_sigma: the field's smoothness, in pixels.
     All zero (the default): no augmentation, the step is unchanged.
     """
 
     rotation: float = 0.0
     shift: float = 0.0
     zoom: float = 0.0
+    elastic: float = 0.0
+    elastic_sigma: float = 4.0
 
     def __post_init__(self):
         if not 0 <= self.rotation <= 180:
@@ -45,10 +55,19 @@ class AugmentConfig:
             raise ValueError(f"shift must be a fraction of the image in [0, 1), got {self.shift}")
         if not 0 <= self.zoom < 1:
             raise ValueError(f"zoom must be in [0, 1) (the scale is 1 +- zoom), got {self.zoom}")
+        if not 0 <= self.elastic:
+            raise ValueError(f"elastic must be a strength in pixels >= 0 (0: none), got {self.elastic}")
+        if not 0 < self.elastic_sigma:
+            raise ValueError(f"elastic_sigma must be a Gaussian's width in pixels > 0, got {self.elastic_sigma}")
+
+    @property
+    def affine(self) -> bool:
+        """Whether it rotates, shifts or zooms."""
+        return bool(self.rotation or self.shift or self.zoom)
 
     @property
     def active(self) -> bool:
-        return bool(self.rotation or self.shift or self.zoom)
+        return self.affine or bool(self.elastic)
 
 
 def affine_matrix(angle: jax.Array, scale: jax.Array, shift: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -79,9 +98,9 @@ def transform(images: jax.Array, angle: jax.Array, scale: jax.Array, shift: jax.
 
 
 def random_affine(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
-    """[0, 1] images (B, H, W, C), each with its own random transform
-    within `config`'s ranges; the images unchanged when it is all zero."""
-    if not config.active:
+    """[0, 1] images (B, H, W, C), each with its own random rotation, zoom
+    and shift within `config`'s ranges; the images unchanged without."""
+    if not config.affine:
         return images
     batch, height, width = images.shape[:3]
     angle_key, scale_key, shift_key = jax.random.split(key, 3)
@@ -91,3 +110,49 @@ def random_affine(key: jax.Array, images: jax.Array, config: AugmentConfig) -> j
     pixels = config.shift * jnp.array([height, width], jnp.float32)
     shift = jax.random.uniform(shift_key, (batch, 2), minval=-1.0, maxval=1.0) * pixels[None]  # (B, 2)
     return transform(images, angle, scale, shift)
+
+
+def gaussian_matrix(size: int, sigma: float) -> jax.Array:
+    """(size, size) matrix whose product with a signal of `size` samples
+    blurs it with a Gaussian of `sigma` samples, cut at 3 sigma, zeros past
+    the ends (a "SAME" convolution as a matrix, for tiny images far
+    cheaper than XLA:CPU's depthwise convolution)."""
+    offsets = jnp.arange(size)[:, None] - jnp.arange(size)[None, :]  # (size, size)
+    radius = math.ceil(3 * sigma)
+    full = jnp.exp(-jnp.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    weights = jnp.exp(-offsets**2 / (2 * sigma**2)) * (jnp.abs(offsets) <= radius)
+    return weights / full.sum()
+
+
+def random_elastic(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
+    """[0, 1] images (B, H, W, C), each distorted by its own random field of
+    strength `config.elastic`; the images unchanged when it is 0.
+
+    The field is Simard et al.'s, as dm-pix's `elastic_deformation` draws
+    it, but blurred by two small matrix products: dm-pix's depthwise
+    convolution of each image is several times slower on a CPU than the
+    whole affine resample. The resample is dm-pix's."""
+    if not config.elastic:
+        return images
+    batch, height, width, channels = images.shape
+    noise = jax.random.uniform(key, (batch, 2, height, width), minval=-1.0, maxval=1.0)
+    rows, cols = gaussian_matrix(height, config.elastic_sigma), gaussian_matrix(width, config.elastic_sigma)
+    field = config.elastic * jnp.einsum("ij,bdjk,lk->bdil", rows, noise, cols)  # (B, 2, H, W) pixels
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")).astype(jnp.float32)
+
+    def one(image, field):  # (H, W, C), (2, H, W)
+        return jnp.stack([dm_pix.flat_nd_linear_interpolate_constant(image[..., c], grid + field, cval=0.0)
+                          for c in range(channels)], axis=-1)
+
+    return jax.vmap(one)(images, field)
+
+
+def random_transform(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
+    """`config`'s whole augmentation of [0, 1] images (B, H, W, C): the
+    affine transform, then the elastic distortion. Without the distortion
+    the affine transform takes the whole key, as before it existed, so
+    earlier recipes draw the same images."""
+    if not config.elastic:
+        return random_affine(key, images, config)
+    affine_key, elastic_key = jax.random.split(key)
+    return random_elastic(elastic_key, random_affine(affine_key, images, config), config)

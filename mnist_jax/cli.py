@@ -88,6 +88,11 @@ def add_recipe_flags(parser: argparse.ArgumentParser, config: TrainConfig) -> No
         help=f"augmentation: shift it by up to this fraction of its size {shown(config.augment.shift)}")
     add("--zoom", type=float, metavar="FRACTION",
         help=f"augmentation: scale it by 1 +- up to this {shown(config.augment.zoom)}")
+    add("--elastic", type=float, metavar="ALPHA",
+        help="augmentation: then distort it elastically with this strength in pixels, e.g. 34 "
+             f"(Simard et al. 2003); 0: none {shown(config.augment.elastic)}")
+    add("--elastic-sigma", type=float, metavar="PIXELS",
+        help=f"the elastic distortion's smoothness {shown(config.augment.elastic_sigma)}")
     add("--ema-decay", type=float,
         help="validate, select and test a moving average of the weights with this decay, e.g. 0.999 "
              "(it warms up as (1 + step) / (10 + step), reaching the decay after about 9 / (1 - decay) "
@@ -167,7 +172,7 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
                       "data_placement", "ema_decay", "label_smoothing", "schedule")
         if getattr(args, field, None) is not None
     }
-    augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom") if getattr(args, f, None) is not None}
+    augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom", "elastic", "elastic_sigma") if getattr(args, f, None) is not None}
     if augment:
         overrides["augment"] = dataclasses.replace(base.augment, **augment)
     kind, level = getattr(args, "noise", None), getattr(args, "noise_level", None)

@@ -65,8 +65,8 @@ class TrainConfig:
     split_seed: int | None = None
     val_fraction: float = 0.1
     noise: NoiseConfig = NoiseConfig()
-    # A random rotation, shift and zoom of every training image, on the
-    # device (mnist_jax.augment); all zero: none.
+    # A random rotation, shift, zoom and elastic distortion of every
+    # training image, on the device (mnist_jax.augment); all zero: none.
     augment: AugmentConfig = AugmentConfig()
     # The weights' exponential moving average (mnist_jax.steps.averaged):
     # with a decay > 0 it is what is validated, selected, tested and
@@ -175,9 +175,11 @@ RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "kee
 
 def config_differences(saved: dict, config: TrainConfig) -> str:
     """"field: saved X, now Y" for each field that changes a run's numbers; "" if none."""
-    current = json.loads(json.dumps(config.to_dict()))
-    # Fields added since the checkpoint was written read as their defaults.
-    saved = {**json.loads(json.dumps(TrainConfig().to_dict())), **saved}
+    as_json = lambda c: flatten(json.loads(json.dumps(c)))  # Tuples as lists, nested settings one key each.
+    current = as_json(config.to_dict())
+    # Fields added since the checkpoint was written, nested ones too
+    # (augment.elastic), read as their defaults.
+    saved = {**as_json(TrainConfig().to_dict()), **as_json(saved)}
     free = set(RESUMABLE_CHANGES)
     if config.schedule != "constant":
         free.discard("epochs")  # The schedule's length is the run's length.

@@ -41,8 +41,9 @@ class StepConfig:
       as the classifiers of reports 000 and 004) or "unit" (pixels in [0, 1],
       as the autoencoders, whose sigmoid outputs live there).
     noise: added to the training inputs (never to the reconstruction target).
-    augment: the random affine transform of each training image (before the
-      noise; the reconstruction target is the transformed clean image).
+    augment: the random affine transform and elastic distortion of each
+      training image (before the noise; the reconstruction target is the
+      transformed clean image).
     recon_weight: weight of the MSE term of "classify_decode".
     dtype: the compute dtype, "float32" or "bfloat16" (see mnist_jax.precision).
     ema_decay: the decay of the weights' moving average (mnist_jax.steps);
@@ -115,7 +116,7 @@ def model_inputs(
     clean = pipeline.to_unit_range(images)  # (B, 28, 28, 1)
     if key is not None and spec.augment.active:
         augment_key, key = jax.random.split(key)
-        clean = augment.random_affine(augment_key, clean, spec.augment)
+        clean = augment.random_transform(augment_key, clean, spec.augment)
     noisy = clean if key is None else pipeline.add_noise(key, clean, spec.noise)
     inputs = pipeline.normalize(noisy) if spec.input_norm == "mnist" else noisy
     return inputs, clean

@@ -16,6 +16,8 @@ from mnist_jax.tasks import StepConfig
 from tests.conftest import small_run_config, synthetic_split
 
 STRONG = AugmentConfig(rotation=15, shift=0.1, zoom=0.15)
+ELASTIC = AugmentConfig(elastic=34)
+ALL = AugmentConfig(rotation=15, shift=0.1, zoom=0.15, elastic=34)
 
 
 def digits(n=16, seed=0) -> jax.Array:
@@ -85,21 +87,69 @@ def test_rotating_back_comes_back_close():
     assert returned < 0.25 * moved, (returned, moved)
 
 
-def test_augmented_images_stay_with_their_own_examples():
+@pytest.mark.parametrize("config", [STRONG, ELASTIC, ALL], ids=["affine", "elastic", "both"])
+def test_augmented_images_stay_with_their_own_examples(config):
     """No mixing or reordering across the batch: output i depends on input i
     alone, so label i still holds."""
     images = digits(8)
     key = jax.random.PRNGKey(1)
-    out = augment.random_affine(key, images, STRONG)
-    changed = augment.random_affine(key, images.at[5].set(0.0), STRONG)
+    out = augment.random_transform(key, images, config)
+    changed = augment.random_transform(key, images.at[5].set(0.0), config)
     np.testing.assert_array_equal(np.delete(changed, 5, axis=0), np.delete(out, 5, axis=0))
     assert float(jnp.abs(changed[5]).max()) == 0.0 and float(out[5].max()) > 0.5
 
 
-@pytest.mark.parametrize("field, value", [("rotation", -1), ("rotation", 200), ("shift", 1.0), ("zoom", -0.1)])
+@pytest.mark.parametrize("field, value", [("rotation", -1), ("rotation", 200), ("shift", 1.0), ("zoom", -0.1),
+                                          ("elastic", -1.0), ("elastic_sigma", 0.0)])
 def test_bad_ranges_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         AugmentConfig(**{field: value})
+
+
+def test_elastic_keeps_shape_dtype_and_range_and_follows_the_key():
+    images = digits()
+    transform = jax.jit(augment.random_transform, static_argnums=2)
+    out = transform(jax.random.PRNGKey(0), images, ALL)
+    chex.assert_shape(out, (16, 28, 28, 1))
+    chex.assert_type(out, jnp.float32)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
+    np.testing.assert_array_equal(out, transform(jax.random.PRNGKey(0), images, ALL))
+    assert float(jnp.abs(out - transform(jax.random.PRNGKey(1), images, ALL)).mean()) > 1e-3
+    repeated = jnp.repeat(digits(1), 8, axis=0)
+    assert len({o.tobytes() for o in np.asarray(augment.random_elastic(jax.random.PRNGKey(0), repeated, ELASTIC))}) == 8
+    assert augment.random_elastic(jax.random.PRNGKey(0), images, STRONG) is images  # No strength: untouched.
+
+
+def test_elastic_moves_pixels_by_a_smooth_field_as_strong_as_asked():
+    """On a ramp (each pixel's value is its row) bilinear resampling is exact,
+    so the output minus the ramp is the field's row component itself."""
+    ramp = jnp.broadcast_to(jnp.arange(28, dtype=jnp.float32)[None, :, None, None], (32, 28, 28, 1))
+    key = jax.random.PRNGKey(2)
+    inside = (slice(None), slice(8, 20), slice(8, 20), 0)  # Far from the edges, where pixels come from outside.
+    field = (augment.random_elastic(key, ramp, ELASTIC) - ramp)[inside]
+    double = (augment.random_elastic(key, ramp, dataclasses.replace(ELASTIC, elastic=68)) - ramp)[inside]
+    np.testing.assert_allclose(double, 2 * field, atol=1e-4)  # Linear in alpha: same field, twice the move.
+    moved = float(jnp.abs(field).mean())
+    assert 0.5 < moved < 2.0, moved  # Simard's alpha 34, sigma 4: about a pixel and a half of spread.
+    neighbours = float(jnp.abs(jnp.diff(field, axis=2)).mean())
+    assert neighbours < 0.2 * moved, (neighbours, moved)  # Smooth: neighbours move together.
+    rough = augment.random_elastic(key, ramp, dataclasses.replace(ELASTIC, elastic_sigma=1.0)) - ramp
+    assert float(jnp.abs(jnp.diff(rough[inside], axis=2)).mean()) > 2 * neighbours
+
+
+def test_gaussian_matrix_is_a_same_padded_gaussian_blur():
+    signal = np.random.default_rng(0).uniform(-1, 1, 28).astype(np.float32)
+    radius = 12
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * 4.0**2))
+    expected = np.convolve(signal, taps / taps.sum(), mode="same")
+    np.testing.assert_allclose(augment.gaussian_matrix(28, 4.0) @ signal, expected, atol=1e-6)
+
+
+def test_without_elastic_the_affine_transform_takes_the_whole_key():
+    """Recipes from before the elastic distortion draw the same images."""
+    images, key = digits(), jax.random.PRNGKey(7)
+    np.testing.assert_array_equal(augment.random_transform(key, images, STRONG),
+                                  augment.random_affine(key, images, STRONG))
 
 
 def test_without_augmentation_the_noise_takes_the_whole_key():

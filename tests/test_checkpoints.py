@@ -10,7 +10,7 @@ import pytest
 
 from mnist_jax import checkpoints, loop, models, optim, steps, train
 from mnist_jax.augment import AugmentConfig
-from mnist_jax.config import ResumeError
+from mnist_jax.config import ResumeError, TrainConfig, check_resumable
 from tests.conftest import small_run_config
 
 CONFIG = small_run_config()  # 300 train examples: 10 steps an epoch, the last one padded.
@@ -99,6 +99,18 @@ def test_resume_with_other_settings_is_refused(tmp_path, synthetic_splits):
     run(config, synthetic_splits, tmp_path)
     with pytest.raises(ResumeError, match="learning_rate"):
         run(dataclasses.replace(config, learning_rate=0.1), synthetic_splits, tmp_path, resume=True)
+
+
+def test_settings_added_since_a_run_read_as_their_defaults():
+    """A run saved before a setting existed, nested ones too (augment.elastic),
+    resumes under today's config; a changed nested setting is named."""
+    config = TrainConfig(augment=AugmentConfig(rotation=10.0))
+    saved = config.to_dict()
+    saved["augment"] = {"rotation": 10.0, "shift": 0.0, "zoom": 0.0}  # As written before the elastic fields.
+    del saved["label_smoothing"]
+    check_resumable(saved, config)
+    with pytest.raises(ResumeError, match="augment.elastic: saved 0.0, now 34.0"):
+        check_resumable(saved, dataclasses.replace(config, augment=AugmentConfig(rotation=10.0, elastic=34.0)))
 
 
 @pytest.mark.slow

@@ -58,6 +58,8 @@ def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_run
     (["--noise", "gaussian", "--noise-level", "-1"], "--noise-level must be"),
     (["--rotation", "-5"], "--rotation must be"),
     (["--zoom", "1.5"], "--zoom must be"),
+    (["--elastic", "-1"], "--elastic must be"),
+    (["--elastic", "34", "--elastic-sigma", "0"], "--elastic-sigma must be"),
     (["--ema-decay", "1"], "--ema-decay must be"),
     (["--label-smoothing", "-0.1"], "--label-smoothing must be"),
 ])
