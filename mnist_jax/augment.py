@@ -5,15 +5,16 @@ picture) that rotates it about its centre, scales it and shifts it, with
 its own random parameters, and, where asked, an elastic distortion after
 it (Simard et al. 2003, "Best practices for convolutional neural networks
 applied to visual document analysis": every pixel moved by a random field
-smoothed by a Gaussian, which bends strokes the way hands do). It runs inside the jitted train step beside the
-noise (mnist_jax.tasks.model_inputs), keyed from the step's key, so the
-same seed gives the same images and a resumed run replays them exactly;
-nothing is precomputed and no host thread is needed.
+smoothed by a Gaussian, which bends strokes the way hands do). It runs
+inside the jitted train step beside the noise (mnist_jax.tasks.model_inputs),
+keyed from the step's key, so the same seed gives the same images and a
+resumed run replays them exactly; nothing is precomputed and no host
+thread is needed.
 
-The resampling is dm-pix's `affine_transform` and `elastic_deformation`
-(the library behind our SSIM), whose order-1 interpolation is plain
-gathers and arithmetic that XLA compiles on every backend. Off by default, so that the reports' runs are
-unchanged; the recipes that use it are in docs/results.md.
+The resampling is dm-pix's (`affine_transform` and its bilinear
+interpolation; the library behind our SSIM): plain gathers and arithmetic
+that XLA compiles on every backend. Off by default, so that the reports'
+runs are unchanged; the recipes that use it are in docs/results.md.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class AugmentConfig:
     elastic: the elastic distortion's strength alpha, in pixels: each pixel
       moves by alpha times a field of uniform [-1, 1] noise blurred by a
       Gaussian of `elastic_sigma` pixels (Simard et al.: alpha 34, sigma 4,
-      which moves a pixel about 1.4 pixels on average); 0: none.
+      which moves a pixel by about one pixel on average); 0: none.
     elastic_sigma: the field's smoothness, in pixels.
     All zero (the default): no augmentation, the step is unchanged.
     """

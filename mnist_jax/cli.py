@@ -172,7 +172,8 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
                       "data_placement", "ema_decay", "label_smoothing", "schedule")
         if getattr(args, field, None) is not None
     }
-    augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom", "elastic", "elastic_sigma") if getattr(args, f, None) is not None}
+    augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom", "elastic", "elastic_sigma")
+               if getattr(args, f, None) is not None}
     if augment:
         overrides["augment"] = dataclasses.replace(base.augment, **augment)
     kind, level = getattr(args, "noise", None), getattr(args, "noise_level", None)

@@ -108,6 +108,8 @@ def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
     fields = ("label_smoothing", "learning_rate", "schedule", "epochs")  # Each flag moved its field.
     assert all(getattr(tried, f) != getattr(best.CONFIG, f) for f in fields) and tried.augment != best.CONFIG.augment
     assert config("--quick", "--ema-decay", "0.99") == replace(best.QUICK, ema_decay=0.99)
+    assert config("--elastic", "34", "--elastic-sigma", "5").augment == replace(best.CONFIG.augment, elastic=34.0,
+                                                                                elastic_sigma=5.0)
     shown = help_text("best")
     assert f"by up to this angle (default: {best.CONFIG.augment.rotation})" in shown, shown
     with pytest.raises(SystemExit) as exit_info:  # A bad value is refused, naming its flag, before any data.
