@@ -303,7 +303,7 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
         noisy.main(["--quick", "--workdir", str(tmp_path / "other"), "--data-dir", str(REAL_TFDS_DIR),
                     "--clean-run", str(tmp_path / "1_noisy_cnn"), "--no-progress"])
     assert exit_info.value.code == 2
-    assert "noise: saved" in capsys.readouterr().err
+    assert "noise.level: saved 0.5, now 0.0" in capsys.readouterr().err
     assert not any((tmp_path / "other").glob("1_*"))
 
 
