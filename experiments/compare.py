@@ -240,9 +240,12 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
 
 def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
     """A row for each ensemble that `python -m experiments.best --ensemble K`
-    scored (its best.json, or a copy of one under another name), each counted once."""
+    scored (its best.json, or a copy of one under another name), each counted
+    once. Different ensembles of one label (other machines, say: best.json
+    does not name the CPU) are told apart by their file, relative to `root`."""
     rows = {}
-    for path in sorted(pathlib.Path(root).expanduser().rglob("*.json")):
+    root = pathlib.Path(root).expanduser()
+    for path in sorted(root.rglob("*.json")):
         try:
             result = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -261,6 +264,10 @@ def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
             "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
         }
         rows.setdefault((row["label"], row["accuracy"], tuple(row["seeds"])), row)
+    labels = [label for label, _, _ in rows]
+    for (label, _, _), row in rows.items():
+        if labels.count(label) > 1:
+            row["label"] = f"{label[:-1]}, {pathlib.Path(row['run_dirs'][0]).relative_to(root)})"
     return list(rows.values())
 
 

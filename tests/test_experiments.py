@@ -346,3 +346,13 @@ def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(t
     ensemble_row = rows["best (quick, ensemble of 2)"]
     assert ensemble_row["accuracy"] == ensemble["test_accuracy"] and ensemble_row["seeds"] == [0, 1]
     assert ensemble_row["parameters"] == 2 * 326_410
+    # Another ensemble of the same label (another machine's, say) gets a row
+    # of its own, each named by its file.
+    other = json.loads((root / "best.json").read_text())
+    other["ensemble"]["test_accuracy"] -= 0.001
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "best.json").write_text(json.dumps(other))
+    rows = {r["label"]: r for r in compare.main(["--runs-dir", str(tmp_path), "--models", "best"])["rows"]}
+    own = f"best (quick, ensemble of 2, {(root / 'best.json').relative_to(tmp_path)})"
+    assert own in rows and rows[own]["accuracy"] == ensemble["test_accuracy"], list(rows)
+    assert rows["best (quick, ensemble of 2, other/best.json)"]["accuracy"] == other["ensemble"]["test_accuracy"]
