@@ -22,6 +22,7 @@ table with report 004's numbers beside ours.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import importlib
@@ -264,9 +265,9 @@ def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
             "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
         }
         rows.setdefault((row["label"], row["accuracy"], tuple(row["seeds"])), row)
-    labels = [label for label, _, _ in rows]
+    repeats = collections.Counter(label for label, _, _ in rows)
     for (label, _, _), row in rows.items():
-        if labels.count(label) > 1:
+        if repeats[label] > 1:
             row["label"] = f"{label[:-1]}, {pathlib.Path(row['run_dirs'][0]).relative_to(root)})"
     return list(rows.values())
 
