@@ -32,7 +32,7 @@ import statistics
 
 import numpy as np
 
-from mnist_jax import checkpoints, data as data_lib, metrics as metrics_lib, predict, rundir, timing
+from mnist_jax import checkpoints, data as data_lib, metrics as metrics_lib, parallel, predict, rundir, timing
 from mnist_jax.augment import AugmentConfig
 from mnist_jax.cli import (DEFAULT_RUNS_DIR, ShowDefaults, add_data_flags, add_recipe_flags, check_at_least_one,
                            config_from_args, load_mnist_or_exit, start, training_errors)
@@ -122,7 +122,7 @@ def seed_row(summary: dict) -> dict:
             "f1_macro": summary["test"]["f1_macro"], "train_seconds": summary["train_seconds"],
             "best_epoch": summary["evaluated_checkpoint"]["epoch"], "epochs": summary["config"]["epochs"],
             "parameters": summary["model"]["parameters"],
-            "device": ", ".join(summary["devices"]["kinds"])}
+            "device": parallel.format_devices(summary["devices"])}
 
 
 def format_table(result: dict) -> str:
@@ -177,8 +177,9 @@ def main(argv=None) -> dict:
         result["ensemble"] = {"size": args.ensemble, "seeds": list(range(args.ensemble)), **score_ensemble(dirs, test),
                               "train_seconds": sum(r["train_seconds"] for r in members),
                               "parameters": sum(r["parameters"] for r in members)}
+    machines = "; ".join(sorted({r["device"] for r in rows}))
     print(f"\nMNIST test set ({len(mnist.test) if base.test_size is None else base.test_size} images); "
-          "each seed selected its checkpoint on its own validation split:\n")
+          f"each seed selected its checkpoint on its own validation split; trained on {machines}:\n")
     print(format_table(result))
     write_json(args.workdir / "best.json", result)
     print(f"\nbest.json and each seed's run (seed<k>/metrics.json) are in {args.workdir}")

@@ -242,8 +242,8 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
 def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
     """A row for each ensemble that `python -m experiments.best --ensemble K`
     scored (its best.json, or a copy of one under another name), each counted
-    once. Different ensembles of one label (other machines, say: best.json
-    does not name the CPU) are told apart by their file, relative to `root`."""
+    once. Different ensembles of one label (other machines', say) are told
+    apart by their file, relative to `root`."""
     rows = {}
     root = pathlib.Path(root).expanduser()
     for path in sorted(root.rglob("*.json")):

@@ -327,6 +327,8 @@ def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(t
     assert json.loads((root / "best.json").read_text()) == json.loads(json.dumps(result))
     out = capsys.readouterr().out
     assert "Deotte" in out and "99.38 %" in out and f"{100 * ensemble['test_accuracy']:.2f} %" in out
+    machine = saved[0]["devices"]["host"]  # best.json names the machine, as each seed's metrics.json does.
+    assert all(machine in r["device"] for r in result["seeds"]) and f"trained on 1 x cpu ({machine})" in out
 
     # An ensemble of one model twice is that model: its softmax path scores
     # seed 0's test images as its training run's evaluation did.
