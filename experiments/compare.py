@@ -264,11 +264,11 @@ def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
             "devices": result["seeds"][0]["device"], "run_dirs": [str(path)],
             "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
         }
-        rows.setdefault((row["label"], row["accuracy"], tuple(row["seeds"])), row)
-    repeats = collections.Counter(label for label, _, _ in rows)
-    for (label, _, _), row in rows.items():
-        if repeats[label] > 1:
-            row["label"] = f"{label[:-1]}, {pathlib.Path(row['run_dirs'][0]).relative_to(root)})"
+        rows.setdefault((name, label, row["accuracy"], tuple(row["seeds"])), row)
+    repeats = collections.Counter((name, label) for name, label, _, _ in rows)
+    for (name, label, _, _), row in rows.items():
+        if repeats[(name, label)] > 1:
+            row["label"] = f"{name} ({label}, {pathlib.Path(row['run_dirs'][0]).relative_to(root)})"
     return list(rows.values())
 
 
