@@ -21,8 +21,12 @@ def names() -> list[str]:
 
 def summaries() -> dict[str, str]:
     """name -> the first line of its docstring (read, not imported: instant)."""
-    return {name: (ast.get_docstring(ast.parse((_HERE / f"{name}.py").read_text())) or "").splitlines()[0]
-            for name in names()}
+    return {
+        name: (ast.get_docstring(ast.parse((_HERE / f"{name}.py").read_text())) or "").splitlines()[
+            0
+        ]
+        for name in names()
+    }
 
 
 def model_experiments() -> dict:
@@ -39,12 +43,17 @@ def model_experiments() -> dict:
             continue
         module = importlib.import_module(f"experiments.{name}")
         config = getattr(module, "CONFIG", None)
-        if isinstance(config, TrainConfig) and config.model == name and isinstance(getattr(module, "QUICK", None),
-                                                                                   TrainConfig):
+        if (
+            isinstance(config, TrainConfig)
+            and config.model == name
+            and isinstance(getattr(module, "QUICK", None), TrainConfig)
+        ):
             found[name] = config
     return found
 
 
 def classifier_experiments() -> tuple[str, ...]:
     """The model experiments whose model classifies MNIST images (compare's rows)."""
-    return tuple(name for name, config in model_experiments().items() if config.step_config().classifies)
+    return tuple(
+        name for name, config in model_experiments().items() if config.step_config().classifies
+    )

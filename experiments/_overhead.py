@@ -35,16 +35,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMANDS = ("import", "cnn --quick", "cnn --quick --epochs 1", "cnn 1 epoch", "predict")
 PHASES = ("data", "setup", "init", "compile", "train", "test", "figures", "finish")
 # (what, command, run, seconds): docs/performance.md's goals, on 2 CPU cores.
-GOALS = (("1-epoch run: wall - train - compile", "cnn 1 epoch", "second", 5.0),
-         ("cnn --quick: wall", "cnn --quick", "second", 15.0),
-         ("predict one image: wall", "predict", "second", 3.0),
-         ("predict one image: wall", "predict", "first", 6.0))
+GOALS = (
+    ("1-epoch run: wall - train - compile", "cnn 1 epoch", "second", 5.0),
+    ("cnn --quick: wall", "cnn --quick", "second", 15.0),
+    ("predict one image: wall", "predict", "second", 3.0),
+    ("predict one image: wall", "predict", "first", 6.0),
+)
 
 
 def commit() -> str:
     """The checkout's commit, "+changes" where the tree differs from it."""
+
     def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
@@ -56,14 +61,19 @@ def timed(argv: list[str], env: dict) -> float:
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
     return seconds
 
 
 def phases_of(workdir: pathlib.Path) -> dict:
     """A run's phase seconds (metrics.json); its train and compile seconds where it records no phases."""
     summary = json.loads((workdir / "metrics.json").read_text())
-    return summary.get("phase_seconds") or {"compile": summary["compile_seconds"], "train": summary["train_seconds"]}
+    return summary.get("phase_seconds") or {
+        "compile": summary["compile_seconds"],
+        "train": summary["train_seconds"],
+    }
 
 
 def digit_image(path: pathlib.Path, data_flags: list[str]) -> None:
@@ -72,7 +82,9 @@ def digit_image(path: pathlib.Path, data_flags: list[str]) -> None:
 
     from mnist_jax import sources
 
-    data_dir = data_flags[data_flags.index("--data-dir") + 1] if "--data-dir" in data_flags else None
+    data_dir = (
+        data_flags[data_flags.index("--data-dir") + 1] if "--data-dir" in data_flags else None
+    )
     idx_dir = data_flags[data_flags.index("--idx-dir") + 1] if "--idx-dir" in data_flags else None
     mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     Image.fromarray(mnist.test.images[0, ..., 0]).save(path)
@@ -81,12 +93,25 @@ def digit_image(path: pathlib.Path, data_flags: list[str]) -> None:
 def one_repeat(scratch: pathlib.Path, data_flags: list[str], quick: bool) -> dict:
     """{command: {"first": {...}, "second": {...}}} of one repeat: "wall" and the phases."""
     python = sys.executable
-    runs = {"import": [python, "-c", "import experiments.cnn"],
-            "cnn --quick": [python, "-m", "experiments.cnn", "--quick", *data_flags, "--no-progress"],
-            "cnn 1 epoch": [python, "-m", "experiments.cnn", "--epochs", "1", *data_flags, "--no-progress"]}
+    runs = {
+        "import": [python, "-c", "import experiments.cnn"],
+        "cnn --quick": [python, "-m", "experiments.cnn", "--quick", *data_flags, "--no-progress"],
+        "cnn 1 epoch": [
+            python,
+            "-m",
+            "experiments.cnn",
+            "--epochs",
+            "1",
+            *data_flags,
+            "--no-progress",
+        ],
+    }
     if quick:  # A smoke test of the benchmark itself: one short run to time and to predict with.
         del runs["cnn 1 epoch"]
-        runs = {"import": runs["import"], "cnn --quick --epochs 1": [*runs.pop("cnn --quick"), "--epochs", "1"]}
+        runs = {
+            "import": runs["import"],
+            "cnn --quick --epochs 1": [*runs.pop("cnn --quick"), "--epochs", "1"],
+        }
     predicted_run = "cnn 1 epoch" if not quick else "cnn --quick --epochs 1"
     image = scratch / "one.png"
     digit_image(image, data_flags)
@@ -97,8 +122,14 @@ def one_repeat(scratch: pathlib.Path, data_flags: list[str], quick: bool) -> dic
         result[name] = {}
         for which in ("first", "second"):
             if name == "predict":
-                argv = [python, "-m", "mnist_jax.predict", "--checkpoint",
-                        str(scratch / f"{predicted_run} second".replace(" ", "_")), str(image)]
+                argv = [
+                    python,
+                    "-m",
+                    "mnist_jax.predict",
+                    "--checkpoint",
+                    str(scratch / f"{predicted_run} second".replace(" ", "_")),
+                    str(image),
+                ]
             else:
                 workdir = scratch / f"{name} {which}".replace(" ", "_")
                 argv = runs[name] + (["--workdir", str(workdir)] if name != "import" else [])
@@ -113,8 +144,15 @@ def median_cells(repeats: list[dict]) -> dict:
     """The median of each measure over the repeats."""
     out = {}
     for name, runs in repeats[0].items():
-        out[name] = {which: {key: statistics.median(r[name][which][key] for r in repeats if key in r[name][which])
-                             for key in cell} for which, cell in runs.items()}
+        out[name] = {
+            which: {
+                key: statistics.median(
+                    r[name][which][key] for r in repeats if key in r[name][which]
+                )
+                for key in cell
+            }
+            for which, cell in runs.items()
+        }
     return out
 
 
@@ -129,8 +167,19 @@ def goal_values(commands: dict) -> list[dict]:
         if name not in commands:
             continue
         cell = commands[name][which]
-        value = cell["wall"] - cell.get("train", 0) - cell.get("compile", 0) if "- train" in what else cell["wall"]
-        values.append({"goal": f"{what} ({which} run)", "seconds": value, "limit": limit, "met": value <= limit})
+        value = (
+            cell["wall"] - cell.get("train", 0) - cell.get("compile", 0)
+            if "- train" in what
+            else cell["wall"]
+        )
+        values.append(
+            {
+                "goal": f"{what} ({which} run)",
+                "seconds": value,
+                "limit": limit,
+                "met": value <= limit,
+            }
+        )
     return values
 
 
@@ -142,29 +191,49 @@ def run(repeats: int, data_flags: list[str], quick: bool) -> dict:
             folder.mkdir()
             measured.append(one_repeat(folder, data_flags, quick))
             print(f"repeat {i + 1}/{repeats} done", flush=True)
-    commands = {name: {which: with_rest(cell) for which, cell in runs.items()}
-                for name, runs in median_cells(measured).items()}
+    commands = {
+        name: {which: with_rest(cell) for which, cell in runs.items()}
+        for name, runs in median_cells(measured).items()
+    }
     import jax
 
     from mnist_jax.parallel import host_cpu
 
-    return {"machine": host_cpu(), "commit": commit(), "jax": jax.__version__, "repeats": repeats,
-            "python_writes_bytecode": not sys.flags.dont_write_bytecode, "commands": commands,
-            "goals": goal_values(commands), "each_repeat": measured}
+    return {
+        "machine": host_cpu(),
+        "commit": commit(),
+        "jax": jax.__version__,
+        "repeats": repeats,
+        "python_writes_bytecode": not sys.flags.dont_write_bytecode,
+        "commands": commands,
+        "goals": goal_values(commands),
+        "each_repeat": measured,
+    }
 
 
 def format_result(result: dict) -> str:
-    columns = [(name, which) for name in COMMANDS if name in result["commands"] and name != "import"
-               for which in ("first", "second")]
+    columns = [
+        (name, which)
+        for name in COMMANDS
+        if name in result["commands"] and name != "import"
+        for which in ("first", "second")
+    ]
     head = " | ".join(f"{name}, {which}" for name, which in columns)
-    lines = [f"Seconds, median of {result['repeats']}; {result['machine']}, commit {result['commit']}, "
-             f"jax {result['jax']}; `python -c \"import experiments.cnn\"`: "
-             f"{result['commands']['import']['second']['wall']:.2f} s",
-             f"| phase | {head} |", "|---" * (len(columns) + 1) + "|"]
+    lines = [
+        f"Seconds, median of {result['repeats']}; {result['machine']}, commit {result['commit']}, "
+        f'jax {result["jax"]}; `python -c "import experiments.cnn"`: '
+        f"{result['commands']['import']['second']['wall']:.2f} s",
+        f"| phase | {head} |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for key in ("wall", *PHASES, "rest"):
         cells = [result["commands"][name][which].get(key) for name, which in columns]
-        lines.append(f"| {key} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |"
+        )
     lines += ["", "| goal | seconds | limit | met |", "|---|---|---|---|"]
-    lines += [f"| {g['goal']} | {g['seconds']:.2f} | {g['limit']:.0f} | {'yes' if g['met'] else 'NO'} |"
-              for g in result["goals"]]
+    lines += [
+        f"| {g['goal']} | {g['seconds']:.2f} | {g['limit']:.0f} | {'yes' if g['met'] else 'NO'} |"
+        for g in result["goals"]
+    ]
     return "\n".join(lines)

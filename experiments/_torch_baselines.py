@@ -26,27 +26,48 @@ def _conv_blocks(widths, per_block: int, batch_norm: bool, dropout: float) -> li
     layers, channels = [], 1
     for width in widths:
         for _ in range(per_block):
-            layers += [nn.Conv2d(channels, width, 3, padding=1),
-                       *([nn.BatchNorm2d(width)] if batch_norm else []), nn.ReLU()]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1),
+                *([nn.BatchNorm2d(width)] if batch_norm else []),
+                nn.ReLU(),
+            ]
             channels = width
         layers += [nn.MaxPool2d(2, 2), *([nn.Dropout(dropout)] if dropout else [])]
     return layers
 
 
 def cnn() -> nn.Module:  # Report 004's 3-conv CNN: mnist_jax.models.cnn.CNN.
-    return nn.Sequential(*_conv_blocks((32, 64, 128), 1, True, 0.25), nn.Flatten(),
-                         nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Linear(256, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10))
+    return nn.Sequential(
+        *_conv_blocks((32, 64, 128), 1, True, 0.25),
+        nn.Flatten(),
+        nn.Linear(128 * 3 * 3, 256),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(128, 10),
+    )
 
 
 def simple_cnn() -> nn.Module:  # Report 000: mnist_jax.models.simple_cnn.SimpleCNN.
-    return nn.Sequential(*_conv_blocks((32, 64), 1, False, 0.0), nn.Dropout(0.25), nn.Flatten(),
-                         nn.Linear(64 * 7 * 7, 10))
+    return nn.Sequential(
+        *_conv_blocks((32, 64), 1, False, 0.0),
+        nn.Dropout(0.25),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, 10),
+    )
 
 
 def deep_cnn() -> nn.Module:  # Report 004's "Deep CNN": mnist_jax.models.deep_cnn.DeepCNN.
-    return nn.Sequential(*_conv_blocks((64, 128, 256), 2, True, 0.25), nn.Flatten(),
-                         nn.Linear(256 * 3 * 3, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
+    return nn.Sequential(
+        *_conv_blocks((64, 128, 256), 2, True, 0.25),
+        nn.Flatten(),
+        nn.Linear(256 * 3 * 3, 512),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(512, 10),
+    )
 
 
 class _Attention(nn.Module):
@@ -69,8 +90,13 @@ class _Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attention = _Attention(dim, heads, dropout)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x):
         x = x + self.attention(self.norm1(x))
@@ -78,8 +104,15 @@ class _Block(nn.Module):
 
 
 class ViT(nn.Module):  # Report 004's ViT: mnist_jax.models.vit.ViT.
-    def __init__(self, patch: int = 4, dim: int = 128, depth: int = 6, heads: int = 8,
-                 mlp_ratio: float = 4.0, dropout: float = 0.1):
+    def __init__(
+        self,
+        patch: int = 4,
+        dim: int = 128,
+        depth: int = 6,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.patch_embed = nn.Conv2d(1, dim, patch, stride=patch)
         tokens = (28 // patch) ** 2 + 1
@@ -97,31 +130,61 @@ class ViT(nn.Module):  # Report 004's ViT: mnist_jax.models.vit.ViT.
 
 
 def linear_ae() -> nn.Module:  # Report 001: mnist_jax.models.autoencoders.LinearAutoencoder.
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 784), nn.Sigmoid(),
-                         nn.Unflatten(1, (1, 28, 28)))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 128),
+        nn.ReLU(),
+        nn.Linear(128, 784),
+        nn.Sigmoid(),
+        nn.Unflatten(1, (1, 28, 28)),
+    )
 
 
 def conv_ae() -> nn.Module:  # Report 003's encoder and decoder: ...autoencoders.ConvAutoencoder.
     return nn.Sequential(
-        nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 3 * 3, 12),
-        nn.Linear(12, 64 * 3 * 3), nn.Unflatten(1, (64, 3, 3)),
-        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(16, 1, 5, stride=2, output_padding=1), nn.Sigmoid())
+        nn.Conv2d(1, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 3 * 3, 12),
+        nn.Linear(12, 64 * 3 * 3),
+        nn.Unflatten(1, (64, 3, 3)),
+        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 1, 5, stride=2, output_padding=1),
+        nn.Sigmoid(),
+    )
 
 
 def denoising_ae() -> nn.Module:  # Report 000's denoiser: ...autoencoders.DenoisingAutoencoder.
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(32, 1, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid())
+        nn.Conv2d(1, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 1, 3, stride=2, padding=1, output_padding=1),
+        nn.Sigmoid(),
+    )
 
 
-MODELS = {"cnn": cnn, "simple_cnn": simple_cnn, "deep_cnn": deep_cnn, "vit": ViT,
-          "linear_ae": linear_ae, "conv_ae": conv_ae, "denoising_ae": denoising_ae}
+MODELS = {
+    "cnn": cnn,
+    "simple_cnn": simple_cnn,
+    "deep_cnn": deep_cnn,
+    "vit": ViT,
+    "linear_ae": linear_ae,
+    "conv_ae": conv_ae,
+    "denoising_ae": denoising_ae,
+}
 
 
 def optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -130,8 +193,9 @@ def optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, config.learning_rate, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, config.learning_rate, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
 class TorchTrainer:
@@ -153,7 +217,7 @@ class TorchTrainer:
         size = self.config.batch_size
         if self.position + size > len(self.order):
             self.order, self.position = torch.randperm(len(self.order), device=self.device), 0
-        idx = self.order[self.position: self.position + size]
+        idx = self.order[self.position : self.position + size]
         self.position += size
         return idx
 

@@ -8,44 +8,81 @@ import sys
 from typing import Sequence
 
 from mnist_jax import data as data_lib, frozen_features, pretrained
-from mnist_jax.cli import (build_parser, config_from_args, finished_run, load_splits, print_results,
-                           resolve_workdir, start, training_errors)
+from mnist_jax.cli import (
+    build_parser,
+    config_from_args,
+    finished_run,
+    load_splits,
+    print_results,
+    resolve_workdir,
+    start,
+    training_errors,
+)
 from mnist_jax.config import TrainConfig
 from mnist_jax.reference import Reference
 from mnist_jax.models.vgg_alexnet import ARCHITECTURES, TransferNet
 from mnist_jax.train import train_and_evaluate
 
 
-def parser_for(name: str, arch: str, description: str, config: TrainConfig, quick: TrainConfig,
-               quick_image_size: int):
+def parser_for(
+    name: str,
+    arch: str,
+    description: str,
+    config: TrainConfig,
+    quick: TrainConfig,
+    quick_image_size: int,
+):
     parser = build_parser(name, description, config, quick)
-    parser.add_argument("--weights", default=None,
-                        help="'torchvision' (download the ImageNet weights), 'none' (random init), or a "
-                             ".pth/.safetensors file with torchvision's keys (default: torchvision; "
-                             "--quick: none)")
-    parser.add_argument("--image-size", type=int,
-                        help=f"resize inputs to this size (default 224, as the report; --quick: "
-                             f"{quick_image_size}; at least {ARCHITECTURES[arch].min_image_size})")
-    parser.add_argument("--no-cache-features", action="store_true",
-                        help="run the frozen layers at every step instead of once per image (default: once, "
-                             "without --noise or augmentation)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="'torchvision' (download the ImageNet weights), 'none' (random init), or a "
+        ".pth/.safetensors file with torchvision's keys (default: torchvision; "
+        "--quick: none)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help=f"resize inputs to this size (default 224, as the report; --quick: "
+        f"{quick_image_size}; at least {ARCHITECTURES[arch].min_image_size})",
+    )
+    parser.add_argument(
+        "--no-cache-features",
+        action="store_true",
+        help="run the frozen layers at every step instead of once per image (default: once, "
+        "without --noise or augmentation)",
+    )
     return parser
 
 
-def main(name: str, arch: str, description: str, config: TrainConfig, quick: TrainConfig,
-         reference: Reference, quick_image_size: int, argv: Sequence[str] | None = None) -> dict:
+def main(
+    name: str,
+    arch: str,
+    description: str,
+    config: TrainConfig,
+    quick: TrainConfig,
+    reference: Reference,
+    quick_image_size: int,
+    argv: Sequence[str] | None = None,
+) -> dict:
     parser = parser_for(name, arch, description, config, quick, quick_image_size)
 
     def prepare(args):
         weights_choice = args.weights or ("none" if args.quick else "torchvision")
-        image_size = (quick_image_size if args.quick else 224) if args.image_size is None else args.image_size
+        image_size = (
+            (quick_image_size if args.quick else 224)
+            if args.image_size is None
+            else args.image_size
+        )
         # Quick runs shrink the classifier (unless real weights need its width).
         hidden = 256 if args.quick and weights_choice == "none" else 4096
         run_config = config_from_args(args, config, quick)
         model = TransferNet(arch=arch, image_size=image_size, hidden=hidden)
         if image_size < ARCHITECTURES[arch].min_image_size:
-            raise ValueError(f"{arch} needs --image-size >= {ARCHITECTURES[arch].min_image_size}, "
-                             f"got {image_size}")
+            raise ValueError(
+                f"{arch} needs --image-size >= {ARCHITECTURES[arch].min_image_size}, "
+                f"got {image_size}"
+            )
         return run_config, model, weights_choice, resolve_workdir(name, args.workdir, args.resume)
 
     args, (config, model, weights_choice, workdir) = start(parser, argv, prepare)
@@ -59,24 +96,50 @@ def main(name: str, arch: str, description: str, config: TrainConfig, quick: Tra
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
     cache = not args.no_cache_features and not config.step_config().varies_inputs
-    print(f"{name}: {arch} at {model.image_size}x{model.image_size}, weights: {weights_label}; "
-          f"train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} from {source}; "
-          f"{'cached features' if cache else 'frozen features run every step'}; run dir {workdir}",
-          flush=True)
+    print(
+        f"{name}: {arch} at {model.image_size}x{model.image_size}, weights: {weights_label}; "
+        f"train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} from {source}; "
+        f"{'cached features' if cache else 'frozen features run every step'}; run dir {workdir}",
+        flush=True,
+    )
     feature_params = frozen_features.feature_params_of(model, weights, config.seed)
-    extra = {"data_source": source, "reference": dataclasses.asdict(reference), "weights": weights_label,
-             "image_size": model.image_size, "classifier_hidden": model.hidden, "cached_features": cache}
+    extra = {
+        "data_source": source,
+        "reference": dataclasses.asdict(reference),
+        "weights": weights_label,
+        "image_size": model.image_size,
+        "classifier_hidden": model.hidden,
+        "cached_features": cache,
+    }
     run_options = dict(experiment=name, resume=args.resume, progress=not args.no_progress)
     with training_errors(parser, args):
         if cache:
             summary = frozen_features.train_on_cached_features(
-                config, model, splits, workdir, weights=weights, feature_params=feature_params, extra=extra,
-                **run_options)
+                config,
+                model,
+                splits,
+                workdir,
+                weights=weights,
+                feature_params=feature_params,
+                extra=extra,
+                **run_options,
+            )
         else:
-            summary = train_and_evaluate(config, model, splits, workdir, extra=extra,
-                                         pretrained=weights or {"features": feature_params}, **run_options)
-    print_results(name, summary, reference, workdir, "this run" if weights else "this run (random init)")
+            summary = train_and_evaluate(
+                config,
+                model,
+                splits,
+                workdir,
+                extra=extra,
+                pretrained=weights or {"features": feature_params},
+                **run_options,
+            )
+    print_results(
+        name, summary, reference, workdir, "this run" if weights else "this run (random init)"
+    )
     if cache:
-        print(f"wall time: features {summary['feature_seconds']:.1f} s + classifier "
-              f"{summary['classifier_seconds']:.1f} s")
+        print(
+            f"wall time: features {summary['feature_seconds']:.1f} s + classifier "
+            f"{summary['classifier_seconds']:.1f} s"
+        )
     return summary

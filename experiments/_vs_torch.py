@@ -56,6 +56,7 @@ def experiment_config(model: str):
 
 # --- Workers: one framework, one model, steered over stdin/stdout. ---------
 
+
 class JaxTrainer:
     """The JAX side: `fit`'s default path for `config` on all local devices."""
 
@@ -73,11 +74,14 @@ class JaxTrainer:
         tx = optim.make_optimizer(config, steps_per_epoch)
         model = models.get_model(config.model)
         self.state = parallel.replicate(
-            steps.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), self.mesh)
+            steps.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), self.mesh
+        )
         self.spec = config.step_config()
         from mnist_jax.data import Split
 
-        self.on_device = placement.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
+        self.on_device = (
+            placement.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
+        )
         self.epoch, self.position, self._order = 0, 0, None
         if self.on_device:
             self.data = parallel.replicate({"image": images, "label": labels}, self.mesh)
@@ -93,9 +97,11 @@ class JaxTrainer:
         parts, needed = [], steps * size
         while needed:
             if self._order is None or self.position == count:
-                self._order = self.pipeline.epoch_order(self.jax.random.PRNGKey(self.config.seed), self.epoch, count)
+                self._order = self.pipeline.epoch_order(
+                    self.jax.random.PRNGKey(self.config.seed), self.epoch, count
+                )
                 self.epoch, self.position = self.epoch + 1, 0
-            take = self._order[self.position: self.position + needed]
+            take = self._order[self.position : self.position + needed]
             parts.append(take)
             self.position, needed = self.position + len(take), needed - len(take)
         return self.pipeline.batch_indices(self.np.concatenate(parts), size)
@@ -113,8 +119,12 @@ class JaxTrainer:
 
     def _host_batches(self, steps: int):
         indices, masks = self._indices(steps)
-        return [self.parallel.shard_batch(self.pipeline.gather_batch(self.images, self.labels, i, m), self.mesh)
-                for i, m in zip(indices, masks)]
+        return [
+            self.parallel.shard_batch(
+                self.pipeline.gather_batch(self.images, self.labels, i, m), self.mesh
+            )
+            for i, m in zip(indices, masks)
+        ]
 
     def run(self, steps: int) -> float:
         """Seconds for `steps` steps, batches gathered (on the host: included)."""
@@ -131,8 +141,9 @@ class JaxTrainer:
             indices, masks = self._indices(steps)
             step = self._compiled[1]
             for i, m in zip(indices, masks):
-                batch = self.parallel.shard_batch(self.pipeline.gather_batch(self.images, self.labels, i, m),
-                                                  self.mesh)
+                batch = self.parallel.shard_batch(
+                    self.pipeline.gather_batch(self.images, self.labels, i, m), self.mesh
+                )
                 self.state, metrics = step(self.state, batch)
         jax.block_until_ready((self.state, metrics))
         return time.perf_counter() - start
@@ -169,9 +180,11 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         trainer = torch_baselines.TorchTrainer(config, images, labels, device)
-        setup = {"first_step_seconds": trainer.run(1),
-                 "device": f"{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
-                           f"{torch.get_num_threads()} threads, torch {torch.__version__}"}
+        setup = {
+            "first_step_seconds": trainer.run(1),
+            "device": f"{device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        }
     _reply({"ready": True, "setup_seconds": time.perf_counter() - start, **setup})
     for line in sys.stdin:
         command, *arguments = line.split()
@@ -181,8 +194,14 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
                 seconds, done = seconds + trainer.run(steps), done + steps
             _reply({"seconds": seconds, "steps": done})
         elif command == "stats":
-            _reply({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "device_peak_mib": (lambda b: None if b is None else b / 2**20)(trainer.device_peak_bytes())})
+            _reply(
+                {
+                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "device_peak_mib": (lambda b: None if b is None else b / 2**20)(
+                        trainer.device_peak_bytes()
+                    ),
+                }
+            )
         elif command == "quit":
             return
         else:
@@ -190,6 +209,7 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
 
 
 # --- The orchestrator. -----------------------------------------------------
+
 
 class WorkerError(RuntimeError):
     pass
@@ -201,17 +221,32 @@ class Worker:
     def __init__(self, framework: str, model: str, steps: int, data_args: list[str]):
         self.name = f"{framework} {model}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "experiments._vs_torch", "--worker", framework, model, str(steps), *data_args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "TQDM_DISABLE": "1"})
+            [
+                sys.executable,
+                "-m",
+                "experiments._vs_torch",
+                "--worker",
+                framework,
+                model,
+                str(steps),
+                *data_args,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
         self.output: list[str] = []
 
     def receive(self) -> dict:
         for line in self.process.stdout:
             if line.startswith(_REPLY):
-                return json.loads(line[len(_REPLY):])
+                return json.loads(line[len(_REPLY) :])
             self.output.append(line)
-        raise WorkerError(f"the {self.name} worker exited ({self.process.wait()}):\n" + "".join(self.output[-30:]))
+        raise WorkerError(
+            f"the {self.name} worker exited ({self.process.wait()}):\n" + "".join(self.output[-30:])
+        )
 
     def ask(self, command: str) -> dict:
         self.process.stdin.write(command + "\n")
@@ -228,7 +263,9 @@ class Worker:
                 self.process.kill()
 
 
-def compare_model(model: str, steps: int, rounds: int, data_args: list[str], round_seconds: float = 0.0) -> dict:
+def compare_model(
+    model: str, steps: int, rounds: int, data_args: list[str], round_seconds: float = 0.0
+) -> dict:
     """Both frameworks on `model`: setup, `rounds` alternating timed rounds
     (each runs `steps` steps at a time for at least `round_seconds`), memory."""
     config = experiment_config(model)
@@ -243,31 +280,51 @@ def compare_model(model: str, steps: int, rounds: int, data_args: list[str], rou
         for _ in range(rounds):
             for framework in FRAMEWORKS:
                 timed = workers[framework].ask(f"run {round_seconds}")
-                result[framework]["rounds"].append(timed["steps"] * config.batch_size / timed["seconds"])
+                result[framework]["rounds"].append(
+                    timed["steps"] * config.batch_size / timed["seconds"]
+                )
         for framework in FRAMEWORKS:
             side = result[framework]
             side.update(workers[framework].ask("stats"))
             side["examples_per_second"] = statistics.median(side["rounds"])
-        result["speedup"] = result["jax"]["examples_per_second"] / result["torch"]["examples_per_second"]
+        result["speedup"] = (
+            result["jax"]["examples_per_second"] / result["torch"]["examples_per_second"]
+        )
         return result
     finally:
         for w in workers.values():
             w.close()
 
 
-def run(models: tuple[str, ...], steps: int, rounds: int, data_dir=None, idx_dir=None,
-        round_seconds: float = 0.0) -> dict:
-    data_args = [*(["--data-dir", str(data_dir)] if data_dir else []),
-                 *(["--idx-dir", str(idx_dir)] if idx_dir else [])]
+def run(
+    models: tuple[str, ...],
+    steps: int,
+    rounds: int,
+    data_dir=None,
+    idx_dir=None,
+    round_seconds: float = 0.0,
+) -> dict:
+    data_args = [
+        *(["--data-dir", str(data_dir)] if data_dir else []),
+        *(["--idx-dir", str(idx_dir)] if idx_dir else []),
+    ]
     import jax
 
     results = []
     for model in models:
-        print(f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, each side ...",
-              flush=True)
+        print(
+            f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, each side ...",
+            flush=True,
+        )
         results.append(compare_model(model, steps, rounds, data_args, round_seconds))
-    return {"kind": "vs_torch", "rounds": rounds, "steps_per_call": steps, "round_seconds": round_seconds,
-            "models": results, "jax": jax.__version__}
+    return {
+        "kind": "vs_torch",
+        "rounds": rounds,
+        "steps_per_call": steps,
+        "round_seconds": round_seconds,
+        "models": results,
+        "jax": jax.__version__,
+    }
 
 
 def format_result(result: dict) -> str:
@@ -283,12 +340,16 @@ def format_result(result: dict) -> str:
     ]
     for m in result["models"]:
         j, t = m["jax"], m["torch"]
-        device = ("-" if j["device_peak_mib"] is None else
-                  f"{j['device_peak_mib']:.0f} / {t['device_peak_mib'] or 0:.0f}")
+        device = (
+            "-"
+            if j["device_peak_mib"] is None
+            else f"{j['device_peak_mib']:.0f} / {t['device_peak_mib'] or 0:.0f}"
+        )
         lines.append(
             f"| {m['model']:<12} | {m['batch_size']:5d} | {j['examples_per_second']:8.0f} | "
             f"{t['examples_per_second']:10.0f} | {m['speedup']:10.2f}x | {j['compile_seconds']:13.1f} | "
-            f"{j['peak_rss_mib']:11.0f} / {t['peak_rss_mib']:<10.0f} | {device:<27} |")
+            f"{j['peak_rss_mib']:11.0f} / {t['peak_rss_mib']:<10.0f} | {device:<27} |"
+        )
     return "\n".join(lines)
 
 

@@ -16,20 +16,48 @@ from mnist_jax.config import TrainConfig
 from mnist_jax.reference import Reference
 from experiments import _vgg_alexnet
 
-CONFIG = TrainConfig(model="alexnet", input_norm="unit", epochs=5, batch_size=64, learning_rate=1e-4,
-                     weight_decay=0.0, trainable=("classifier",), checkpoint_every_steps=10_000,
-                     keep_checkpoints=1)
+CONFIG = TrainConfig(
+    model="alexnet",
+    input_norm="unit",
+    epochs=5,
+    batch_size=64,
+    learning_rate=1e-4,
+    weight_decay=0.0,
+    trainable=("classifier",),
+    checkpoint_every_steps=10_000,
+    keep_checkpoints=1,
+)
 
-QUICK = TrainConfig(model="alexnet", input_norm="unit", epochs=1, learning_rate=1e-4, weight_decay=0.0,
-                    trainable=("classifier",), train_size=1000, test_size=300, log_every_steps=5,
-                    checkpoint_every_steps=10, keep_checkpoints=1)
+QUICK = TrainConfig(
+    model="alexnet",
+    input_norm="unit",
+    epochs=1,
+    learning_rate=1e-4,
+    weight_decay=0.0,
+    trainable=("classifier",),
+    train_size=1000,
+    test_size=300,
+    log_every_steps=5,
+    checkpoint_every_steps=10,
+    keep_checkpoints=1,
+)
 
-REFERENCE = Reference(source="004 Lab 2, PyTorch", accuracy=0.9926, f1_macro=0.9926, train_seconds=333.10)
+REFERENCE = Reference(
+    source="004 Lab 2, PyTorch", accuracy=0.9926, f1_macro=0.9926, train_seconds=333.10
+)
 
 
 def main(argv=None) -> dict:
-    return _vgg_alexnet.main("alexnet", "alexnet", "AlexNet transfer learning on MNIST (report 004).", CONFIG,
-                              QUICK, REFERENCE, quick_image_size=63, argv=argv)
+    return _vgg_alexnet.main(
+        "alexnet",
+        "alexnet",
+        "AlexNet transfer learning on MNIST (report 004).",
+        CONFIG,
+        QUICK,
+        REFERENCE,
+        quick_image_size=63,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

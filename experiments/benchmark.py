@@ -62,8 +62,14 @@ def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
     return time.perf_counter() - start, state
 
 
-def run(steps: int, batch_size: int, noise: NoiseConfig, dtype: str = "float32", data_dir=None,
-        idx_dir=None) -> dict:
+def run(
+    steps: int,
+    batch_size: int,
+    noise: NoiseConfig,
+    dtype: str = "float32",
+    data_dir=None,
+    idx_dir=None,
+) -> dict:
     t0 = time.perf_counter()
     mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     load_seconds = time.perf_counter() - t0
@@ -142,13 +148,22 @@ def sweep_trials(count: int, batch_size: int) -> list:
     from mnist_jax.search_space import Choice, LogUniform, SweepConfig, make_trials
 
     base = TrainConfig(model="simple_cnn", batch_size=batch_size, weight_decay=0.0)
-    space = {"learning_rate": LogUniform(3e-4, 3e-3), "model.dropout": Choice((0.1, 0.25, 0.5)),
-             "seed": Choice(tuple(range(count)))}
+    space = {
+        "learning_rate": LogUniform(3e-4, 3e-3),
+        "model.dropout": Choice((0.1, 0.25, 0.5)),
+        "seed": Choice(tuple(range(count))),
+    }
     return make_trials(SweepConfig(base, space, num_trials=count))
 
 
-def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategies: tuple[str, ...],
-                        data_dir=None, idx_dir=None) -> dict:
+def run_sweep_benchmark(
+    trial_count: int,
+    steps: int,
+    batch_size: int,
+    strategies: tuple[str, ...],
+    data_dir=None,
+    idx_dir=None,
+) -> dict:
     """K trials one after another vs together: see the module docstring."""
     from mnist_jax import trial_group
 
@@ -159,9 +174,15 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
     trials = sweep_trials(trial_count, batch_size)
     spec = trials[0].config.step_config()
     sample = jnp.zeros((1, 28, 28, 1))
-    orders = [pipeline.batch_indices(
-        np.resize(pipeline.epoch_order(run_keys(t.config.seed)[2], 0, len(labels)), steps * batch_size),
-        batch_size) for t in trials]
+    orders = [
+        pipeline.batch_indices(
+            np.resize(
+                pipeline.epoch_order(run_keys(t.config.seed)[2], 0, len(labels)), steps * batch_size
+            ),
+            batch_size,
+        )
+        for t in trials
+    ]
 
     def batch(k, s):
         return pipeline.gather_batch(images, labels, orders[k][0][s], orders[k][1][s])
@@ -183,17 +204,26 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
         for s in range(1, steps):
             state, metrics = step(state, parallel.shard_batch(batch(k, s), mesh))
         jax.block_until_ready(state)
-    results["sequential"] = {"wall_seconds": time.perf_counter() - start, "compile_seconds": compile_seconds}
+    results["sequential"] = {
+        "wall_seconds": time.perf_counter() - start,
+        "compile_seconds": compile_seconds,
+    }
 
     for strategy in strategies:
         start = time.perf_counter()
         model, fields = trial_group.group_model(trials)
-        states = parallel.replicate(trial_group.init_trial_states(trials, model, steps, sample), mesh)
-        hparams = parallel.replicate({f: jnp.asarray([t.model_kwargs[f] for t in trials]) for f in fields}, mesh)
+        states = parallel.replicate(
+            trial_group.init_trial_states(trials, model, steps, sample), mesh
+        )
+        hparams = parallel.replicate(
+            {f: jnp.asarray([t.model_kwargs[f] for t in trials]) for f in fields}, mesh
+        )
         step = trial_group.make_trials_step(model, spec, strategy, mesh)
 
         def batches(s):
-            return parallel.shard_steps(trial_group.stack([batch(k, s) for k in range(trial_count)]), mesh)
+            return parallel.shard_steps(
+                trial_group.stack([batch(k, s) for k in range(trial_count)]), mesh
+            )
 
         t0 = time.perf_counter()
         states, metrics = step(states, hparams, batches(0))
@@ -202,12 +232,17 @@ def run_sweep_benchmark(trial_count: int, steps: int, batch_size: int, strategie
         for s in range(1, steps):
             states, metrics = step(states, hparams, batches(s))
         jax.block_until_ready(states)
-        results[strategy] = {"wall_seconds": time.perf_counter() - start, "compile_seconds": compiled}
+        results[strategy] = {
+            "wall_seconds": time.perf_counter() - start,
+            "compile_seconds": compiled,
+        }
 
     for timing in results.values():
         run_seconds = timing["wall_seconds"] - timing["compile_seconds"]
         timing["examples_per_second"] = trial_count * (steps - 1) * batch_size / run_seconds
-        timing["speedup_vs_sequential"] = results["sequential"]["wall_seconds"] / timing["wall_seconds"]
+        timing["speedup_vs_sequential"] = (
+            results["sequential"]["wall_seconds"] / timing["wall_seconds"]
+        )
     return {
         "model": "simple_cnn",
         "trials": trial_count,
@@ -226,66 +261,119 @@ def format_sweep_result(result: dict) -> str:
         "| trials trained             | wall s (with compile) | compile s | examples/s | vs sequential |",
         "|----------------------------|-----------------------|-----------|------------|---------------|",
     ]
-    names = {"sequential": "one after another", "unroll": "together, unrolled", "vmap": "together, vmapped"}
+    names = {
+        "sequential": "one after another",
+        "unroll": "together, unrolled",
+        "vmap": "together, vmapped",
+    }
     for name, t in result["timings"].items():
-        lines.append(f"| {names[name]:<26} | {t['wall_seconds']:21.1f} | {t['compile_seconds']:9.1f} | "
-                     f"{t['examples_per_second']:10.0f} | {t['speedup_vs_sequential']:12.2f}x |")
+        lines.append(
+            f"| {names[name]:<26} | {t['wall_seconds']:21.1f} | {t['compile_seconds']:9.1f} | "
+            f"{t['examples_per_second']:10.0f} | {t['speedup_vs_sequential']:12.2f}x |"
+        )
     return "\n".join(lines)
 
 
 def format_result(result: dict) -> str:
     rate = result["examples_per_second"]
-    return "\n".join([
-        f"CNN train step, batch {result['batch_size']}, {result['timed_steps']} timed steps, "
-        f"{result['dtype']}, {parallel.format_devices(result['device'])}, jax {result['jax']}",
-        "| measure                                               | value      |",
-        "|-------------------------------------------------------|------------|",
-        f"| step alone, batch already on device (examples/s)      | {rate['step_alone']:10.0f} |",
-        f"| data on the host, one call a step (examples/s)        | {rate['host_data']:10.0f} |",
-        f"| data on the device, lax.scan over steps (examples/s)  | {rate['device_data_scan']:10.0f} |",
-        f"| compile time, step (s)                                | {result['compile_seconds']:10.2f} |",
-        f"| compile time, scan (s)                                | {result['scan_compile_seconds']:10.2f} |",
-        f"| MNIST load, from cache (s)                            | {result['cached_data_load_seconds']:10.2f} |",
-    ])
+    return "\n".join(
+        [
+            f"CNN train step, batch {result['batch_size']}, {result['timed_steps']} timed steps, "
+            f"{result['dtype']}, {parallel.format_devices(result['device'])}, jax {result['jax']}",
+            "| measure                                               | value      |",
+            "|-------------------------------------------------------|------------|",
+            f"| step alone, batch already on device (examples/s)      | {rate['step_alone']:10.0f} |",
+            f"| data on the host, one call a step (examples/s)        | {rate['host_data']:10.0f} |",
+            f"| data on the device, lax.scan over steps (examples/s)  | {rate['device_data_scan']:10.0f} |",
+            f"| compile time, step (s)                                | {result['compile_seconds']:10.2f} |",
+            f"| compile time, scan (s)                                | {result['scan_compile_seconds']:10.2f} |",
+            f"| MNIST load, from cache (s)                            | {result['cached_data_load_seconds']:10.2f} |",
+        ]
+    )
 
 
 def main(argv=None) -> dict:
     setup()
-    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=ShowDefaults,
+        prog="python -m experiments.benchmark",
+        description=__doc__.split("\n")[0],
+    )
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    parser.add_argument("--noise", choices=pipeline.NOISE_KINDS, default="gaussian",
-                        help="noise added inside the step, to time the whole pipeline")
+    parser.add_argument(
+        "--noise",
+        choices=pipeline.NOISE_KINDS,
+        default="gaussian",
+        help="noise added inside the step, to time the whole pipeline",
+    )
     parser.add_argument("--noise-level", type=float, default=0.2, help=NOISE_LEVEL_HELP)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--data-dir", type=pathlib.Path,
-                        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
-    parser.add_argument("--idx-dir", type=pathlib.Path,
-                        help="folder with the four MNIST IDX files (default: none; takes precedence over --data-dir)")
-    parser.add_argument("--output", type=pathlib.Path,
-                        help="JSON file (default: runs/benchmark/benchmark.json, or vs_torch.json with --vs-torch)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--idx-dir",
+        type=pathlib.Path,
+        help="folder with the four MNIST IDX files (default: none; takes precedence over --data-dir)",
+    )
+    parser.add_argument(
+        "--output",
+        type=pathlib.Path,
+        help="JSON file (default: runs/benchmark/benchmark.json, or vs_torch.json with --vs-torch)",
+    )
     parser.add_argument("--quick", action="store_true", help="5 timed steps: a smoke test")
-    parser.add_argument("--sweep", action="store_true",
-                        help="time --trials sweep trials together vs one after another instead")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="time --trials sweep trials together vs one after another instead",
+    )
     parser.add_argument("--trials", type=int, default=8, help="--sweep: trials")
-    parser.add_argument("--strategies", default="unroll,vmap",
-                        help="--sweep: how trials share a step, comma-separated (unroll, vmap)")
-    parser.add_argument("--vs-torch", action="store_true",
-                        help="every model against a plain PyTorch loop (needs torch: pip install -e '.[bench]')")
-    parser.add_argument("--overhead", action="store_true",
-                        help="whole commands (cnn --quick, cnn --epochs 1, predict) timed as processes, "
-                             "phase by phase, first and second run (experiments._overhead)")
-    parser.add_argument("--models", default="all",
-                        help="--vs-torch: comma-separated models, or all: every model with a PyTorch baseline")
-    parser.add_argument("--rounds", type=int, default=3, help="--vs-torch: alternating timed rounds; --overhead: repeats")
-    parser.add_argument("--round-seconds", type=float, default=3.0,
-                        help="--vs-torch: each round runs --steps steps at a time for at least this long")
+    parser.add_argument(
+        "--strategies",
+        default="unroll,vmap",
+        help="--sweep: how trials share a step, comma-separated (unroll, vmap)",
+    )
+    parser.add_argument(
+        "--vs-torch",
+        action="store_true",
+        help="every model against a plain PyTorch loop (needs torch: pip install -e '.[bench]')",
+    )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="whole commands (cnn --quick, cnn --epochs 1, predict) timed as processes, "
+        "phase by phase, first and second run (experiments._overhead)",
+    )
+    parser.add_argument(
+        "--models",
+        default="all",
+        help="--vs-torch: comma-separated models, or all: every model with a PyTorch baseline",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="--vs-torch: alternating timed rounds; --overhead: repeats",
+    )
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=3.0,
+        help="--vs-torch: each round runs --steps steps at a time for at least this long",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.rounds < 1:
         parser.error("--steps, --batch-size and --rounds must be >= 1")
     steps = 5 if args.quick else args.steps
     try:
-        models_asked = vs_torch.parse_models(args.models)  # Before the data: a bad name fails at once.
+        models_asked = vs_torch.parse_models(
+            args.models
+        )  # Before the data: a bad name fails at once.
         noise = NoiseConfig(args.noise, args.noise_level)
         parallel.check_batch_size(args.batch_size, parallel.data_mesh())
         # First load decodes and fills the cache; the measured load is the second.
@@ -293,28 +381,46 @@ def main(argv=None) -> dict:
     except (ValueError, data_lib.DataError) as e:
         parser.error(str(e))
     if args.overhead:
-        data_flags = [*(["--data-dir", str(args.data_dir)] if args.data_dir else []),
-                      *(["--idx-dir", str(args.idx_dir)] if args.idx_dir else [])]
+        data_flags = [
+            *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
+            *(["--idx-dir", str(args.idx_dir)] if args.idx_dir else []),
+        ]
         result = overhead.run(1 if args.quick else args.rounds, data_flags, args.quick)
         print(overhead.format_result(result))
     elif args.vs_torch:
-        if importlib.util.find_spec("torch") is None:  # Fail before any worker starts, with the fix.
+        if (
+            importlib.util.find_spec("torch") is None
+        ):  # Fail before any worker starts, with the fix.
             parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
         steps = 3 if args.quick else args.steps
-        result = vs_torch.run(models_asked, steps, 1 if args.quick else args.rounds, args.data_dir, args.idx_dir,
-                              0.0 if args.quick else args.round_seconds)
+        result = vs_torch.run(
+            models_asked,
+            steps,
+            1 if args.quick else args.rounds,
+            args.data_dir,
+            args.idx_dir,
+            0.0 if args.quick else args.round_seconds,
+        )
         print(vs_torch.format_result(result))
     elif args.sweep:
         strategies = tuple(x for x in args.strategies.split(",") if x)
         if args.trials < 1 or not set(strategies) <= {"unroll", "vmap"}:
             parser.error("--sweep needs --trials >= 1 and --strategies from unroll, vmap")
-        result = run_sweep_benchmark(2 if args.quick else args.trials, 3 if args.quick else args.steps,
-                                     args.batch_size, strategies, args.data_dir, args.idx_dir)
+        result = run_sweep_benchmark(
+            2 if args.quick else args.trials,
+            3 if args.quick else args.steps,
+            args.batch_size,
+            strategies,
+            args.data_dir,
+            args.idx_dir,
+        )
         print(format_sweep_result(result))
     else:
         result = run(steps, args.batch_size, noise, args.dtype, args.data_dir, args.idx_dir)
         print(format_result(result))
-    default_name = "overhead.json" if args.overhead else "vs_torch.json" if args.vs_torch else "benchmark.json"
+    default_name = (
+        "overhead.json" if args.overhead else "vs_torch.json" if args.vs_torch else "benchmark.json"
+    )
     args.output = args.output or pathlib.Path("runs/benchmark") / default_name
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))

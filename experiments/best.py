@@ -32,10 +32,27 @@ import statistics
 
 import numpy as np
 
-from mnist_jax import checkpoints, data as data_lib, metrics as metrics_lib, parallel, predict, rundir, timing
+from mnist_jax import (
+    checkpoints,
+    data as data_lib,
+    metrics as metrics_lib,
+    parallel,
+    predict,
+    rundir,
+    timing,
+)
 from mnist_jax.augment import AugmentConfig
-from mnist_jax.cli import (DEFAULT_RUNS_DIR, ShowDefaults, add_data_flags, add_recipe_flags, check_at_least_one,
-                           config_from_args, load_mnist_or_exit, start, training_errors)
+from mnist_jax.cli import (
+    DEFAULT_RUNS_DIR,
+    ShowDefaults,
+    add_data_flags,
+    add_recipe_flags,
+    check_at_least_one,
+    config_from_args,
+    load_mnist_or_exit,
+    start,
+    training_errors,
+)
 from mnist_jax.config import TrainConfig, check_resumable
 from mnist_jax.files import write_json
 from mnist_jax.models import get_model
@@ -53,13 +70,18 @@ CONFIG = TrainConfig(
     ema_decay=0.999,
     label_smoothing=0.1,
 )
-QUICK = dataclasses.replace(CONFIG, epochs=2, train_size=5000, test_size=1000, log_every_steps=10,
-                            checkpoint_every_steps=40)
+QUICK = dataclasses.replace(
+    CONFIG, epochs=2, train_size=5000, test_size=1000, log_every_steps=10, checkpoint_every_steps=40
+)
 SEEDS, QUICK_SEEDS = 3, 2
 
 # The report's best classifier: what this experiment goes beyond.
-REFERENCE = Reference(source="004 Lab 2, PyTorch: the 3-conv CNN", accuracy=0.9938, f1_macro=0.9938,
-                      train_seconds=88.29)
+REFERENCE = Reference(
+    source="004 Lab 2, PyTorch: the 3-conv CNN",
+    accuracy=0.9938,
+    f1_macro=0.9938,
+    train_seconds=88.29,
+)
 # Published MNIST test accuracies: (who, what, accuracy).
 ANCHORS = (
     ("Deotte, Kaggle (github cdeotte/MNIST-CNN-99.75)", "one CNN, mean", 0.9965),
@@ -70,25 +92,46 @@ ANCHORS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.best", description=__doc__.split("\n")[0],
-                                     formatter_class=ShowDefaults)
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.best",
+        description=__doc__.split("\n")[0],
+        formatter_class=ShowDefaults,
+    )
     add = parser.add_argument
-    add("--seeds", type=int, help=f"train seeds 0..N-1 (default {SEEDS}; {QUICK_SEEDS} with --quick)")
-    add("--ensemble", type=int, default=0, metavar="K",
-        help="also score the average of seeds 0..K-1's softmax outputs, training any missing (0: none)")
+    add(
+        "--seeds",
+        type=int,
+        help=f"train seeds 0..N-1 (default {SEEDS}; {QUICK_SEEDS} with --quick)",
+    )
+    add(
+        "--ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score the average of seeds 0..K-1's softmax outputs, training any missing (0: none)",
+    )
     add_recipe_flags(parser, CONFIG)
-    add("--workdir", type=pathlib.Path, default=DEFAULT_RUNS_DIR / "best",
-        help="where seed k trains, in seed<k>; best.json, the seeds' table, goes here too")
-    add("--quick", action="store_true",
+    add(
+        "--workdir",
+        type=pathlib.Path,
+        default=DEFAULT_RUNS_DIR / "best",
+        help="where seed k trains, in seed<k>; best.json, the seeds' table, goes here too",
+    )
+    add(
+        "--quick",
+        action="store_true",
         help=f"a smoke test: {QUICK.epochs} epochs on {QUICK.train_size:,} training images, "
-             f"scored on {QUICK.test_size:,} test images")
+        f"scored on {QUICK.test_size:,} test images",
+    )
     add_data_flags(parser)
     add("--no-progress", action="store_true", help="no progress bar")
     add("--debug", action="store_true", help="the libraries' logs and full tracebacks")
     return parser
 
 
-def train_seed(config: TrainConfig, mnist: data_lib.MNIST, workdir: pathlib.Path, progress: bool) -> dict:
+def train_seed(
+    config: TrainConfig, mnist: data_lib.MNIST, workdir: pathlib.Path, progress: bool
+) -> dict:
     """Seed `config.seed`'s run in `workdir`: read back if finished, else
     trained (resumed from its checkpoints where it has some). Its summary."""
     if rundir.is_finished(workdir):
@@ -96,55 +139,108 @@ def train_seed(config: TrainConfig, mnist: data_lib.MNIST, workdir: pathlib.Path
         check_resumable(summary["config"], config)  # A run of other settings is not this seed's.
         print(f"seed {config.seed}: finished earlier, in {workdir}", flush=True)
         return summary
-    splits = data_lib.make_splits(mnist, val_fraction=config.val_fraction, seed=config.data_seed,
-                                  train_size=config.train_size, test_size=config.test_size)
-    print(f"\n=== seed {config.seed}: train {len(splits.train)}, val {len(splits.val)}, "
-          f"test {len(splits.test)}; run dir {workdir}", flush=True)
-    summary = train_and_evaluate(config, get_model(config.model), splits, workdir, experiment="best",
-                                 resume=checkpoints.has_checkpoints(workdir), progress=progress,
-                                 phases=timing.Phases(),
-                                 extra={"data_source": mnist.source, "reference": dataclasses.asdict(REFERENCE)})
+    splits = data_lib.make_splits(
+        mnist,
+        val_fraction=config.val_fraction,
+        seed=config.data_seed,
+        train_size=config.train_size,
+        test_size=config.test_size,
+    )
+    print(
+        f"\n=== seed {config.seed}: train {len(splits.train)}, val {len(splits.val)}, "
+        f"test {len(splits.test)}; run dir {workdir}",
+        flush=True,
+    )
+    summary = train_and_evaluate(
+        config,
+        get_model(config.model),
+        splits,
+        workdir,
+        experiment="best",
+        resume=checkpoints.has_checkpoints(workdir),
+        progress=progress,
+        phases=timing.Phases(),
+        extra={"data_source": mnist.source, "reference": dataclasses.asdict(REFERENCE)},
+    )
     return {k: v for k, v in summary.items() if k not in ("state", "best_state")}
 
 
 def score_ensemble(run_dirs: list[pathlib.Path], test: data_lib.Split) -> dict:
     """Test accuracy and macro F1 of the mean softmax of the runs' best
     checkpoints (each as it was scored: its moving average)."""
-    probabilities = np.mean([predict.probabilities(rundir.load_run(d), test.images) for d in run_dirs], axis=0)
+    probabilities = np.mean(
+        [predict.probabilities(rundir.load_run(d), test.images) for d in run_dirs], axis=0
+    )
     predictions = np.argmax(probabilities, axis=-1)  # (N,)
-    report = metrics_lib.classification_report(metrics_lib.confusion_matrix(test.labels, predictions))
-    return {"test_accuracy": float(np.mean(predictions == test.labels)), "f1_macro": report["f1_macro"],
-            "test_images": len(test)}
+    report = metrics_lib.classification_report(
+        metrics_lib.confusion_matrix(test.labels, predictions)
+    )
+    return {
+        "test_accuracy": float(np.mean(predictions == test.labels)),
+        "f1_macro": report["f1_macro"],
+        "test_images": len(test),
+    }
 
 
 def seed_row(summary: dict) -> dict:
-    return {"seed": summary["config"]["seed"], "test_accuracy": summary["test"]["accuracy"],
-            "f1_macro": summary["test"]["f1_macro"], "train_seconds": summary["train_seconds"],
-            "best_epoch": summary["evaluated_checkpoint"]["epoch"], "epochs": summary["config"]["epochs"],
-            "parameters": summary["model"]["parameters"],
-            "device": parallel.format_devices(summary["devices"])}
+    return {
+        "seed": summary["config"]["seed"],
+        "test_accuracy": summary["test"]["accuracy"],
+        "f1_macro": summary["test"]["f1_macro"],
+        "train_seconds": summary["train_seconds"],
+        "best_epoch": summary["evaluated_checkpoint"]["epoch"],
+        "epochs": summary["config"]["epochs"],
+        "parameters": summary["model"]["parameters"],
+        "device": parallel.format_devices(summary["devices"]),
+    }
 
 
 def format_table(result: dict) -> str:
     percent = lambda v: f"{100 * v:.2f} %"
-    rows = [(f"report 004 ({REFERENCE.source.split(': ')[1]})", "one model", percent(REFERENCE.accuracy), "")]
+    rows = [
+        (
+            f"report 004 ({REFERENCE.source.split(': ')[1]})",
+            "one model",
+            percent(REFERENCE.accuracy),
+            "",
+        )
+    ]
     rows += [(who, what, percent(accuracy), "") for who, what, accuracy in ANCHORS]
     for run in result["seeds"]:
-        rows.append((f"ours, seed {run['seed']}", f"one model (epoch {run['best_epoch']} of {run['epochs']})",
-                     percent(run["test_accuracy"]), f"{run['train_seconds']:.0f}"))
+        rows.append(
+            (
+                f"ours, seed {run['seed']}",
+                f"one model (epoch {run['best_epoch']} of {run['epochs']})",
+                percent(run["test_accuracy"]),
+                f"{run['train_seconds']:.0f}",
+            )
+        )
     std = result["accuracy_std"]
     count = len(result["seeds"])
-    rows.append(("ours, mean of seeds", f"{count} model{'s' * (count > 1)}, one at a time",
-                 percent(result["accuracy_mean"]) + (f" +- {100 * std:.2f}" if std is not None else ""),
-                 f"{result['train_seconds_mean']:.0f}"))
+    rows.append(
+        (
+            "ours, mean of seeds",
+            f"{count} model{'s' * (count > 1)}, one at a time",
+            percent(result["accuracy_mean"]) + (f" +- {100 * std:.2f}" if std is not None else ""),
+            f"{result['train_seconds_mean']:.0f}",
+        )
+    )
     if result.get("ensemble"):
         ensemble = result["ensemble"]
-        rows.append((f"ours, ensemble of seeds 0-{ensemble['size'] - 1}", "mean softmax",
-                     percent(ensemble["test_accuracy"]), ""))
+        rows.append(
+            (
+                f"ours, ensemble of seeds 0-{ensemble['size'] - 1}",
+                "mean softmax",
+                percent(ensemble["test_accuracy"]),
+                "",
+            )
+        )
     header = ("", "what", "test accuracy", "train s")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )
 
 
 def main(argv=None) -> dict:
@@ -160,26 +256,46 @@ def main(argv=None) -> dict:
     seeds = args.seeds or (QUICK_SEEDS if args.quick else SEEDS)
     mnist = load_mnist_or_exit(args)
     with training_errors(parser, args):
-        runs = [train_seed(dataclasses.replace(base, seed=seed), mnist, args.workdir / f"seed{seed}",
-                           progress=not args.no_progress) for seed in range(max(seeds, args.ensemble))]
+        runs = [
+            train_seed(
+                dataclasses.replace(base, seed=seed),
+                mnist,
+                args.workdir / f"seed{seed}",
+                progress=not args.no_progress,
+            )
+            for seed in range(max(seeds, args.ensemble))
+        ]
     rows = [seed_row(s) for s in runs]
     accuracies = [r["test_accuracy"] for r in rows]
-    result = {"experiment": "best", "config": base.to_dict(), "seeds": rows, "accuracy_mean": statistics.mean(accuracies),
-              "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
-              "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rows),
-              "reference": dataclasses.asdict(REFERENCE),
-              "anchors": [dict(zip(("who", "what", "accuracy"), a)) for a in ANCHORS]}
+    result = {
+        "experiment": "best",
+        "config": base.to_dict(),
+        "seeds": rows,
+        "accuracy_mean": statistics.mean(accuracies),
+        "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+        "train_seconds_mean": statistics.mean(r["train_seconds"] for r in rows),
+        "reference": dataclasses.asdict(REFERENCE),
+        "anchors": [dict(zip(("who", "what", "accuracy"), a)) for a in ANCHORS],
+    }
     if args.ensemble:
         # One test set for every member: seed 0's (the whole test split without --quick).
-        test = data_lib.make_splits(mnist, seed=0, train_size=base.train_size, test_size=base.test_size).test
+        test = data_lib.make_splits(
+            mnist, seed=0, train_size=base.train_size, test_size=base.test_size
+        ).test
         dirs = [args.workdir / f"seed{seed}" for seed in range(args.ensemble)]
-        members = rows[:args.ensemble]
-        result["ensemble"] = {"size": args.ensemble, "seeds": list(range(args.ensemble)), **score_ensemble(dirs, test),
-                              "train_seconds": sum(r["train_seconds"] for r in members),
-                              "parameters": sum(r["parameters"] for r in members)}
+        members = rows[: args.ensemble]
+        result["ensemble"] = {
+            "size": args.ensemble,
+            "seeds": list(range(args.ensemble)),
+            **score_ensemble(dirs, test),
+            "train_seconds": sum(r["train_seconds"] for r in members),
+            "parameters": sum(r["parameters"] for r in members),
+        }
     machines = "; ".join(sorted({r["device"] for r in rows}))
-    print(f"\nMNIST test set ({len(mnist.test) if base.test_size is None else base.test_size} images); "
-          f"each seed selected its checkpoint on its own validation split; trained on {machines}:\n")
+    print(
+        f"\nMNIST test set ({len(mnist.test) if base.test_size is None else base.test_size} images); "
+        f"each seed selected its checkpoint on its own validation split; trained on {machines}:\n"
+    )
     print(format_table(result))
     write_json(args.workdir / "best.json", result)
     print(f"\nbest.json and each seed's run (seed<k>/metrics.json) are in {args.workdir}")

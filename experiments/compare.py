@@ -46,24 +46,46 @@ BEYOND = ("best",)
 COLLECTED = CLASSIFIERS + BEYOND
 DEFAULT_SEEDS = 3
 # Fields that do not change what a run measures; the seeds are what a group averages over.
-IGNORED_FIELDS = {"seed", "split_seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_best",
-                  "eval_batch_size", "data_placement"}
+IGNORED_FIELDS = {
+    "seed",
+    "split_seed",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "keep_best",
+    "eval_batch_size",
+    "data_placement",
+}
 # Transfer-learning settings kept in metrics.json beside the config, and their defaults.
 TRANSFER_DEFAULTS = {"image_size": 224, "weights": "ImageNet"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.compare", description=__doc__)
+    parser = argparse.ArgumentParser(
+        formatter_class=ShowDefaults, prog="python -m experiments.compare", description=__doc__
+    )
     add = parser.add_argument
-    add("--runs-dir", type=pathlib.Path, default=DEFAULT_RUNS_DIR,
-        help=f"where to look for runs (default {DEFAULT_RUNS_DIR}/)")
+    add(
+        "--runs-dir",
+        type=pathlib.Path,
+        default=DEFAULT_RUNS_DIR,
+        help=f"where to look for runs (default {DEFAULT_RUNS_DIR}/)",
+    )
     add("--out", type=pathlib.Path, help=f"output folder (default: {DEFAULT_RUNS_DIR}/compare)")
     add("--models", default=",".join(COLLECTED), help=f"comma-separated, of {','.join(COLLECTED)}")
     add("--train", action="store_true", help="train the missing seeds of every model first")
     add("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 with --train")
-    add("--quick", action="store_true", help="with --train: each experiment's --quick settings (a smoke test)")
+    add(
+        "--quick",
+        action="store_true",
+        help="with --train: each experiment's --quick settings (a smoke test)",
+    )
     add("--epochs", type=int, help="with --train: this many epochs (default: each experiment's)")
-    add("--data-dir", type=pathlib.Path, help="with --train: tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    add(
+        "--data-dir",
+        type=pathlib.Path,
+        help="with --train: tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
+    )
     add("--no-download", action="store_true", help="with --train: never download MNIST or weights")
     return parser
 
@@ -72,7 +94,9 @@ def parse_models(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in COLLECTED]
     if unknown or not names:
-        raise ValueError(f"--models: unknown {unknown or 'none given'}; choose from {', '.join(COLLECTED)}")
+        raise ValueError(
+            f"--models: unknown {unknown or 'none given'}; choose from {', '.join(COLLECTED)}"
+        )
     return names
 
 
@@ -80,8 +104,14 @@ def experiment_module(name: str):
     return importlib.import_module(f"experiments.{name}")
 
 
-def train_missing(models: tuple[str, ...], seeds: int, quick: bool, root: pathlib.Path,
-                  extra_args: list[str], epochs: int | None = None) -> dict[str, str]:
+def train_missing(
+    models: tuple[str, ...],
+    seeds: int,
+    quick: bool,
+    root: pathlib.Path,
+    extra_args: list[str],
+    epochs: int | None = None,
+) -> dict[str, str]:
     """Trains each model's seeds 0..seeds-1 into root/<model>/seed<k> (or
     e<epochs>_seed<k>), unless finished; returns {run: why it failed} for
     those that could not run."""
@@ -90,7 +120,10 @@ def train_missing(models: tuple[str, ...], seeds: int, quick: bool, root: pathli
         extra_args = [*extra_args, "--epochs", str(epochs)]
     for name in models:
         if name in BEYOND:
-            print(f"{name}: not trained here; python -m experiments.{name} trains its seeds", flush=True)
+            print(
+                f"{name}: not trained here; python -m experiments.{name} trains its seeds",
+                flush=True,
+            )
             continue
         for seed in range(seeds):
             workdir = root / name / (f"seed{seed}" if epochs is None else f"e{epochs}_seed{seed}")
@@ -102,12 +135,18 @@ def train_missing(models: tuple[str, ...], seeds: int, quick: bool, root: pathli
                 argv.append("--resume")
             if quick:
                 argv.append("--quick")
-            print(f"\n=== {name} seed {seed}: python -m experiments.{name} {' '.join(argv)}", flush=True)
+            print(
+                f"\n=== {name} seed {seed}: python -m experiments.{name} {' '.join(argv)}",
+                flush=True,
+            )
             try:
                 experiment_module(name).main(argv)
             except SystemExit as e:  # A model that cannot run (no weights offline) leaves the rest.
                 failed[f"{name} seed {seed}"] = f"exited with status {e.code}"
-                print(f"{name} seed {seed} failed (status {e.code}); going on with the others", flush=True)
+                print(
+                    f"{name} seed {seed} failed (status {e.code}); going on with the others",
+                    flush=True,
+                )
     return failed
 
 
@@ -144,7 +183,9 @@ def settings_label(name: str, summary: dict) -> str:
         parts.extend(differences(module.CONFIG))
     if "image_size" in summary and summary["image_size"] != TRANSFER_DEFAULTS["image_size"]:
         parts.append(f"{summary['image_size']}px")
-    if "weights" in summary and not str(summary["weights"]).startswith(TRANSFER_DEFAULTS["weights"]):
+    if "weights" in summary and not str(summary["weights"]).startswith(
+        TRANSFER_DEFAULTS["weights"]
+    ):
         parts.append("random init")
     return ", ".join(parts)
 
@@ -186,15 +227,25 @@ class Group:
         throughput, throughput_std = self.stat(examples_per_second)
         reference = dataclasses.asdict(experiment_module(self.experiment).REFERENCE)
         return {
-            "experiment": self.experiment, "label": self.label, "runs": len(self.runs),
+            "experiment": self.experiment,
+            "label": self.label,
+            "runs": len(self.runs),
             "seeds": sorted(s["config"]["seed"] for _, s in self.runs),
-            "accuracy": accuracy, "accuracy_std": accuracy_std, "f1_macro": f1, "f1_macro_std": f1_std,
-            "train_seconds": seconds, "train_seconds_std": seconds_std,
-            "examples_per_second": throughput, "examples_per_second_std": throughput_std,
+            "accuracy": accuracy,
+            "accuracy_std": accuracy_std,
+            "f1_macro": f1,
+            "f1_macro_std": f1_std,
+            "train_seconds": seconds,
+            "train_seconds_std": seconds_std,
+            "examples_per_second": throughput,
+            "examples_per_second_std": throughput_std,
             "parameters": self.runs[0][1]["model"]["parameters"],
             "devices": ", ".join(self.runs[0][1].get("devices", {}).get("kinds", [])),
             "run_dirs": [str(path) for path, _ in self.runs],
-            "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
+            "reference": {
+                k: reference[k]
+                for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")
+            },
         }
 
 
@@ -217,9 +268,19 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
         on_cpu = devices.get("platform", "cpu") == "cpu"
         device = "" if on_cpu else ", ".join(devices.get("kinds", []))
         host = devices.get("host", "CPU not recorded") if on_cpu else ""
-        host += ", oneDNN convolutions" if on_cpu and devices.get("convolutions") == "oneDNN" else ""
-        key = (name, json.dumps(config, sort_keys=True), summary.get("image_size"),
-               str(summary.get("weights")), summary["data"]["train"], summary["data"]["test"], device, host)
+        host += (
+            ", oneDNN convolutions" if on_cpu and devices.get("convolutions") == "oneDNN" else ""
+        )
+        key = (
+            name,
+            json.dumps(config, sort_keys=True),
+            summary.get("image_size"),
+            str(summary.get("weights")),
+            summary["data"]["train"],
+            summary["data"]["test"],
+            device,
+            host,
+        )
         if key not in groups:
             groups[key] = Group(name, "")
             parts[key] = (name, [x for x in (settings_label(name, summary), device) if x], host)
@@ -236,7 +297,9 @@ def group_runs(found: list[tuple[pathlib.Path, dict]], models: tuple[str, ...]) 
     for key, (name, label, host) in parts.items():
         label = label + [host] if len(hosts[(name, *label)]) > 1 else label
         groups[key].label = f"{name} ({', '.join(label)})" if label else name
-    return sorted(groups.values(), key=lambda g: (models.index(g.experiment), -len(g.runs), g.label))
+    return sorted(
+        groups.values(), key=lambda g: (models.index(g.experiment), -len(g.runs), g.label)
+    )
 
 
 def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
@@ -251,18 +314,37 @@ def ensemble_rows(root: pathlib.Path, models: tuple[str, ...]) -> list[dict]:
             result = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue  # find_summaries has warned.
-        if not (isinstance(result, dict) and result.get("experiment") in models and result.get("ensemble")):
+        if not (
+            isinstance(result, dict)
+            and result.get("experiment") in models
+            and result.get("ensemble")
+        ):
             continue
         name, ensemble = result["experiment"], result["ensemble"]
-        label = ", ".join(x for x in (settings_label(name, result), f"ensemble of {ensemble['size']}") if x)
+        label = ", ".join(
+            x for x in (settings_label(name, result), f"ensemble of {ensemble['size']}") if x
+        )
         reference = dataclasses.asdict(experiment_module(name).REFERENCE)
         row = {
-            "experiment": name, "label": f"{name} ({label})", "runs": ensemble["size"], "seeds": ensemble["seeds"],
-            "accuracy": ensemble["test_accuracy"], "accuracy_std": None, "f1_macro": ensemble["f1_macro"],
-            "f1_macro_std": None, "train_seconds": ensemble["train_seconds"], "train_seconds_std": None,
-            "examples_per_second": None, "examples_per_second_std": None, "parameters": ensemble["parameters"],
-            "devices": result["seeds"][0]["device"], "run_dirs": [str(path)],
-            "reference": {k: reference[k] for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")},
+            "experiment": name,
+            "label": f"{name} ({label})",
+            "runs": ensemble["size"],
+            "seeds": ensemble["seeds"],
+            "accuracy": ensemble["test_accuracy"],
+            "accuracy_std": None,
+            "f1_macro": ensemble["f1_macro"],
+            "f1_macro_std": None,
+            "train_seconds": ensemble["train_seconds"],
+            "train_seconds_std": None,
+            "examples_per_second": None,
+            "examples_per_second_std": None,
+            "parameters": ensemble["parameters"],
+            "devices": result["seeds"][0]["device"],
+            "run_dirs": [str(path)],
+            "reference": {
+                k: reference[k]
+                for k in ("source", "accuracy", "f1_macro", "train_seconds", "device")
+            },
         }
         rows.setdefault((name, label, row["accuracy"], tuple(row["seeds"])), row)
     repeats = collections.Counter((name, label) for name, label, _, _ in rows)
@@ -285,8 +367,10 @@ def _ref(value, fmt: str, scale: float = 1.0) -> str:
 
 def format_table(rows: list[dict]) -> str:
     width = max([26, *(len(r["label"]) for r in rows)])
-    header = (f"{'model':<{width}} {'runs':>4} {'accuracy %':>16} {'macro F1':>17} {'train s':>16} "
-              f"{'parameters':>11} {'examples/s':>16} | {'report %':>8} {'F1':>6} {'s':>7}")
+    header = (
+        f"{'model':<{width}} {'runs':>4} {'accuracy %':>16} {'macro F1':>17} {'train s':>16} "
+        f"{'parameters':>11} {'examples/s':>16} | {'report %':>8} {'F1':>6} {'s':>7}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         ref = r["reference"]
@@ -296,20 +380,35 @@ def format_table(rows: list[dict]) -> str:
             f"{_pm(r['train_seconds'], r['train_seconds_std'], '.1f'):>16} {r['parameters']:>11,} "
             f"{_pm(r['examples_per_second'], r['examples_per_second_std'], ',.0f'):>16} | "
             f"{_ref(ref['accuracy'], '.2f', 100):>8} {_ref(ref['f1_macro'], '.4f'):>6} "
-            f"{_ref(ref['train_seconds'], '.1f'):>7}")
+            f"{_ref(ref['train_seconds'], '.1f'):>7}"
+        )
     return "\n".join(lines)
 
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
-    columns = ["label", "experiment", "runs", "accuracy", "accuracy_std", "f1_macro", "f1_macro_std",
-               "train_seconds", "train_seconds_std", "parameters", "examples_per_second",
-               "examples_per_second_std", "devices"]
+    columns = [
+        "label",
+        "experiment",
+        "runs",
+        "accuracy",
+        "accuracy_std",
+        "f1_macro",
+        "f1_macro_std",
+        "train_seconds",
+        "train_seconds_std",
+        "parameters",
+        "examples_per_second",
+        "examples_per_second_std",
+        "devices",
+    ]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns + ["report_accuracy", "report_f1_macro", "report_train_seconds"])
         for r in rows:
-            writer.writerow([r[c] for c in columns] + [r["reference"][k] for k in
-                                                       ("accuracy", "f1_macro", "train_seconds")])
+            writer.writerow(
+                [r[c] for c in columns]
+                + [r["reference"][k] for k in ("accuracy", "f1_macro", "train_seconds")]
+            )
 
 
 def main(argv=None) -> dict:
@@ -329,25 +428,39 @@ def main(argv=None) -> dict:
     out = args.out or args.runs_dir / "compare"
     failed = {}
     if args.train:
-        extra = (["--data-dir", str(args.data_dir)] if args.data_dir else []) + \
-                (["--no-download"] if args.no_download else [])
-        failed = train_missing(models, args.seeds, args.quick, args.runs_dir / "compare", extra, args.epochs)
+        extra = (["--data-dir", str(args.data_dir)] if args.data_dir else []) + (
+            ["--no-download"] if args.no_download else []
+        )
+        failed = train_missing(
+            models, args.seeds, args.quick, args.runs_dir / "compare", extra, args.epochs
+        )
 
     groups = group_runs(find_summaries(args.runs_dir), models)
     if not groups:
-        parser.error(f"no finished classifier runs of {', '.join(models)} under {args.runs_dir}; "
-                     "train some (add --train) or point --runs-dir at them")
+        parser.error(
+            f"no finished classifier runs of {', '.join(models)} under {args.runs_dir}; "
+            "train some (add --train) or point --runs-dir at them"
+        )
     rows = [g.row() for g in groups] + ensemble_rows(args.runs_dir, models)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "comparison.json", {"runs_dir": str(args.runs_dir), "rows": rows, "failed": failed})
+    write_json(
+        out / "comparison.json", {"runs_dir": str(args.runs_dir), "rows": rows, "failed": failed}
+    )
     write_csv(rows, out / "comparison.csv")
-    chart = [{**r, "accuracy_std": r["accuracy_std"] or 0.0, "train_seconds_std": r["train_seconds_std"]}
-             for r in rows if r["accuracy"] is not None and r["train_seconds"]]
-    viz.save_png(viz.figure_to_array(viz.comparison_figure(chart, "Test accuracy against training time")),
-                 out / "comparison.png")
+    chart = [
+        {**r, "accuracy_std": r["accuracy_std"] or 0.0, "train_seconds_std": r["train_seconds_std"]}
+        for r in rows
+        if r["accuracy"] is not None and r["train_seconds"]
+    ]
+    viz.save_png(
+        viz.figure_to_array(viz.comparison_figure(chart, "Test accuracy against training time")),
+        out / "comparison.png",
+    )
 
-    print(f"\nClassifiers on the MNIST test set, mean +- std over seeds (runs under {args.runs_dir}); "
-          "report 004's numbers (PyTorch, GPU) on the right:\n")
+    print(
+        f"\nClassifiers on the MNIST test set, mean +- std over seeds (runs under {args.runs_dir}); "
+        "report 004's numbers (PyTorch, GPU) on the right:\n"
+    )
     print(format_table(rows))
     missing = [m for m in models if m not in {g.experiment for g in groups}]
     if missing:

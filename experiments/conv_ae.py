@@ -13,19 +13,40 @@ from mnist_jax.cli import run_experiment
 from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
-CONFIG = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=10,
-                     batch_size=64, learning_rate=1e-3, weight_decay=0.0)
+CONFIG = TrainConfig(
+    model="conv_ae",
+    task="reconstruct",
+    input_norm="unit",
+    epochs=10,
+    batch_size=64,
+    learning_rate=1e-3,
+    weight_decay=0.0,
+)
 
-QUICK = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=2,
-                    weight_decay=0.0, train_size=5000, test_size=1000, log_every_steps=10,
-                    checkpoint_every_steps=20)
+QUICK = TrainConfig(
+    model="conv_ae",
+    task="reconstruct",
+    input_norm="unit",
+    epochs=2,
+    weight_decay=0.0,
+    train_size=5000,
+    test_size=1000,
+    log_every_steps=10,
+    checkpoint_every_steps=20,
+)
 
 REFERENCE = Reference(source="003 Convolution Autoencoder (no number published)", device="GPU")
 
 
 def main(argv=None) -> dict:
-    return run_experiment("conv_ae", "Report 003's convolutional autoencoder on MNIST.", CONFIG,
-                          QUICK, REFERENCE, argv=argv)
+    return run_experiment(
+        "conv_ae",
+        "Report 003's convolutional autoencoder on MNIST.",
+        CONFIG,
+        QUICK,
+        REFERENCE,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -34,14 +34,29 @@ from mnist_jax.steps import infer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.feature_maps", description=__doc__)
+    parser = argparse.ArgumentParser(
+        formatter_class=ShowDefaults, prog="python -m experiments.feature_maps", description=__doc__
+    )
     add = parser.add_argument
-    add("--checkpoint", type=pathlib.Path, required=True, metavar="RUN_DIR",
-        help="a finished run's directory (its metrics.json and checkpoints/)")
+    add(
+        "--checkpoint",
+        type=pathlib.Path,
+        required=True,
+        metavar="RUN_DIR",
+        help="a finished run's directory (its metrics.json and checkpoints/)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--index", type=int, help="an image of the MNIST test set (default: 0)")
-    source.add_argument("--image", type=pathlib.Path, help="a PNG (or JPEG) file of a digit (default: none, --index)")
-    add("--invert", action="store_true", help="invert --image (dark digit on light paper; default: decided by its border)")
+    source.add_argument(
+        "--image",
+        type=pathlib.Path,
+        help="a PNG (or JPEG) file of a digit (default: none, --index)",
+    )
+    add(
+        "--invert",
+        action="store_true",
+        help="invert --image (dark digit on light paper; default: decided by its border)",
+    )
     add("--channels", type=int, default=64, help="at most this many channels per layer")
     add("--out", type=pathlib.Path, help="output folder (default: RUN_DIR/feature_maps/<image>)")
     add_data_flags(parser)
@@ -50,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def layer_statistics(maps: np.ndarray) -> dict:
     """Shape, mean and the fraction of positive values of one layer's output (h, w, C)."""
-    return {"shape": list(maps.shape), "mean": float(maps.mean()),
-            "positive_fraction": float((maps > 0).mean())}
+    return {
+        "shape": list(maps.shape),
+        "mean": float(maps.mean()),
+        "positive_fraction": float((maps > 0).mean()),
+    }
 
 
 def main(argv=None) -> dict:
@@ -68,8 +86,9 @@ def main(argv=None) -> dict:
             label, name = None, args.image.stem
         else:
             index = 0 if args.index is None else args.index
-            test = sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir,
-                                       download=not args.no_download).test
+            test = sources.load_mnist(
+                data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download
+            ).test
             if not 0 <= index < len(test):
                 raise ValueError(f"--index {index} is outside the test set (0 to {len(test) - 1})")
             image, label, name = test.images[index], int(test.labels[index]), f"index_{index}"
@@ -96,30 +115,47 @@ def main(argv=None) -> dict:
     maps = inspection.feature_maps(run.state, images, spec)
     result["layers"] = {}
     for number, (layer, values) in enumerate(maps.items(), start=1):
-        shown = values[0, ..., :args.channels]  # (h, w, <= channels)
+        shown = values[0, ..., : args.channels]  # (h, w, <= channels)
         channels = f"{shown.shape[-1]} of {values.shape[-1]} channels"
         title = f"{run.config.model} {layer}: {values.shape[1]}x{values.shape[2]}, {channels}"
-        viz.save_png(viz.figure_to_array(viz.feature_maps_figure(shown, title)),
-                     out / f"{number:02d}_{layer.replace('/', '_')}.png")
+        viz.save_png(
+            viz.figure_to_array(viz.feature_maps_figure(shown, title)),
+            out / f"{number:02d}_{layer.replace('/', '_')}.png",
+        )
         result["layers"][layer] = layer_statistics(values[0])
     if run.config.model == "vit":
         weights = inspection.attention_weights(run.state, images, spec)[0]  # (depth, H, T, T)
         rollout = inspection.rollout_map(weights)  # (g, g)
-        viz.save_png(viz.figure_to_array(viz.attention_figure(
-            image[..., 0] / 255.0, inspection.cls_attention_maps(weights), rollout,
-            f"{run.config.model}: CLS attention per layer and head")), out / "attention.png")
-        result["attention"] = {"layers": int(weights.shape[0]), "heads": int(weights.shape[1]),
-                               "rollout_peak_patch": int(rollout.argmax())}
+        viz.save_png(
+            viz.figure_to_array(
+                viz.attention_figure(
+                    image[..., 0] / 255.0,
+                    inspection.cls_attention_maps(weights),
+                    rollout,
+                    f"{run.config.model}: CLS attention per layer and head",
+                )
+            ),
+            out / "attention.png",
+        )
+        result["attention"] = {
+            "layers": int(weights.shape[0]),
+            "heads": int(weights.shape[1]),
+            "rollout_peak_patch": int(rollout.argmax()),
+        }
     write_json(out / "feature_maps.json", result)
 
-    print(f"\n{run.config.model} (best checkpoint of {args.checkpoint}), image {name}"
-          + (f", true label {label}" if label is not None else ""))
+    print(
+        f"\n{run.config.model} (best checkpoint of {args.checkpoint}), image {name}"
+        + (f", true label {label}" if label is not None else "")
+    )
     if "predicted" in result:
         print(f"predicted {result['predicted']} with probability {result['probability']:.3f}")
     print(f"\n{'layer':<28} {'output':>14} {'mean':>9} {'> 0':>7}")
     for layer, stats in result["layers"].items():
         shape = "x".join(map(str, stats["shape"]))
-        print(f"{layer:<28} {shape:>14} {stats['mean']:>9.4f} {100 * stats['positive_fraction']:>6.1f}%")
+        print(
+            f"{layer:<28} {shape:>14} {stats['mean']:>9.4f} {100 * stats['positive_fraction']:>6.1f}%"
+        )
     print(f"\nfigures are in {out}")
     return result
 

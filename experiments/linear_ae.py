@@ -14,20 +14,48 @@ from mnist_jax.cli import run_experiment
 from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
-CONFIG = TrainConfig(model="linear_ae", task="reconstruct", input_norm="unit", epochs=20,
-                     batch_size=64, optimizer="sgd", learning_rate=0.1, momentum=0.9,
-                     weight_decay=0.0, checkpoint_every_steps=500)
+CONFIG = TrainConfig(
+    model="linear_ae",
+    task="reconstruct",
+    input_norm="unit",
+    epochs=20,
+    batch_size=64,
+    optimizer="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=0.0,
+    checkpoint_every_steps=500,
+)
 
-QUICK = TrainConfig(model="linear_ae", task="reconstruct", input_norm="unit", epochs=2,
-                    optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.0,
-                    train_size=5000, test_size=1000, log_every_steps=10, checkpoint_every_steps=20)
+QUICK = TrainConfig(
+    model="linear_ae",
+    task="reconstruct",
+    input_norm="unit",
+    epochs=2,
+    optimizer="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=0.0,
+    train_size=5000,
+    test_size=1000,
+    log_every_steps=10,
+    checkpoint_every_steps=20,
+)
 
-REFERENCE = Reference(source="001 PyTorch Autoencoder (no number published)", device="GPU if available")
+REFERENCE = Reference(
+    source="001 PyTorch Autoencoder (no number published)", device="GPU if available"
+)
 
 
 def main(argv=None) -> dict:
-    return run_experiment("linear_ae", "Report 001's linear autoencoder on MNIST.", CONFIG, QUICK,
-                          REFERENCE, argv=argv)
+    return run_experiment(
+        "linear_ae",
+        "Report 001's linear autoencoder on MNIST.",
+        CONFIG,
+        QUICK,
+        REFERENCE,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

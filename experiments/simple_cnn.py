@@ -12,18 +12,32 @@ from mnist_jax.cli import run_experiment
 from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
-CONFIG = TrainConfig(model="simple_cnn", epochs=10, batch_size=64, learning_rate=1e-3, weight_decay=0.0)
+CONFIG = TrainConfig(
+    model="simple_cnn", epochs=10, batch_size=64, learning_rate=1e-3, weight_decay=0.0
+)
 
-QUICK = TrainConfig(model="simple_cnn", epochs=2, weight_decay=0.0, train_size=2000, test_size=1000,
-                    log_every_steps=10, checkpoint_every_steps=20)
+QUICK = TrainConfig(
+    model="simple_cnn",
+    epochs=2,
+    weight_decay=0.0,
+    train_size=2000,
+    test_size=1000,
+    log_every_steps=10,
+    checkpoint_every_steps=20,
+)
 
-REFERENCE = Reference(source="000 CNN and Autoencoders, PyTorch", accuracy=0.9910, loss=0.0264,
-                      device="GPU (not stated)")
+REFERENCE = Reference(
+    source="000 CNN and Autoencoders, PyTorch",
+    accuracy=0.9910,
+    loss=0.0264,
+    device="GPU (not stated)",
+)
 
 
 def main(argv=None) -> dict:
-    return run_experiment("simple_cnn", "Report 000's simple CNN on MNIST.", CONFIG, QUICK, REFERENCE,
-                          argv=argv)
+    return run_experiment(
+        "simple_cnn", "Report 000's simple CNN on MNIST.", CONFIG, QUICK, REFERENCE, argv=argv
+    )
 
 
 if __name__ == "__main__":

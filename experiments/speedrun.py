@@ -38,14 +38,24 @@ from mnist_jax.config import TrainConfig
 
 # No checkpoints are saved; checkpoint_every_steps only sets how many steps
 # one lax.scan call runs where the data live on the device: a whole epoch.
-CONFIG = TrainConfig(model="speed_cnn", epochs=1, batch_size=128, learning_rate=2e-2, weight_decay=0.0,
-                     schedule="onecycle", eval_batch_size=1000, checkpoint_every_steps=1000)
+CONFIG = TrainConfig(
+    model="speed_cnn",
+    epochs=1,
+    batch_size=128,
+    learning_rate=2e-2,
+    weight_decay=0.0,
+    schedule="onecycle",
+    eval_batch_size=1000,
+    checkpoint_every_steps=1000,
+)
 QUICK = dataclasses.replace(CONFIG, train_size=2000, test_size=500)
 SEEDS = 3
 TARGET = 0.99
 # Public anchors: seconds to 99 %, and what they ran on.
-ANCHORS = (("github.com/tuomaso/train_mnist_fast, laptop GPU", 0.76, 0.99),
-           ("public reports, 2 vCPUs (to 98.3 %)", 60.0, 0.983))
+ANCHORS = (
+    ("github.com/tuomaso/train_mnist_fast, laptop GPU", 0.76, 0.99),
+    ("public reports, 2 vCPUs (to 98.3 %)", 60.0, 0.983),
+)
 
 
 def train_one(config: TrainConfig, mnist: data_lib.MNIST, mesh) -> dict:
@@ -57,19 +67,32 @@ def train_one(config: TrainConfig, mnist: data_lib.MNIST, mesh) -> dict:
     """
     train_split, test_split = mnist.train, mnist.test
     if config.train_size:
-        train_split = train_split.take(data_lib.stratified_subset(train_split.labels, config.train_size, config.seed))
+        train_split = train_split.take(
+            data_lib.stratified_subset(train_split.labels, config.train_size, config.seed)
+        )
     if config.test_size:
-        test_split = test_split.take(data_lib.stratified_subset(test_split.labels, config.test_size, config.seed))
+        test_split = test_split.take(
+            data_lib.stratified_subset(test_split.labels, config.test_size, config.seed)
+        )
     splits = data_lib.Splits(train=train_split, val=None, test=test_split)
-    result = loop.fit(config, models.get_model(config.model), splits, None, progress=False, mesh=mesh)
+    result = loop.fit(
+        config, models.get_model(config.model), splits, None, progress=False, mesh=mesh
+    )
     start = time.perf_counter()
-    accuracy = steps.evaluate(result["state"], test_split, config.eval_batch_size, config.step_config(),
-                              mesh)["accuracy"]
+    accuracy = steps.evaluate(
+        result["state"], test_split, config.eval_batch_size, config.step_config(), mesh
+    )["accuracy"]
     test_seconds = time.perf_counter() - start
-    return {"seed": config.seed, "compile_seconds": result["compile_seconds"],
-            "train_seconds": result["train_seconds"], "test_seconds": test_seconds, "test_accuracy": accuracy,
-            "reached": accuracy >= TARGET, "steps": result["history"][-1]["step"],
-            "data_placement": result["data_placement"]}
+    return {
+        "seed": config.seed,
+        "compile_seconds": result["compile_seconds"],
+        "train_seconds": result["train_seconds"],
+        "test_seconds": test_seconds,
+        "test_accuracy": accuracy,
+        "reached": accuracy >= TARGET,
+        "steps": result["history"][-1]["step"],
+        "data_placement": result["data_placement"],
+    }
 
 
 def format_table(result: dict) -> str:
@@ -80,51 +103,84 @@ def format_table(result: dict) -> str:
         "|---------------------------------------|---------|-----------|--------|---------------|---------|",
     ]
     for run in result["runs"]:
-        lines.append(f"| ours, seed {run['seed']:<26d} | {run['train_seconds']:7.2f} | {run['compile_seconds']:9.2f} | "
-                     f"{run['test_seconds']:6.2f} | {100 * run['test_accuracy']:12.2f}% | "
-                     f"{'yes' if run['reached'] else 'NO':>7} |")
-    lines.append(f"| ours, slowest seed                    | {result['slowest_train_seconds']:7.2f} | "
-                 f"{'':9} | {'':6} | {100 * result['worst_accuracy']:12.2f}% | "
-                 f"{'yes' if result['all_reached'] else 'NO':>7} |")
+        lines.append(
+            f"| ours, seed {run['seed']:<26d} | {run['train_seconds']:7.2f} | {run['compile_seconds']:9.2f} | "
+            f"{run['test_seconds']:6.2f} | {100 * run['test_accuracy']:12.2f}% | "
+            f"{'yes' if run['reached'] else 'NO':>7} |"
+        )
+    lines.append(
+        f"| ours, slowest seed                    | {result['slowest_train_seconds']:7.2f} | "
+        f"{'':9} | {'':6} | {100 * result['worst_accuracy']:12.2f}% | "
+        f"{'yes' if result['all_reached'] else 'NO':>7} |"
+    )
     for name, seconds, accuracy in ANCHORS:
-        lines.append(f"| {name[:37]:<37} | {seconds:7.2f} | {'':9} | {'':6} | {100 * accuracy:12.2f}% | "
-                     f"{'':>7} |")
+        lines.append(
+            f"| {name[:37]:<37} | {seconds:7.2f} | {'':9} | {'':6} | {100 * accuracy:12.2f}% | "
+            f"{'':>7} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(formatter_class=ShowDefaults, prog="python -m experiments.speedrun", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        formatter_class=ShowDefaults,
+        prog="python -m experiments.speedrun",
+        description=__doc__.split("\n")[0],
+    )
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 (default {SEEDS}; 1 with --quick)")
     parser.add_argument("--epochs", type=int, default=CONFIG.epochs, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=CONFIG.batch_size, help="training batch size")
-    parser.add_argument("--learning-rate", type=float, default=CONFIG.learning_rate,
-                        help="the one-cycle schedule's peak learning rate")
-    parser.add_argument("--quick", action="store_true", help="2,000 training images, 500 test: a smoke test")
+    parser.add_argument(
+        "--batch-size", type=int, default=CONFIG.batch_size, help="training batch size"
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=CONFIG.learning_rate,
+        help="the one-cycle schedule's peak learning rate",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2,000 training images, 500 test: a smoke test"
+    )
     add_data_flags(parser)
-    parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("runs/speedrun/speedrun.json"),
-                        help="where the seeds' results are written (JSON)")
+    parser.add_argument(
+        "--output",
+        type=pathlib.Path,
+        default=pathlib.Path("runs/speedrun/speedrun.json"),
+        help="where the seeds' results are written (JSON)",
+    )
 
     def prepare(args):
         args.seeds = (1 if args.quick else SEEDS) if args.seeds is None else args.seeds
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-        base = dataclasses.replace(QUICK if args.quick else CONFIG, epochs=args.epochs,
-                                   batch_size=args.batch_size, learning_rate=args.learning_rate)
+        base = dataclasses.replace(
+            QUICK if args.quick else CONFIG,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+        )
         mesh = parallel.data_mesh()
         parallel.check_batch_size(base.batch_size, mesh)
         return base, mesh
 
     args, (base, mesh) = start(parser, argv, prepare)
     mnist = load_mnist_or_exit(args)
-    runs = [train_one(dataclasses.replace(base, seed=seed), mnist, mesh) for seed in range(args.seeds)]
+    runs = [
+        train_one(dataclasses.replace(base, seed=seed), mnist, mesh) for seed in range(args.seeds)
+    ]
     result = {
-        "model": base.model, "epochs": base.epochs, "batch_size": base.batch_size,
-        "learning_rate": base.learning_rate, "quick": args.quick, "runs": runs,
+        "model": base.model,
+        "epochs": base.epochs,
+        "batch_size": base.batch_size,
+        "learning_rate": base.learning_rate,
+        "quick": args.quick,
+        "runs": runs,
         "slowest_train_seconds": max(r["train_seconds"] for r in runs),
         "median_train_seconds": statistics.median(r["train_seconds"] for r in runs),
         "worst_accuracy": min(r["test_accuracy"] for r in runs),
         "all_reached": all(r["reached"] for r in runs),
-        "device": parallel.format_devices(parallel.describe(mesh)), "jax": jax.__version__,
+        "device": parallel.format_devices(parallel.describe(mesh)),
+        "jax": jax.__version__,
     }
     print(format_table(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -14,20 +14,39 @@ from mnist_jax.cli import run_experiment
 from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
 
-CONFIG = TrainConfig(model="vit", epochs=10, batch_size=64, optimizer="adamw", learning_rate=1e-3,
-                     weight_decay=0.05, schedule="cosine")
+CONFIG = TrainConfig(
+    model="vit",
+    epochs=10,
+    batch_size=64,
+    optimizer="adamw",
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    schedule="cosine",
+)
 
-QUICK = TrainConfig(model="vit", epochs=1, batch_size=64, optimizer="adamw", learning_rate=1e-3,
-                    weight_decay=0.05, schedule="cosine", train_size=2000, test_size=500,
-                    log_every_steps=5, checkpoint_every_steps=10)
+QUICK = TrainConfig(
+    model="vit",
+    epochs=1,
+    batch_size=64,
+    optimizer="adamw",
+    learning_rate=1e-3,
+    weight_decay=0.05,
+    schedule="cosine",
+    train_size=2000,
+    test_size=500,
+    log_every_steps=5,
+    checkpoint_every_steps=10,
+)
 
-REFERENCE = Reference(source="004 Lab 2, PyTorch", accuracy=0.9797, f1_macro=0.9797,
-                      train_seconds=189.49)
+REFERENCE = Reference(
+    source="004 Lab 2, PyTorch", accuracy=0.9797, f1_macro=0.9797, train_seconds=189.49
+)
 
 
 def main(argv=None) -> dict:
-    return run_experiment("vit", "Report 004's Vision Transformer on MNIST.", CONFIG, QUICK, REFERENCE,
-                          argv=argv)
+    return run_experiment(
+        "vit", "Report 004's Vision Transformer on MNIST.", CONFIG, QUICK, REFERENCE, argv=argv
+    )
 
 
 if __name__ == "__main__":

@@ -57,9 +57,13 @@ class AugmentConfig:
         if not 0 <= self.zoom < 1:
             raise ValueError(f"zoom must be in [0, 1) (the scale is 1 +- zoom), got {self.zoom}")
         if not 0 <= self.elastic:
-            raise ValueError(f"elastic must be a strength in pixels >= 0 (0: none), got {self.elastic}")
+            raise ValueError(
+                f"elastic must be a strength in pixels >= 0 (0: none), got {self.elastic}"
+            )
         if not 0 < self.elastic_sigma:
-            raise ValueError(f"elastic_sigma must be a Gaussian's width in pixels > 0, got {self.elastic_sigma}")
+            raise ValueError(
+                f"elastic_sigma must be a Gaussian's width in pixels > 0, got {self.elastic_sigma}"
+            )
 
     @property
     def affine(self) -> bool:
@@ -71,7 +75,9 @@ class AugmentConfig:
         return self.affine or bool(self.elastic)
 
 
-def affine_matrix(angle: jax.Array, scale: jax.Array, shift: jax.Array, size: tuple[int, int]) -> jax.Array:
+def affine_matrix(
+    angle: jax.Array, scale: jax.Array, shift: jax.Array, size: tuple[int, int]
+) -> jax.Array:
     """The (4, 4) homogeneous pull matrix of one image (H, W, C): output
     pixel -> input position, for a rotation by `angle` (radians, counter-
     clockwise as the image is shown) and a zoom by `scale` about the image's
@@ -109,7 +115,9 @@ def random_affine(key: jax.Array, images: jax.Array, config: AugmentConfig) -> j
     angle = jax.random.uniform(angle_key, (batch,), minval=-limit, maxval=limit)
     scale = jax.random.uniform(scale_key, (batch,), minval=1 - config.zoom, maxval=1 + config.zoom)
     pixels = config.shift * jnp.array([height, width], jnp.float32)
-    shift = jax.random.uniform(shift_key, (batch, 2), minval=-1.0, maxval=1.0) * pixels[None]  # (B, 2)
+    shift = (
+        jax.random.uniform(shift_key, (batch, 2), minval=-1.0, maxval=1.0) * pixels[None]
+    )  # (B, 2)
     return transform(images, angle, scale, shift)
 
 
@@ -120,8 +128,8 @@ def gaussian_matrix(size: int, sigma: float) -> jax.Array:
     cheaper than XLA:CPU's depthwise convolution)."""
     offsets = jnp.arange(size)[:, None] - jnp.arange(size)[None, :]  # (size, size)
     radius = math.ceil(3 * sigma)
-    full = jnp.exp(-jnp.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
-    weights = jnp.exp(-offsets**2 / (2 * sigma**2)) * (jnp.abs(offsets) <= radius)
+    full = jnp.exp(-(jnp.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
+    weights = jnp.exp(-(offsets**2) / (2 * sigma**2)) * (jnp.abs(offsets) <= radius)
     return weights / full.sum()
 
 
@@ -137,13 +145,25 @@ def random_elastic(key: jax.Array, images: jax.Array, config: AugmentConfig) -> 
         return images
     batch, height, width, channels = images.shape
     noise = jax.random.uniform(key, (batch, 2, height, width), minval=-1.0, maxval=1.0)
-    rows, cols = gaussian_matrix(height, config.elastic_sigma), gaussian_matrix(width, config.elastic_sigma)
-    field = config.elastic * jnp.einsum("ij,bdjk,lk->bdil", rows, noise, cols)  # (B, 2, H, W) pixels
-    grid = jnp.stack(jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")).astype(jnp.float32)
+    rows, cols = (
+        gaussian_matrix(height, config.elastic_sigma),
+        gaussian_matrix(width, config.elastic_sigma),
+    )
+    field = config.elastic * jnp.einsum(
+        "ij,bdjk,lk->bdil", rows, noise, cols
+    )  # (B, 2, H, W) pixels
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")).astype(
+        jnp.float32
+    )
 
     def one(image, field):  # (H, W, C), (2, H, W)
-        return jnp.stack([dm_pix.flat_nd_linear_interpolate_constant(image[..., c], grid + field, cval=0.0)
-                          for c in range(channels)], axis=-1)
+        return jnp.stack(
+            [
+                dm_pix.flat_nd_linear_interpolate_constant(image[..., c], grid + field, cval=0.0)
+                for c in range(channels)
+            ],
+            axis=-1,
+        )
 
     return jax.vmap(one)(images, field)
 

@@ -93,12 +93,21 @@ def enable_compilation_cache(environ=os.environ) -> pathlib.Path | None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        log.warning("JAX's compilation cache stays off: cannot create %s (%s). Set "
-                    "MNIST_JAX_COMPILATION_CACHE to a writable folder, or to 0.", directory, e)
+        log.warning(
+            "JAX's compilation cache stays off: cannot create %s (%s). Set "
+            "MNIST_JAX_COMPILATION_CACHE to a writable folder, or to 0.",
+            directory,
+            e,
+        )
         return None
-    defaults = {"jax_compilation_cache_max_size": -1, "jax_persistent_cache_min_compile_time_secs": 1.0}
-    ours = {"jax_compilation_cache_max_size": MAX_BYTES,
-            "jax_persistent_cache_min_compile_time_secs": MIN_COMPILE_SECONDS}
+    defaults = {
+        "jax_compilation_cache_max_size": -1,
+        "jax_persistent_cache_min_compile_time_secs": 1.0,
+    }
+    ours = {
+        "jax_compilation_cache_max_size": MAX_BYTES,
+        "jax_persistent_cache_min_compile_time_secs": MIN_COMPILE_SECONDS,
+    }
     for name, value in ours.items():
         if getattr(jax.config, name) == defaults[name]:  # Not set by the user.
             jax.config.update(name, value)

@@ -71,7 +71,9 @@ class CheckpointPolicy:
     def of(cls, config) -> "CheckpointPolicy":
         """The policy of a TrainConfig (its checkpoint fields and its task's selection)."""
         metric, mode = config.step_config().selection
-        return cls(config.checkpoint_every_steps, config.keep_checkpoints, config.keep_best, metric, mode)
+        return cls(
+            config.checkpoint_every_steps, config.keep_checkpoints, config.keep_best, metric, mode
+        )
 
     def is_better(self, record: dict, best: dict | None) -> bool:
         if best is None:
@@ -89,7 +91,9 @@ class _Manager:
 
     def __init__(self, directory: pathlib.Path, max_to_keep: int):
         self.directory = directory
-        leftovers = sorted(p.name for p in directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
+        leftovers = (
+            sorted(p.name for p in directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
+        )
         if leftovers:
             # A save killed half-way leaves these; they hold nothing complete
             # and can make the next save fail (openpi #566).
@@ -97,12 +101,15 @@ class _Manager:
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                max_to_keep=max_to_keep,
+                create=True,
+                cleanup_tmp_directories=True,
                 # "latest" and "best" can save the same step at once; across
                 # processes their barriers would then share one name
                 # ("_async_write_complete.<step>") and the second one hangs.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
-                    barrier_sync_key_prefix=directory.name),
+                    barrier_sync_key_prefix=directory.name
+                ),
             ),
             item_names=("state", "meta"),
         )
@@ -116,7 +123,9 @@ class _Manager:
             return
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
 
@@ -153,20 +162,31 @@ class _Manager:
                 if self.readable(step):
                     raise CheckpointError(
                         f"checkpoint {self.directory / str(step)} holds another model or optimizer than "
-                        f"the one asked for ({type(e).__name__}: {_first_line(e)})") from e
+                        f"the one asked for ({type(e).__name__}: {_first_line(e)})"
+                    ) from e
                 moved = self.set_aside(step)
-                log.warning("Checkpoint %s is damaged and cannot be restored (%s: %s); moved it to %s "
-                            "and falling back to the one before it.",
-                            self.directory / str(step), type(e).__name__, _first_line(e), moved)
+                log.warning(
+                    "Checkpoint %s is damaged and cannot be restored (%s: %s); moved it to %s "
+                    "and falling back to the one before it.",
+                    self.directory / str(step),
+                    type(e).__name__,
+                    _first_line(e),
+                    moved,
+                )
         raise CheckpointError(
             f"every checkpoint in {self.directory} is damaged (steps {sorted(steps)}, now in "
-            f"{self.directory.parent / DAMAGED_DIR}); start a new run in another --workdir.")
+            f"{self.directory.parent / DAMAGED_DIR}); start a new run in another --workdir."
+        )
 
     def readable(self, step: int) -> bool:
         """Whether the checkpoint of `step` reads back as stored (no target)."""
         try:
-            self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+                ),
+            )
             return True
         except Exception:  # noqa: BLE001 (see restore_newest_good)
             return False
@@ -267,7 +287,9 @@ class RunCheckpoints:
     def save_failed(self, step: int | None, reason: str) -> str:
         what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
         good = None
-        with contextlib.suppress(Exception):  # Saves still in flight may succeed; the folder may be gone.
+        with contextlib.suppress(
+            Exception
+        ):  # Saves still in flight may succeed; the folder may be gone.
             self.latest.manager.wait_until_finished()
         with contextlib.suppress(Exception):
             self.latest.manager.reload()

@@ -34,8 +34,14 @@ from mnist_jax.reference import Reference, comparison_table
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.precision import DTYPES
 from mnist_jax.config import DATA_PLACEMENTS, SCHEDULES, ResumeError, TrainConfig
-from mnist_jax.faults import (AFTER_FAILED_SAVE, NonFiniteLossError, SaveError, TrainingInterrupted, io_failure,
-                              quiet_background_failures)
+from mnist_jax.faults import (
+    AFTER_FAILED_SAVE,
+    NonFiniteLossError,
+    SaveError,
+    TrainingInterrupted,
+    io_failure,
+    quiet_background_failures,
+)
 from mnist_jax.train import train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")
@@ -48,26 +54,50 @@ class ShowDefaults(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or "default" in text or action.default is None or action.default is False \
-                or action.default == argparse.SUPPRESS:
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
 
-def build_parser(name: str, description: str, config: TrainConfig, quick: TrainConfig,
-                 quick_help: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    name: str,
+    description: str,
+    config: TrainConfig,
+    quick: TrainConfig,
+    quick_help: str | None = None,
+) -> argparse.ArgumentParser:
     """The flags of an experiment that trains `config` (`quick` with --quick);
     each flag's help shows the value it overrides."""
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description,
-                                     formatter_class=ShowDefaults)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}", description=description, formatter_class=ShowDefaults
+    )
     add_recipe_flags(parser, config)
     add = parser.add_argument
-    add("--seed", type=int, help=f"seed for init, split, shuffling, dropout and noise {shown(config.seed)}")
+    add(
+        "--seed",
+        type=int,
+        help=f"seed for init, split, shuffling, dropout and noise {shown(config.seed)}",
+    )
     add("--split-seed", type=int, help="seed of the train/validation split only (default: --seed)")
-    add("--noise", choices=NOISE_KINDS, help=f"noise added to training images on the fly {shown(config.noise.kind)}")
+    add(
+        "--noise",
+        choices=NOISE_KINDS,
+        help=f"noise added to training images on the fly {shown(config.noise.kind)}",
+    )
     add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(config.noise.level)}")
-    add_run_flags(parser, name, quick_help=quick_help or describe_quick(config, quick), dtype=config.dtype,
-                  data_placement=config.data_placement)
+    add_run_flags(
+        parser,
+        name,
+        quick_help=quick_help or describe_quick(config, quick),
+        dtype=config.dtype,
+        data_placement=config.data_placement,
+    )
     return parser
 
 
@@ -78,28 +108,64 @@ def add_recipe_flags(parser: argparse.ArgumentParser, config: TrainConfig) -> No
     add = parser.add_argument
     add("--epochs", type=int, help=f"training epochs {shown(config.epochs)}")
     add("--batch-size", type=int, help=f"training batch size {shown(config.batch_size)}")
-    add("--learning-rate", "--lr", type=float, help=f"peak learning rate {shown(config.learning_rate)}")
+    add(
+        "--learning-rate",
+        "--lr",
+        type=float,
+        help=f"peak learning rate {shown(config.learning_rate)}",
+    )
     add("--weight-decay", type=float, help=f"L2 weight decay {shown(config.weight_decay)}")
-    add("--schedule", choices=SCHEDULES, help="learning rate over the run: constant, cosine decay to 0, or "
-                                              f"onecycle (warm-up over 25 %% of it, then cosine) {shown(config.schedule)}")
-    add("--rotation", type=float, metavar="DEGREES",
-        help=f"augmentation: rotate each training image by up to this angle {shown(config.augment.rotation)}")
-    add("--shift", type=float, metavar="FRACTION",
-        help=f"augmentation: shift it by up to this fraction of its size {shown(config.augment.shift)}")
-    add("--zoom", type=float, metavar="FRACTION",
-        help=f"augmentation: scale it by 1 +- up to this {shown(config.augment.zoom)}")
-    add("--elastic", type=float, metavar="ALPHA",
+    add(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning rate over the run: constant, cosine decay to 0, or "
+        f"onecycle (warm-up over 25 %% of it, then cosine) {shown(config.schedule)}",
+    )
+    add(
+        "--rotation",
+        type=float,
+        metavar="DEGREES",
+        help=f"augmentation: rotate each training image by up to this angle {shown(config.augment.rotation)}",
+    )
+    add(
+        "--shift",
+        type=float,
+        metavar="FRACTION",
+        help=f"augmentation: shift it by up to this fraction of its size {shown(config.augment.shift)}",
+    )
+    add(
+        "--zoom",
+        type=float,
+        metavar="FRACTION",
+        help=f"augmentation: scale it by 1 +- up to this {shown(config.augment.zoom)}",
+    )
+    add(
+        "--elastic",
+        type=float,
+        metavar="ALPHA",
         help="augmentation: then distort it elastically with this strength in pixels, e.g. 34 "
-             f"(Simard et al. 2003); 0: none {shown(config.augment.elastic)}")
-    add("--elastic-sigma", type=float, metavar="PIXELS",
-        help=f"the elastic distortion's smoothness {shown(config.augment.elastic_sigma)}")
-    add("--ema-decay", type=float,
+        f"(Simard et al. 2003); 0: none {shown(config.augment.elastic)}",
+    )
+    add(
+        "--elastic-sigma",
+        type=float,
+        metavar="PIXELS",
+        help=f"the elastic distortion's smoothness {shown(config.augment.elastic_sigma)}",
+    )
+    add(
+        "--ema-decay",
+        type=float,
         help="validate, select and test a moving average of the weights with this decay, e.g. 0.999 "
-             "(it warms up as (1 + step) / (10 + step), reaching the decay after about 9 / (1 - decay) "
-             f"steps); 0: none {shown(config.ema_decay)}")
-    add("--label-smoothing", type=float, metavar="ALPHA",
+        "(it warms up as (1 + step) / (10 + step), reaching the decay after about 9 / (1 - decay) "
+        f"steps); 0: none {shown(config.ema_decay)}",
+    )
+    add(
+        "--label-smoothing",
+        type=float,
+        metavar="ALPHA",
         help="train against labels smoothed by this much, e.g. 0.1 (validation and test losses stay plain "
-             f"cross-entropy); 0: none {shown(config.label_smoothing)}")
+        f"cross-entropy); 0: none {shown(config.label_smoothing)}",
+    )
 
 
 NOISE_LEVEL_HELP = "Gaussian or speckle sigma, or salt-and-pepper probability"
@@ -114,52 +180,90 @@ def describe_quick(config: TrainConfig, quick: TrainConfig) -> str:
     """What --quick runs, from the quick config: epochs and subset sizes."""
     train = "all" if quick.train_size is None else f"a stratified {quick.train_size:,}"
     test = "all 10,000" if quick.test_size is None else f"{quick.test_size:,}"
-    return (f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} (of {config.epochs}) on "
-            f"{train} training images ({100 * quick.val_fraction:.0f} %% of them for validation), "
-            f"scored on {test} test images")
+    return (
+        f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} (of {config.epochs}) on "
+        f"{train} training images ({100 * quick.val_fraction:.0f} %% of them for validation), "
+        f"scored on {test} test images"
+    )
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """--data-dir, --idx-dir and --no-download: where MNIST comes from (mnist_jax.sources)."""
     add = parser.add_argument
-    add("--data-dir", type=pathlib.Path,
-        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
-    add("--idx-dir", type=pathlib.Path,
+    add(
+        "--data-dir",
+        type=pathlib.Path,
+        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
+    )
+    add(
+        "--idx-dir",
+        type=pathlib.Path,
         help="folder with the four MNIST IDX files, gzipped or not, e.g. Kaggle's (default: none; "
-             "takes precedence over --data-dir)")
-    add("--no-download", action="store_true", help="never download MNIST (default: download when missing)")
+        "takes precedence over --data-dir)",
+    )
+    add(
+        "--no-download",
+        action="store_true",
+        help="never download MNIST (default: download when missing)",
+    )
 
 
-def add_run_flags(parser: argparse.ArgumentParser, name: str, *, quick_help: str,
-                  resume_help: str = "continue the run in --workdir (default: the newest) from its newest "
-                                     "checkpoint; starts it if nothing is saved yet, and does nothing if it "
-                                     "is finished",
-                  dtype: str = "float32", data_placement: str = "auto") -> None:
+def add_run_flags(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    quick_help: str,
+    resume_help: str = "continue the run in --workdir (default: the newest) from its newest "
+    "checkpoint; starts it if nothing is saved yet, and does nothing if it "
+    "is finished",
+    dtype: str = "float32",
+    data_placement: str = "auto",
+) -> None:
     """--workdir, the data flags, --dtype, --data-placement, --resume,
     --rescore, --quick, --no-progress and --debug."""
     add = parser.add_argument
-    add("--dtype", choices=tuple(DTYPES),
-        help=f"compute dtype; bfloat16 keeps parameters, optimizer state and loss in float32 {shown(dtype)}")
-    add("--data-placement", choices=DATA_PLACEMENTS,
+    add(
+        "--dtype",
+        choices=tuple(DTYPES),
+        help=f"compute dtype; bfloat16 keeps parameters, optimizer state and loss in float32 {shown(dtype)}",
+    )
+    add(
+        "--data-placement",
+        choices=DATA_PLACEMENTS,
         help="where the training set lives: on the devices, epochs as lax.scan ('device'), or "
-             "on the host, one call per step ('host'); 'auto': device on a GPU or TPU where it fits, "
-             f"else host {shown(data_placement)}")
-    add("--workdir", type=pathlib.Path,
+        "on the host, one call per step ('host'); 'auto': device on a GPU or TPU where it fits, "
+        f"else host {shown(data_placement)}",
+    )
+    add(
+        "--workdir",
+        type=pathlib.Path,
         help=f"run directory (default: a new {DEFAULT_RUNS_DIR}/{name}/<date-time>; "
-             "with --resume, the newest run there)")
+        "with --resume, the newest run there)",
+    )
     add_data_flags(parser)
     add("--resume", action="store_true", help=resume_help)
-    add("--rescore", action="store_true",
+    add(
+        "--rescore",
+        action="store_true",
         help="with --resume on a finished run: score its best checkpoint again and rewrite its results "
-             "(its training times are kept)")
+        "(its training times are kept)",
+    )
     add("--quick", action="store_true", help=quick_help)
-    add("--no-progress", action="store_true",
-        help="no progress bar (default: a bar on a terminal, a line per epoch otherwise)")
-    add("--debug", action="store_true",
-        help="show the libraries' logs and the full traceback of an error (default: one line per error)")
+    add(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (default: a bar on a terminal, a line per epoch otherwise)",
+    )
+    add(
+        "--debug",
+        action="store_true",
+        help="show the libraries' logs and the full traceback of an error (default: one line per error)",
+    )
 
 
-def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: TrainConfig) -> TrainConfig:
+def config_from_args(
+    args: argparse.Namespace, config: TrainConfig, quick: TrainConfig
+) -> TrainConfig:
     """The experiment's (or quick) defaults, overridden by the flags given.
 
     Raises ValueError for a bad value, including a batch size that does not
@@ -168,20 +272,38 @@ def config_from_args(args: argparse.Namespace, config: TrainConfig, quick: Train
     base = quick if args.quick else config
     overrides = {
         field: getattr(args, field)
-        for field in ("epochs", "batch_size", "learning_rate", "weight_decay", "seed", "split_seed", "dtype",
-                      "data_placement", "ema_decay", "label_smoothing", "schedule")
+        for field in (
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "weight_decay",
+            "seed",
+            "split_seed",
+            "dtype",
+            "data_placement",
+            "ema_decay",
+            "label_smoothing",
+            "schedule",
+        )
         if getattr(args, field, None) is not None
     }
-    augment = {f: getattr(args, f) for f in ("rotation", "shift", "zoom", "elastic", "elastic_sigma")
-               if getattr(args, f, None) is not None}
+    augment = {
+        f: getattr(args, f)
+        for f in ("rotation", "shift", "zoom", "elastic", "elastic_sigma")
+        if getattr(args, f, None) is not None
+    }
     if augment:
         overrides["augment"] = dataclasses.replace(base.augment, **augment)
     kind, level = getattr(args, "noise", None), getattr(args, "noise_level", None)
     if kind is not None or level is not None:
-        overrides["noise"] = NoiseConfig(kind=kind if kind is not None else base.noise.kind,
-                                         level=level if level is not None else base.noise.level)
+        overrides["noise"] = NoiseConfig(
+            kind=kind if kind is not None else base.noise.kind,
+            level=level if level is not None else base.noise.level,
+        )
     config = dataclasses.replace(base, **overrides)
-    parallel.check_batch_size(config.batch_size, parallel.data_mesh(), "training batch size (--batch-size)")
+    parallel.check_batch_size(
+        config.batch_size, parallel.data_mesh(), "training batch size (--batch-size)"
+    )
     return config
 
 
@@ -193,8 +315,12 @@ def check_at_least_one(args: argparse.Namespace, *fields: str) -> None:
             raise ValueError(f"--{field.replace('_', '-')} must be >= 1, got {value}")
 
 
-def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool,
-                    is_run: Callable[[pathlib.Path], bool] = has_checkpoints) -> pathlib.Path:
+def resolve_workdir(
+    name: str,
+    workdir: pathlib.Path | None,
+    resume: bool,
+    is_run: Callable[[pathlib.Path], bool] = has_checkpoints,
+) -> pathlib.Path:
     """The run directory: named, the newest one to resume (a dir that
     `is_run` accepts), or a new one (with a notice, when --resume finds none)."""
     if workdir is not None:
@@ -210,8 +336,12 @@ def resolve_workdir(name: str, workdir: pathlib.Path | None, resume: bool,
     return new
 
 
-def finished_run(args: argparse.Namespace, workdir: pathlib.Path, final_file: str = rundir.SUMMARY,
-                 complete: Callable[[dict], bool] = lambda results: True) -> dict | None:
+def finished_run(
+    args: argparse.Namespace,
+    workdir: pathlib.Path,
+    final_file: str = rundir.SUMMARY,
+    complete: Callable[[dict], bool] = lambda results: True,
+) -> dict | None:
     """On --resume of a finished run (its `final_file` written, and
     `complete` by its contents) without --rescore: says so and returns that
     file's contents, so that the experiment ends with status 0 and nothing
@@ -222,13 +352,19 @@ def finished_run(args: argparse.Namespace, workdir: pathlib.Path, final_file: st
     results = json.loads(path.read_text())
     if not complete(results):
         return None
-    print(f"{path.parent} is a finished run ({final_file} written); nothing to do. "
-          "Pass --rescore to score its best checkpoint again.", flush=True)
+    print(
+        f"{path.parent} is a finished run ({final_file} written); nothing to do. "
+        "Pass --rescore to score its best checkpoint again.",
+        flush=True,
+    )
     return results
 
 
-def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-          prepare: Callable[[argparse.Namespace], Any] = lambda args: None) -> tuple[argparse.Namespace, Any]:
+def start(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    prepare: Callable[[argparse.Namespace], Any] = lambda args: None,
+) -> tuple[argparse.Namespace, Any]:
     """The start of every experiment's main: the flags parsed, `setup()`,
     then `prepare(args)` (configs, the run dir: whatever checks the flags);
     a ValueError or ResumeError it raises, or a bad MNIST_JAX_ONEDNN, is a
@@ -252,7 +388,9 @@ def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
     for option in parser._option_string_actions:
         if option.startswith("--"):
             field = option.removeprefix("--").replace("-", "_")
-            message = re.sub(rf"(?<![\w-]){field}(?= must\b)|(?<=unknown ){field}\b", option, message)
+            message = re.sub(
+                rf"(?<![\w-]){field}(?= must\b)|(?<=unknown ){field}\b", option, message
+            )
     return message
 
 
@@ -266,8 +404,12 @@ def setup(debug: bool = False) -> None:
     parallel.initialize_distributed()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet = logging.DEBUG if debug else logging.CRITICAL
-    for name, level in (("absl", quiet), ("asyncio", quiet), ("jax._src.xla_bridge", logging.WARNING),
-                        ("orbax", logging.WARNING)):
+    for name, level in (
+        ("absl", quiet),
+        ("asyncio", quiet),
+        ("jax._src.xla_bridge", logging.WARNING),
+        ("orbax", logging.WARNING),
+    ):
         logging.getLogger(name).setLevel(level)
     if not debug:
         quiet_background_failures()
@@ -315,7 +457,9 @@ def save_failed_message(error: OSError) -> str:
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
     """MNIST from the data flags; a DataError is printed and exits with status 1."""
     try:
-        return sources.load_mnist(data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download)
+        return sources.load_mnist(
+            data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download
+        )
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
@@ -324,24 +468,32 @@ def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
 def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib.Splits, str]:
     mnist = load_mnist_or_exit(args)
     splits = data_lib.make_splits(
-        mnist, val_fraction=config.val_fraction, seed=config.data_seed,
-        train_size=config.train_size, test_size=config.test_size,
+        mnist,
+        val_fraction=config.val_fraction,
+        seed=config.data_seed,
+        train_size=config.train_size,
+        test_size=config.test_size,
     )
     return splits, mnist.source
 
 
-def print_results(name: str, summary: dict, reference: Reference, workdir: pathlib.Path,
-                  title: str = "this run") -> None:
+def print_results(
+    name: str, summary: dict, reference: Reference, workdir: pathlib.Path, title: str = "this run"
+) -> None:
     """The per-class report (classifiers), then the report-vs-ours table."""
     print()
     if "per_class" in summary["test"]:
         print(format_classification_report(summary["test"]))
     best = summary["evaluated_checkpoint"]
-    print(f"\nTest set ({summary['data']['test']} images), best checkpoint by "
-          f"{best['kind'].removeprefix('best_').replace('_', ' ')} (epoch {best['epoch']}):")
+    print(
+        f"\nTest set ({summary['data']['test']} images), best checkpoint by "
+        f"{best['kind'].removeprefix('best_').replace('_', ' ')} (epoch {best['epoch']}):"
+    )
     print(comparison_table(reference, summary, title))
     figures = [f for f in FIGURE_FILES if (workdir / f).exists()]
-    print(f"\nmetrics.json, {', '.join(figures + ['checkpoints/', 'tensorboard/'])} are in {workdir}")
+    print(
+        f"\nmetrics.json, {', '.join(figures + ['checkpoints/', 'tensorboard/'])} are in {workdir}"
+    )
 
 
 def run_experiment(
@@ -358,8 +510,11 @@ def run_experiment(
 
     def prepare(args):
         run_config = config_from_args(args, config, quick)
-        return run_config, get_model(run_config.model, **(model_kwargs or {})), \
-            resolve_workdir(name, args.workdir, args.resume)
+        return (
+            run_config,
+            get_model(run_config.model, **(model_kwargs or {})),
+            resolve_workdir(name, args.workdir, args.resume),
+        )
 
     args, (config, model, workdir) = start(parser, argv, prepare)
     if (done := finished_run(args, workdir)) is not None:
@@ -368,12 +523,21 @@ def run_experiment(
     phases = timing.Phases()
     with phases("data"):
         splits, source = load_splits(args, config)
-    print(f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
-          f"examples from {source}; run dir {workdir}", flush=True)
+    print(
+        f"{name}: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)} "
+        f"examples from {source}; run dir {workdir}",
+        flush=True,
+    )
     with training_errors(parser, args):
         summary = train_and_evaluate(
-            config, model, splits, workdir, experiment=name, resume=args.resume,
-            progress=not args.no_progress, phases=phases,
+            config,
+            model,
+            splits,
+            workdir,
+            experiment=name,
+            resume=args.resume,
+            progress=not args.no_progress,
+            phases=phases,
             extra={"data_source": source, "reference": dataclasses.asdict(reference)},
         )
     print_results(name, summary, reference, workdir)

@@ -88,8 +88,15 @@ class TrainConfig:
     keep_best: int = 1
 
     def __post_init__(self):
-        positive = ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                    "checkpoint_every_steps", "keep_checkpoints", "keep_best")
+        positive = (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "log_every_steps",
+            "checkpoint_every_steps",
+            "keep_checkpoints",
+            "keep_best",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -104,7 +111,9 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.data_placement not in DATA_PLACEMENTS:
-            raise ValueError(f"unknown data_placement {self.data_placement!r}; choose one of {DATA_PLACEMENTS}")
+            raise ValueError(
+                f"unknown data_placement {self.data_placement!r}; choose one of {DATA_PLACEMENTS}"
+            )
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
@@ -116,9 +125,16 @@ class TrainConfig:
         return self.seed if self.split_seed is None else self.split_seed
 
     def step_config(self) -> StepConfig:
-        return StepConfig(task=self.task, input_norm=self.input_norm, noise=self.noise,
-                          recon_weight=self.recon_weight, dtype=self.dtype, augment=self.augment,
-                          ema_decay=self.ema_decay, label_smoothing=self.label_smoothing)
+        return StepConfig(
+            task=self.task,
+            input_norm=self.input_norm,
+            noise=self.noise,
+            recon_weight=self.recon_weight,
+            dtype=self.dtype,
+            augment=self.augment,
+            ema_decay=self.ema_decay,
+            label_smoothing=self.label_smoothing,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -153,8 +169,10 @@ def config_from_dict(saved: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(saved) - known)
     if unknown:
-        raise ValueError(f"config fields {unknown} are unknown to this version of mnist_jax "
-                         "(the run was written by a newer one?)")
+        raise ValueError(
+            f"config fields {unknown} are unknown to this version of mnist_jax "
+            "(the run was written by a newer one?)"
+        )
     values = dict(saved)
     if isinstance(values.get("noise"), dict):
         values["noise"] = NoiseConfig(**values["noise"])
@@ -169,13 +187,22 @@ class ResumeError(Exception):
 
 # Config fields a resumed run may change without changing its numbers
 # (data_placement: beyond float rounding).
-RESUMABLE_CHANGES = ("epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                     "keep_best", "eval_batch_size", "data_placement")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "keep_best",
+    "eval_batch_size",
+    "data_placement",
+)
 
 
 def config_differences(saved: dict, config: TrainConfig) -> str:
-    """"field: saved X, now Y" for each field that changes a run's numbers; "" if none."""
-    as_json = lambda c: flatten(json.loads(json.dumps(c)))  # Tuples as lists, nested settings one key each.
+    """ "field: saved X, now Y" for each field that changes a run's numbers; "" if none."""
+    as_json = lambda c: flatten(
+        json.loads(json.dumps(c))
+    )  # Tuples as lists, nested settings one key each.
     current = as_json(config.to_dict())
     # Fields added since the checkpoint was written, nested ones too
     # (augment.elastic), read as their defaults.
@@ -184,8 +211,7 @@ def config_differences(saved: dict, config: TrainConfig) -> str:
     if config.schedule != "constant":
         free.discard("epochs")  # The schedule's length is the run's length.
     changed = sorted(
-        k for k in set(saved) | set(current)
-        if k not in free and saved.get(k) != current.get(k)
+        k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k)
     )
     return ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in changed)
 

@@ -63,16 +63,22 @@ class Split:
     targets: np.ndarray | None = None
 
     def __post_init__(self):
-        if self.images.ndim != 4 or (self.images.dtype == np.uint8 and self.images.shape[1:] != (*IMAGE_SHAPE, 1)):
-            raise ValueError(f"images must be (N, 28, 28, 1) (or (N, H, W, C) features), got {self.images.shape}")
-        if self.labels.shape != (self.images.shape[0],):
+        if self.images.ndim != 4 or (
+            self.images.dtype == np.uint8 and self.images.shape[1:] != (*IMAGE_SHAPE, 1)
+        ):
             raise ValueError(
-                f"labels must be ({self.images.shape[0]},), got {self.labels.shape}"
+                f"images must be (N, 28, 28, 1) (or (N, H, W, C) features), got {self.images.shape}"
             )
-        if self.targets is not None and (self.targets.dtype != np.uint8
-                                         or self.targets.shape != (self.images.shape[0], *IMAGE_SHAPE, 1)):
-            raise ValueError(f"targets must be uint8 images like `images` {self.images.shape}, got "
-                             f"{self.targets.dtype} {self.targets.shape}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be ({self.images.shape[0]},), got {self.labels.shape}")
+        if self.targets is not None and (
+            self.targets.dtype != np.uint8
+            or self.targets.shape != (self.images.shape[0], *IMAGE_SHAPE, 1)
+        ):
+            raise ValueError(
+                f"targets must be uint8 images like `images` {self.images.shape}, got "
+                f"{self.targets.dtype} {self.targets.shape}"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -53,12 +53,20 @@ def _denoise_batch(state: TrainState, images: jax.Array, *, spec: StepConfig) ->
 @functools.lru_cache(maxsize=None)
 def _make_denoise_step(spec: StepConfig, mesh: jax.sharding.Mesh):
     replicated = parallel.replicated(mesh)
-    return jax.jit(functools.partial(_denoise_batch, spec=spec),
-                   in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+    return jax.jit(
+        functools.partial(_denoise_batch, spec=spec),
+        in_shardings=(replicated, parallel.batch_sharded(mesh)),
+        out_shardings=replicated,
+    )
 
 
-def denoise_images(state: TrainState, images: np.ndarray, spec: StepConfig, batch_size: int = 1000,
-                   mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+def denoise_images(
+    state: TrainState,
+    images: np.ndarray,
+    spec: StepConfig,
+    batch_size: int = 1000,
+    mesh: jax.sharding.Mesh | None = None,
+) -> np.ndarray:
     """The denoiser's outputs (N, 28, 28, 1) uint8 for uint8 `images`, in batches over `mesh`."""
     if not spec.reconstructs:
         raise ValueError(f"denoising needs a model that reconstructs; task {spec.task!r} does not")
@@ -73,11 +81,19 @@ def denoise_images(state: TrainState, images: np.ndarray, spec: StepConfig, batc
     return np.concatenate(jax.device_get(outputs))[:n]
 
 
-def denoise_split(state: TrainState, split: Split, spec: StepConfig, batch_size: int = 1000,
-                  mesh: jax.sharding.Mesh | None = None) -> Split:
+def denoise_split(
+    state: TrainState,
+    split: Split,
+    spec: StepConfig,
+    batch_size: int = 1000,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Split:
     """`split` with its (noisy) images replaced by their denoised copies; targets kept."""
-    return Split(denoise_images(state, split.images, spec, batch_size, mesh), split.labels,
-                 clean_images(split))
+    return Split(
+        denoise_images(state, split.images, spec, batch_size, mesh),
+        split.labels,
+        clean_images(split),
+    )
 
 
 @jax.jit
@@ -86,20 +102,27 @@ def _quality_sums(images: jax.Array, reference: jax.Array) -> dict:
     # The difference of the integers, then scaled: exactly 0 for equal images,
     # whatever rounding the two conversions above get.
     diff = (images.astype(jnp.float32) - reference.astype(jnp.float32)) / 255.0
-    mse = jnp.mean(diff ** 2, axis=(1, 2, 3))  # (B,)
-    return {"mse": jnp.sum(mse), "psnr": jnp.sum(tasks.psnr(mse)), "ssim": jnp.sum(tasks.ssim(x, ref))}
+    mse = jnp.mean(diff**2, axis=(1, 2, 3))  # (B,)
+    return {
+        "mse": jnp.sum(mse),
+        "psnr": jnp.sum(tasks.psnr(mse)),
+        "ssim": jnp.sum(tasks.ssim(x, ref)),
+    }
 
 
 def image_quality(images: np.ndarray, reference: np.ndarray, batch_size: int = 1000) -> dict:
     """Mean per-image MSE, PSNR (dB) and SSIM of uint8 `images` against
     uint8 `reference` (both (N, 28, 28, 1)), as the autoencoders are scored."""
     if images.shape != reference.shape or images.dtype != np.uint8 or reference.dtype != np.uint8:
-        raise ValueError(f"image quality compares uint8 images of one shape, got {images.dtype} "
-                         f"{images.shape} and {reference.dtype} {reference.shape}")
+        raise ValueError(
+            f"image quality compares uint8 images of one shape, got {images.dtype} "
+            f"{images.shape} and {reference.dtype} {reference.shape}"
+        )
     n = images.shape[0]
     sums = {"mse": 0.0, "psnr": 0.0, "ssim": 0.0}
     for begin in range(0, n, batch_size):
-        part = jax.device_get(_quality_sums(images[begin:begin + batch_size],
-                                            reference[begin:begin + batch_size]))
+        part = jax.device_get(
+            _quality_sums(images[begin : begin + batch_size], reference[begin : begin + batch_size])
+        )
         sums = {k: v + float(part[k]) for k, v in sums.items()}
     return {k: v / max(n, 1) for k, v in sums.items()}

@@ -53,10 +53,18 @@ def read_grey(path: str | os.PathLike) -> np.ndarray:
             image = Image.open(path)
         with image:
             if image.width * image.height > MAX_PIXELS:
-                raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large for a digit "
-                                 f"(at most {MAX_PIXELS:,}); scale it down first")
+                raise ImageError(
+                    f"{path}: {image.width}x{image.height} pixels is too large for a digit "
+                    f"(at most {MAX_PIXELS:,}); scale it down first"
+                )
             image = ImageOps.exif_transpose(image)
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # Deep grey: scaled by its range.
+            if image.mode in (
+                "I",
+                "I;16",
+                "I;16B",
+                "I;16L",
+                "F",
+            ):  # Deep grey: scaled by its range.
                 grey = np.asarray(image, np.float64)
                 span = grey.max() - grey.min() if grey.size else 0.0
                 return ((grey - grey.min()) * (255.0 / span if span else 0.0)).astype(np.float32)
@@ -90,11 +98,13 @@ def to_mnist(grey: np.ndarray, *, invert: bool | None = None, name: str = "image
     background = np.median(border)
     contrast = grey.max() - background
     if contrast < MIN_CONTRAST:
-        raise ImageError(f"{name} is blank: no {'dark' if invert else 'light'} digit stands out from its "
-                         "background")
+        raise ImageError(
+            f"{name} is blank: no {'dark' if invert else 'light'} digit stands out from its "
+            "background"
+        )
     ink = np.clip((grey - background) / contrast, 0.0, 1.0) * 255.0  # Background 0, ink up to 255.
     rows, cols = np.nonzero(ink >= INK_THRESHOLD * 255.0)
-    digit = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     digit = _fit_box(digit)  # (h, w), max(h, w) == BOX
     return _centre_by_mass(digit)[..., None]
 
@@ -120,7 +130,7 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(CENTRE - com_row), 0, SIZE - h))
     left = int(np.clip(round(CENTRE - com_col), 0, SIZE - w))
     field = np.zeros((SIZE, SIZE))
-    field[top:top + h, left:left + w] = digit
+    field[top : top + h, left : left + w] = digit
     return np.round(field).astype(np.uint8)
 
 

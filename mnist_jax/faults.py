@@ -41,10 +41,17 @@ class SaveError(OSError):
 
 
 # What to do after a SaveError or any other failed write of a run.
-AFTER_FAILED_SAVE = "Free some space (or make the folder writable again), then run the same command with --resume."
+AFTER_FAILED_SAVE = (
+    "Free some space (or make the folder writable again), then run the same command with --resume."
+)
 
-_IO_FAILURES = ("No space left on device", "Read-only file system", "Permission denied",
-                "Disk quota exceeded", "No such file or directory")
+_IO_FAILURES = (
+    "No space left on device",
+    "Read-only file system",
+    "Permission denied",
+    "Disk quota exceeded",
+    "No such file or directory",
+)
 
 
 def io_failure(error: BaseException) -> str | None:
@@ -86,15 +93,21 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def nonfinite_message(what: str, value: str, step: int, steps_per_epoch: int, learning_rate: float,
-                      last_saved_path) -> str:
+def nonfinite_message(
+    what: str, value: str, step: int, steps_per_epoch: int, learning_rate: float, last_saved_path
+) -> str:
     """What became non-finite where, what is kept, and what to do."""
-    kept = (f"The last good checkpoint, step {last_saved_path.name}, is intact in {last_saved_path}."
-            if last_saved_path is not None else "No checkpoint had been saved yet.")
-    return (f"{what} became {value} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
-            f"training stopped and nothing from that step on was saved. {kept} The usual cause is a "
-            f"learning rate too high for the model (this run: {learning_rate:g}): start a "
-            "new run in another --workdir with a lower --learning-rate.")
+    kept = (
+        f"The last good checkpoint, step {last_saved_path.name}, is intact in {last_saved_path}."
+        if last_saved_path is not None
+        else "No checkpoint had been saved yet."
+    )
+    return (
+        f"{what} became {value} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}); "
+        f"training stopped and nothing from that step on was saved. {kept} The usual cause is a "
+        f"learning rate too high for the model (this run: {learning_rate:g}): start a "
+        "new run in another --workdir with a lower --learning-rate."
+    )
 
 
 @contextlib.contextmanager
@@ -111,8 +124,12 @@ def stop_signals_caught():
     def note(signum, frame):
         received.append(signum)
         signal.signal(signum, previous[signum])
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         handler = signal.signal(signum, note)

@@ -70,19 +70,38 @@ def write_run_figures(
         written.append(name)
 
     if history:
-        save("curves.png", viz.figure_to_array(viz.training_curves_figure(
-            history, f"{experiment}: training curves", scored_epoch)), "train/curves")
+        save(
+            "curves.png",
+            viz.figure_to_array(
+                viz.training_curves_figure(history, f"{experiment}: training curves", scored_epoch)
+            ),
+            "train/curves",
+        )
     if confusion_matrix is not None:
-        save("confusion_matrix.png", viz.confusion_matrix_image(
-            np.asarray(confusion_matrix), f"{experiment}: test confusion matrix"), "test/confusion_matrix")
+        save(
+            "confusion_matrix.png",
+            viz.confusion_matrix_image(
+                np.asarray(confusion_matrix), f"{experiment}: test confusion matrix"
+            ),
+            "test/confusion_matrix",
+        )
     if predictions is not None and has_pictures:
-        save("misclassified.png", viz.figure_to_array(viz.misclassified_figure(
-            pictures, test.labels, predictions, f"{experiment}: misclassified test images")),
-            "test/misclassified")
+        save(
+            "misclassified.png",
+            viz.figure_to_array(
+                viz.misclassified_figure(
+                    pictures, test.labels, predictions, f"{experiment}: misclassified test images"
+                )
+            ),
+            "test/misclassified",
+        )
     if spec.reconstructs and test.images.dtype == np.uint8:
         originals, recon = reconstruction_examples(state, test, spec)
-        save("reconstructions.png", viz.reconstruction_grid_image(
-            originals, recon, f"{experiment}: test reconstructions"), "test/reconstructions")
+        save(
+            "reconstructions.png",
+            viz.reconstruction_grid_image(originals, recon, f"{experiment}: test reconstructions"),
+            "test/reconstructions",
+        )
     if has_pictures:
         count = min(EMBEDDING_POINTS, len(test))
         features = inspection.embeddings(state, test.images[:count], spec)

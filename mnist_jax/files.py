@@ -9,10 +9,13 @@ import tempfile
 from typing import Any, Callable
 
 
-def write_atomically(path: pathlib.Path, write: Callable[[Any], None], binary: bool = False) -> None:
+def write_atomically(
+    path: pathlib.Path, write: Callable[[Any], None], binary: bool = False
+) -> None:
     """Calls write(file) on a temporary file beside `path`, then renames it to `path`."""
-    with tempfile.NamedTemporaryFile("wb" if binary else "w", dir=path.parent, suffix=".tmp",
-                                     delete=False) as f:
+    with tempfile.NamedTemporaryFile(
+        "wb" if binary else "w", dir=path.parent, suffix=".tmp", delete=False
+    ) as f:
         write(f)
     os.replace(f.name, path)
 

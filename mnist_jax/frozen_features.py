@@ -35,8 +35,9 @@ def resolve_weights(arch: str, choice: str) -> tuple[dict | None, str]:
     if choice == "none":
         return None, "none (random init, features not pretrained)"
     path = pretrained.fetch_weights(arch) if choice == "torchvision" else pathlib.Path(choice)
-    return pretrained.to_flax(pretrained.load_state_dict(path), arch, num_classes=10), \
-        f"ImageNet, torchvision ({path.name})"
+    return pretrained.to_flax(
+        pretrained.load_state_dict(path), arch, num_classes=10
+    ), f"ImageNet, torchvision ({path.name})"
 
 
 def feature_params_of(model: TransferNet, weights: dict | None, seed: int) -> dict:
@@ -44,9 +45,13 @@ def feature_params_of(model: TransferNet, weights: dict | None, seed: int) -> di
     them alone (the classifier's init is the training loop's job)."""
     if weights:
         return weights["features"]
-    return jax.jit(lambda: model.init(
-        jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, 1)), method=TransferNet.extract,
-    ))()["params"]["features"]
+    return jax.jit(
+        lambda: model.init(
+            jax.random.PRNGKey(seed),
+            jnp.zeros((1, 28, 28, 1)),
+            method=TransferNet.extract,
+        )
+    )()["params"]["features"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +63,14 @@ class FeatureExtractor:
     mesh: jax.sharding.Mesh
 
     def __call__(self, feature_params: dict, images: np.ndarray) -> jax.Array:
-        return self.jitted(parallel.replicate(feature_params, self.mesh),
-                           parallel.shard_batch(images, self.mesh))
+        return self.jitted(
+            parallel.replicate(feature_params, self.mesh), parallel.shard_batch(images, self.mesh)
+        )
 
 
-def make_feature_extractor(model: TransferNet, mesh: jax.sharding.Mesh | None = None) -> FeatureExtractor:
+def make_feature_extractor(
+    model: TransferNet, mesh: jax.sharding.Mesh | None = None
+) -> FeatureExtractor:
     """The frozen layers of `model`, jitted over `mesh` (default: every device).
 
     Compiled once per batch shape and shared by every split; the weights are
@@ -76,13 +84,15 @@ def make_feature_extractor(model: TransferNet, mesh: jax.sharding.Mesh | None = 
         return model.apply({"params": {"features": feature_params}}, x, method=TransferNet.extract)
 
     replicated = parallel.replicated(mesh)
-    jitted = jax.jit(extract, in_shardings=(replicated, parallel.batch_sharded(mesh)),
-                     out_shardings=replicated)
+    jitted = jax.jit(
+        extract, in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated
+    )
     return FeatureExtractor(jitted, mesh)
 
 
-def extract_features(extractor: FeatureExtractor, feature_params: dict, images: np.ndarray,
-                     batch_size: int = 256) -> np.ndarray:
+def extract_features(
+    extractor: FeatureExtractor, feature_params: dict, images: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
     """The frozen layers' outputs (N, h, w, C) float32 for uint8 images (N, 28, 28, 1).
 
     Full batches of `batch_size`, then the rest in one batch padded only to
@@ -94,32 +104,62 @@ def extract_features(extractor: FeatureExtractor, feature_params: dict, images: 
     feature_params = parallel.replicate(feature_params, extractor.mesh)  # Once, not per batch.
     batch_size = parallel.round_up(batch_size, extractor.mesh)
     full = len(images) - len(images) % batch_size
-    rest = parallel.round_up(8 * max(1, pipeline.num_batches(len(images) - full, 8)), extractor.mesh)
-    batches = [*pipeline.iterate_batches(images[:full], labels[:full], batch_size),
-               *pipeline.iterate_batches(images[full:], labels[full:], rest)]
-    return np.concatenate([np.asarray(extractor(feature_params, b["image"]))[b["mask"]] for b in batches])
+    rest = parallel.round_up(
+        8 * max(1, pipeline.num_batches(len(images) - full, 8)), extractor.mesh
+    )
+    batches = [
+        *pipeline.iterate_batches(images[:full], labels[:full], batch_size),
+        *pipeline.iterate_batches(images[full:], labels[full:], rest),
+    ]
+    return np.concatenate(
+        [np.asarray(extractor(feature_params, b["image"]))[b["mask"]] for b in batches]
+    )
 
 
-def train_on_cached_features(config: TrainConfig, model: TransferNet, splits: data_lib.Splits,
-                             workdir: pathlib.Path, *, weights: dict | None, feature_params: dict,
-                             extra: dict, **run_options) -> dict:
+def train_on_cached_features(
+    config: TrainConfig,
+    model: TransferNet,
+    splits: data_lib.Splits,
+    workdir: pathlib.Path,
+    *,
+    weights: dict | None,
+    feature_params: dict,
+    extra: dict,
+    **run_options,
+) -> dict:
     """The frozen layers' features computed once, then the classifier alone
     trained on them (train_and_evaluate). metrics.json adds the feature
     time: "train_seconds" is features plus classifier."""
     start = time.perf_counter()
     extractor = make_feature_extractor(model)
-    feature_splits = data_lib.Splits(*(
-        data_lib.Split(extract_features(extractor, feature_params, s.images), s.labels)
-        for s in (splits.train, splits.val, splits.test)))
+    feature_splits = data_lib.Splits(
+        *(
+            data_lib.Split(extract_features(extractor, feature_params, s.images), s.labels)
+            for s in (splits.train, splits.val, splits.test)
+        )
+    )
     feature_seconds = time.perf_counter() - start
-    print(f"features {feature_splits.train.images.shape[1:]} of "
-          f"{len(splits.train) + len(splits.val) + len(splits.test)} images computed in "
-          f"{feature_seconds:.1f} s", flush=True)
+    print(
+        f"features {feature_splits.train.images.shape[1:]} of "
+        f"{len(splits.train) + len(splits.val) + len(splits.test)} images computed in "
+        f"{feature_seconds:.1f} s",
+        flush=True,
+    )
     result = train_and_evaluate(
-        dataclasses.replace(config, trainable=()), head_for(model), feature_splits, workdir,
+        dataclasses.replace(config, trainable=()),
+        head_for(model),
+        feature_splits,
+        workdir,
         pretrained={"classifier": weights["classifier"]} if weights else None,
-        extra={**extra, "feature_seconds": feature_seconds}, test_pictures=splits.test.images, **run_options)
+        extra={**extra, "feature_seconds": feature_seconds},
+        test_pictures=splits.test.images,
+        **run_options,
+    )
     states = {k: result.pop(k) for k in ("state", "best_state")}
-    summary = rundir.add_to_summary(workdir, result, classifier_seconds=result["train_seconds"],
-                                    train_seconds=feature_seconds + result["train_seconds"])
+    summary = rundir.add_to_summary(
+        workdir,
+        result,
+        classifier_seconds=result["train_seconds"],
+        train_seconds=feature_seconds + result["train_seconds"],
+    )
     return {**summary, **states}

@@ -22,8 +22,17 @@ import zlib
 
 import numpy as np
 
-from mnist_jax.data import (IMAGE_SHAPE, MNIST, NUM_CLASSES, OFFLINE_HINT, ChecksumError, CorruptDataError,
-                            DataNotFoundError, DownloadError, Split)
+from mnist_jax.data import (
+    IMAGE_SHAPE,
+    MNIST,
+    NUM_CLASSES,
+    OFFLINE_HINT,
+    ChecksumError,
+    CorruptDataError,
+    DataNotFoundError,
+    DownloadError,
+    Split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,7 @@ def _read_maybe_gzip(path: pathlib.Path) -> bytes:
             return f.read()
     except (EOFError, OSError, zlib.error) as e:
         raise CorruptDataError(
-            f"{path} is a damaged gzip file ({e}); it is probably truncated. "
-            "Download it again."
+            f"{path} is a damaged gzip file ({e}); it is probably truncated. Download it again."
         ) from e
 
 
@@ -96,9 +104,7 @@ def find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
     """Finds an IDX file under the names the original mirror and Kaggle use."""
     kaggle = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte
     candidates = [
-        folder / name
-        for base in (stem, kaggle)
-        for name in (base, base + ".gz", f"{base}/{base}")
+        folder / name for base in (stem, kaggle) for name in (base, base + ".gz", f"{base}/{base}")
     ]
     for candidate in candidates:
         if candidate.is_file():

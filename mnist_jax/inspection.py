@@ -59,15 +59,18 @@ def feature_maps(state, images, spec: StepConfig = StepConfig()) -> dict[str, np
     paths = []  # Filled while tracing: jit's outputs would come back in sorted-key order.
 
     def convolution_outputs(state, images):
-        _, variables = _apply(state, images, spec, capture_intermediates=_is_convolution,
-                              mutable=["intermediates"])
+        _, variables = _apply(
+            state, images, spec, capture_intermediates=_is_convolution, mutable=["intermediates"]
+        )
         flat = traverse_util.flatten_dict(variables["intermediates"])
         # A captured call is stored under (..., module names, "__call__") as a
         # tuple of outputs; the sown embedding is not one of them.
         paths.extend(path for path in flat if path[-1] == "__call__")
         return [flat[path][0] for path in paths]
 
-    outputs = jax.jit(convolution_outputs)(state, images)  # Traced anew: `paths` is filled every call.
+    outputs = jax.jit(convolution_outputs)(
+        state, images
+    )  # Traced anew: `paths` is filled every call.
     return {"/".join(path[:-1]): np.asarray(out, np.float32) for path, out in zip(paths, outputs)}
 
 
@@ -122,23 +125,29 @@ def rollout_map(weights: np.ndarray) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames="spec")
 def _embed(state, images, spec: StepConfig) -> jax.Array:
     _, variables = _apply(state, images, spec, mutable=["intermediates"])
-    found = [v for path, v in traverse_util.flatten_dict(variables.get("intermediates", {})).items()
-             if path[-1] == EMBEDDING]
+    found = [
+        v
+        for path, v in traverse_util.flatten_dict(variables.get("intermediates", {})).items()
+        if path[-1] == EMBEDDING
+    ]
     if len(found) != 1:
         raise ValueError(f"the model sows {len(found)} {EMBEDDING!r} intermediates; expected one")
     embedding = found[0][0]
     return embedding.reshape(embedding.shape[0], -1).astype(jnp.float32)  # (B, D)
 
 
-def embeddings(state, images: np.ndarray, spec: StepConfig = StepConfig(),
-               batch_size: int = 500) -> np.ndarray:
+def embeddings(
+    state, images: np.ndarray, spec: StepConfig = StepConfig(), batch_size: int = 500
+) -> np.ndarray:
     """The model's embedding (N, D) of uint8 images (N, 28, 28, 1), computed
     in batches of one shape (the last one padded), so it compiles once."""
     images = np.asarray(images)
     batch_size = max(1, min(batch_size, len(images)))
     out = []
     for begin in range(0, len(images), batch_size):
-        batch = images[begin:begin + batch_size]
-        padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(_embed(state, padded, spec))[:len(batch)])
+        batch = images[begin : begin + batch_size]
+        padded = np.concatenate(
+            [batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)]
+        )
+        out.append(np.asarray(_embed(state, padded, spec))[: len(batch)])
     return np.concatenate(out)

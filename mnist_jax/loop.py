@@ -34,7 +34,13 @@ from mnist_jax.progress import EpochProgress
 from mnist_jax.checkpoints import CheckpointPolicy
 from mnist_jax.config import ResumeError, TrainConfig, check_resumable
 from mnist_jax.data import Splits
-from mnist_jax.faults import NonFiniteLossError, TrainingInterrupted, all_finite, nonfinite_message, stop_signals_caught
+from mnist_jax.faults import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    all_finite,
+    nonfinite_message,
+    stop_signals_caught,
+)
 from mnist_jax.optim import current_learning_rate, make_optimizer
 from mnist_jax.placement import DeviceSteps, HostSteps, chunks, resolve_data_placement
 
@@ -54,8 +60,13 @@ class Single:
         self.config, self.model, self.pretrained = config, model, pretrained
 
     def initial_state(self, steps_per_epoch: int, sample: jax.Array) -> steps.TrainState:
-        state = steps.create_train_state(self.model, make_optimizer(self.config, steps_per_epoch),
-                                         self.config.seed, sample, ema=self.config.ema_decay > 0)
+        state = steps.create_train_state(
+            self.model,
+            make_optimizer(self.config, steps_per_epoch),
+            self.config.seed,
+            sample,
+            ema=self.config.ema_decay > 0,
+        )
         return steps.load_pretrained(state, self.pretrained) if self.pretrained else state
 
     def host_step(self, spec, mesh) -> Callable:
@@ -90,22 +101,34 @@ class Single:
 
     def to_meta(self, histories, bests, epoch_sums, train_seconds: float) -> dict:
         """A checkpoint's meta: enough to resume exactly, mid-epoch too."""
-        return {"history": histories[0], "best": bests[0], "epoch_sums": epoch_sums[0],
-                "train_seconds": train_seconds, "config": self.config.to_dict()}
+        return {
+            "history": histories[0],
+            "best": bests[0],
+            "epoch_sums": epoch_sums[0],
+            "train_seconds": train_seconds,
+            "config": self.config.to_dict(),
+        }
 
     def from_meta(self, saved: dict) -> tuple[list, list, list, float]:
         check_resumable(saved["config"], self.config)
         return [saved["history"]], [saved["best"]], [saved["epoch_sums"]], saved["train_seconds"]
 
     def epoch_line(self, epoch: int, records: list[dict]) -> str:
-        shown = "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in records[0].items()
-                          if k.startswith(("train_", "val_")) and not k.endswith(("cross_entropy", "psnr")))
+        shown = "  ".join(
+            f"{k.replace('_', ' ')} {v:.4f}"
+            for k, v in records[0].items()
+            if k.startswith(("train_", "val_")) and not k.endswith(("cross_entropy", "psnr"))
+        )
         return f"epoch {epoch + 1:>3}/{self.config.epochs}  {shown}"
 
 
 def _check_can_resume(ckpts: checkpoints.RunCheckpoints | None) -> None:
     if ckpts is None or ckpts.latest_step() is None:
-        where = "this run keeps no checkpoints" if ckpts is None else f"no checkpoint in {ckpts.latest.directory}"
+        where = (
+            "this run keeps no checkpoints"
+            if ckpts is None
+            else f"no checkpoint in {ckpts.latest.directory}"
+        )
         raise ResumeError(f"--resume: {where} to resume from.")
 
 
@@ -124,7 +147,7 @@ def _per_step(first_step: int, metrics: dict, stacked_steps: bool) -> list[tuple
 
 def _add(total: dict, step_sums: list[dict]) -> None:
     """Adds the fetched metric sums of some steps into `total` (host floats)."""
-    for k in (step_sums[0] if step_sums else ()):
+    for k in step_sums[0] if step_sums else ():
         total[k] = total.get(k, 0.0) + sum(float(m[k]) for m in step_sums)
 
 
@@ -132,8 +155,17 @@ class _Loop:
     """One call of `train_members`: the state and where the run stands. Each
     method is one part of an epoch; `train_members` calls them in order."""
 
-    def __init__(self, members, splits: Splits, ckpts: checkpoints.RunCheckpoints | None, writers: list, mesh,
-                 *, progress: bool, on_step: Callable[[int], None] | None):
+    def __init__(
+        self,
+        members,
+        splits: Splits,
+        ckpts: checkpoints.RunCheckpoints | None,
+        writers: list,
+        mesh,
+        *,
+        progress: bool,
+        on_step: Callable[[int], None] | None,
+    ):
         self.members, self.config = members, members.config
         self.splits, self.ckpts, self.writers, self.mesh = splits, ckpts, writers, mesh
         self.progress, self.on_step = progress, on_step
@@ -148,7 +180,11 @@ class _Loop:
         self.init_seconds = time.perf_counter() - start
         self.save_seconds = 0.0  # In the checkpoint saves (asynchronous: their start) and waits.
         count = members.count
-        self.histories, self.bests, self.sums = [[] for _ in range(count)], [None] * count, [{} for _ in range(count)]
+        self.histories, self.bests, self.sums = (
+            [[] for _ in range(count)],
+            [None] * count,
+            [{} for _ in range(count)],
+        )
         self.elapsed_before = 0.0
         self.kept_best = None  # What the members keep of their best states (stacked trials).
         self.last_saved: int | None = None  # The newest good latest checkpoint.
@@ -162,7 +198,9 @@ class _Loop:
         """Continues from the newest readable latest checkpoint, exactly where it stopped."""
         _check_can_resume(self.ckpts)
         try:
-            self.state, saved = self.ckpts.restore_latest(self.state)  # Damaged newer ones set aside.
+            self.state, saved = self.ckpts.restore_latest(
+                self.state
+            )  # Damaged newer ones set aside.
         except checkpoints.CheckpointError as e:
             raise ResumeError(f"--resume: {e}") from e
         self.histories, self.bests, self.sums, self.elapsed_before = self.members.from_meta(saved)
@@ -179,10 +217,17 @@ class _Loop:
         self.runner = runner(self.members, self.spec, self.mesh, self.splits.train)
         print(f"training data on the {placement}: {self.runner.description}", flush=True)
         self.runner.compile(self.state, global_step(self.state), self.steps_per_epoch)
-        start = time.perf_counter()  # The eval step (one example padded to a full batch), the finite check.
+        start = (
+            time.perf_counter()
+        )  # The eval step (one example padded to a full batch), the finite check.
         probe = self.splits.val if self.splits.val is not None else self.splits.test
-        steps.evaluate(self.members.member(self.state, 0), probe.take(np.arange(1)), self.config.eval_batch_size,
-                       self.spec, self.mesh)
+        steps.evaluate(
+            self.members.member(self.state, 0),
+            probe.take(np.arange(1)),
+            self.config.eval_batch_size,
+            self.spec,
+            self.mesh,
+        )
         all_finite(self.state.params).block_until_ready()
         return self.runner.program.seconds + time.perf_counter() - start
 
@@ -193,18 +238,28 @@ class _Loop:
         return self.elapsed_before + time.perf_counter() - self.clock
 
     def meta(self) -> dict:
-        return self.members.to_meta(self.histories, self.bests, [dict(s) for s in self.sums], self.seconds())
+        return self.members.to_meta(
+            self.histories, self.bests, [dict(s) for s in self.sums], self.seconds()
+        )
 
     def train_epoch(self, epoch: int, start: int) -> int:
         """The epoch's steps from `start` (a global step); returns the step it ends at."""
         epoch_start = epoch * self.steps_per_epoch
         offset = start - epoch_start if epoch == start // self.steps_per_epoch else 0
-        indices, masks = self.members.epoch_batches(epoch, len(self.splits.train))  # (steps, [K,] B) each
-        self.bar = bar = EpochProgress(self.steps_per_epoch, offset, f"epoch {epoch + 1}/{self.config.epochs}",
-                                       enabled=self.progress)
+        indices, masks = self.members.epoch_batches(
+            epoch, len(self.splits.train)
+        )  # (steps, [K,] B) each
+        self.bar = bar = EpochProgress(
+            self.steps_per_epoch,
+            offset,
+            f"epoch {epoch + 1}/{self.config.epochs}",
+            enabled=self.progress,
+        )
         for begin, end in chunks(offset, self.steps_per_epoch, self.runner.chunk_length):
             self.state, step_metrics = self.runner(self.state, indices, masks, begin, end)
-            self.pending.append((epoch_start + begin + 1, step_metrics, self.runner.name == "device"))
+            self.pending.append(
+                (epoch_start + begin + 1, step_metrics, self.runner.name == "device")
+            )
             if self.first_step_seconds is None:
                 jax.block_until_ready(step_metrics)
                 self.first_step_seconds = time.perf_counter() - self.clock
@@ -231,8 +286,17 @@ class _Loop:
                     part: dict = {}
                     _add(part, [sums[k] for sums in window])
                     _add(self.sums[k], [part])
-                    writer.scalars(log_step, {"train/loss_step": part.get("loss_sum", 0.0) / max(part.get("count", 0.0), 1)})
-            losses = [steps.metric_means(s).get("loss", float("nan")) if s else float("nan") for s in self.sums]
+                    writer.scalars(
+                        log_step,
+                        {
+                            "train/loss_step": part.get("loss_sum", 0.0)
+                            / max(part.get("count", 0.0), 1)
+                        },
+                    )
+            losses = [
+                steps.metric_means(s).get("loss", float("nan")) if s else float("nan")
+                for s in self.sums
+            ]
             self.bar.show_loss(float(np.mean(losses)))
         if (step % self.steps_per_epoch) % self.policy.every_steps == 0 and not end_of_epoch:
             self.save_latest(step)
@@ -240,14 +304,26 @@ class _Loop:
     def end_epoch(self, epoch: int, step: int) -> None:
         """Each member's validation and record, then the best and latest checkpoints."""
         records = [self.record(epoch, step, k) for k in range(self.members.count)]
-        print(f"{self.members.epoch_line(epoch, records)}  ({self.bar.steps_per_second():.1f} steps/s)", flush=True)
+        print(
+            f"{self.members.epoch_line(epoch, records)}  ({self.bar.steps_per_second():.1f} steps/s)",
+            flush=True,
+        )
         self.prepare_save(step)
-        improved = [self.splits.val is not None and self.policy.is_better(r, b) for r, b in zip(records, self.bests)]
+        improved = [
+            self.splits.val is not None and self.policy.is_better(r, b)
+            for r, b in zip(records, self.bests)
+        ]
         for k, better in enumerate(improved):  # "best" before "latest" (CheckpointPolicy).
             if better:
-                self.bests[k] = {"epoch": epoch + 1, "step": step, self.policy.metric: records[k][self.policy.metric]}
+                self.bests[k] = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    self.policy.metric: records[k][self.policy.metric],
+                }
         if any(improved):
-            to_save, self.kept_best = self.members.best_to_save(self.kept_best, self.state, improved)
+            to_save, self.kept_best = self.members.best_to_save(
+                self.kept_best, self.state, improved
+            )
             if self.ckpts is not None:
                 with self.saving():
                     self.ckpts.save_best(step, to_save, self.meta())
@@ -262,13 +338,21 @@ class _Loop:
         record = {"epoch": epoch + 1, "step": step, **{f"train_{n}": v for n, v in train.items()}}
         evaluated = {"val": steps.averaged(state), **({"val_raw": state} if state.ema else {})}
         for prefix, weights in evaluated.items() if self.splits.val is not None else ():
-            val = steps.evaluate(weights, self.splits.val, self.config.eval_batch_size, self.spec, self.mesh)
+            val = steps.evaluate(
+                weights, self.splits.val, self.config.eval_batch_size, self.spec, self.mesh
+            )
             record.update({f"{prefix}_{n}": v for n, v in val.items() if n != "predictions"})
         record["learning_rate"] = current_learning_rate(state.opt_state)
         self.histories[k].append(record)
         self.sums[k] = {}
-        self.writers[k].scalars(step, {n.replace("_", "/", 1) if n.startswith(("train_", "val_")) else n: v
-                                       for n, v in record.items() if n not in ("epoch", "step")})
+        self.writers[k].scalars(
+            step,
+            {
+                n.replace("_", "/", 1) if n.startswith(("train_", "val_")) else n: v
+                for n, v in record.items()
+                if n not in ("epoch", "step")
+            },
+        )
         return record
 
     def fetch_pending(self) -> None:
@@ -279,8 +363,12 @@ class _Loop:
                 per_member = self.members.split(sums)
                 for member_sums in per_member:
                     if not np.isfinite(member_sums["loss_sum"]):
-                        loss = float(member_sums["loss_sum"]) / max(float(member_sums["count"]), 1.0)
-                        raise NonFiniteLossError(self.nonfinite("the training loss", str(loss), step))
+                        loss = float(member_sums["loss_sum"]) / max(
+                            float(member_sums["count"]), 1.0
+                        )
+                        raise NonFiniteLossError(
+                            self.nonfinite("the training loss", str(loss), step)
+                        )
                 self.unlogged.append((step, per_member))
         self.pending = []
 
@@ -316,25 +404,42 @@ class _Loop:
         name = signal.Signals(self.stop_signals[0]).name
         where = f"epoch {step / self.steps_per_epoch:.2f} of {self.config.epochs}"
         if self.ckpts is None:
-            raise TrainingInterrupted(f"{name} received: stopped at step {step} ({where}); this run keeps no "
-                                      "checkpoints.", self.stop_signals[0], step)
+            raise TrainingInterrupted(
+                f"{name} received: stopped at step {step} ({where}); this run keeps no "
+                "checkpoints.",
+                self.stop_signals[0],
+                step,
+            )
         if self.last_saved != step:
             self.save_latest(step)
         self.ckpts.wait()
         raise TrainingInterrupted(
             f"{name} received: stopped at step {step} ({where}) after saving checkpoint "
             f"{self.ckpts.latest.directory / str(step)}; run again with --resume to continue.",
-            self.stop_signals[0], step)
+            self.stop_signals[0],
+            step,
+        )
 
     def nonfinite(self, what: str, value: str, step: int) -> str:
-        saved = None if self.last_saved is None else self.ckpts.latest.directory / str(self.last_saved)
-        return nonfinite_message(what, value, step, self.steps_per_epoch, self.config.learning_rate, saved)
+        saved = (
+            None if self.last_saved is None else self.ckpts.latest.directory / str(self.last_saved)
+        )
+        return nonfinite_message(
+            what, value, step, self.steps_per_epoch, self.config.learning_rate, saved
+        )
 
 
-def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | None,
-                  writers: list[summaries.MetricWriter], *, resume: bool = False,
-                  on_step: Callable[[int], None] | None = None, progress: bool = True,
-                  mesh: jax.sharding.Mesh | None = None) -> dict:
+def train_members(
+    members,
+    splits: Splits,
+    ckpts: checkpoints.RunCheckpoints | None,
+    writers: list[summaries.MetricWriter],
+    *,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
     """Trains `members` (Single, or a sweep's TrialGroup) for members.config.epochs.
 
     writers: one MetricWriter per member. on_step: called with the global
@@ -354,7 +459,10 @@ def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | N
     if resume and ckpts is not None and ckpts.latest_step() is None:
         # Killed before its first checkpoint: the command a preemptible
         # machine repeats must still work.
-        print(f"--resume: nothing saved in {ckpts.latest.directory} yet; starting from the beginning", flush=True)
+        print(
+            f"--resume: nothing saved in {ckpts.latest.directory} yet; starting from the beginning",
+            flush=True,
+        )
         resume = False
     if resume:
         _check_can_resume(ckpts)  # Before the state's initialisation, which takes a while.
@@ -372,16 +480,32 @@ def train_members(members, splits: Splits, ckpts: checkpoints.RunCheckpoints | N
         with run.saving():
             ckpts.wait()
     jax.block_until_ready(run.state)
-    return {"state": run.state, "histories": run.histories, "bests": run.bests, "train_seconds": run.seconds(),
-            "compile_seconds": compile_seconds, "first_step_seconds": run.first_step_seconds,
-            "init_seconds": run.init_seconds, "checkpoint_seconds": run.save_seconds,
-            "data_placement": run.runner.name}
+    return {
+        "state": run.state,
+        "histories": run.histories,
+        "bests": run.bests,
+        "train_seconds": run.seconds(),
+        "compile_seconds": compile_seconds,
+        "first_step_seconds": run.first_step_seconds,
+        "init_seconds": run.init_seconds,
+        "checkpoint_seconds": run.save_seconds,
+        "data_placement": run.runner.name,
+    }
 
 
-def fit(config: TrainConfig, model: nn.Module, splits: Splits, ckpts: checkpoints.RunCheckpoints | None,
-        writer: summaries.MetricWriter | None = None, *, resume: bool = False,
-        on_step: Callable[[int], None] | None = None, progress: bool = True, pretrained: dict | None = None,
-        mesh: jax.sharding.Mesh | None = None) -> dict:
+def fit(
+    config: TrainConfig,
+    model: nn.Module,
+    splits: Splits,
+    ckpts: checkpoints.RunCheckpoints | None,
+    writer: summaries.MetricWriter | None = None,
+    *,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+    pretrained: dict | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
     """Trains one model (train_members with `Single`), checkpoints by
     CheckpointPolicy.of(config) into `ckpts` (None: none).
 
@@ -393,7 +517,15 @@ def fit(config: TrainConfig, model: nn.Module, splits: Splits, ckpts: checkpoint
     "data_placement"} (see train_members).
     """
     writer = writer or summaries.MetricWriter(".", enabled=False)
-    result = train_members(Single(config, model, pretrained), splits, ckpts, [writer], resume=resume,
-                           on_step=on_step, progress=progress, mesh=mesh)
+    result = train_members(
+        Single(config, model, pretrained),
+        splits,
+        ckpts,
+        [writer],
+        resume=resume,
+        on_step=on_step,
+        progress=progress,
+        mesh=mesh,
+    )
     histories, bests = result.pop("histories"), result.pop("bests")
     return {"state": result.pop("state"), "history": histories[0], "best": bests[0], **result}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10) -> np.ndarray:
+def confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10
+) -> np.ndarray:
     """(num_classes, num_classes) counts; rows are true labels, columns predictions."""
     labels = np.asarray(labels, np.int64)
     predictions = np.asarray(predictions, np.int64)
@@ -23,10 +25,14 @@ def classification_report(cm: np.ndarray) -> dict:
     true_positive = np.diag(cm)
     predicted = cm.sum(axis=0)
     support = cm.sum(axis=1)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    precision = np.divide(
+        true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0
+    )
     recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
     denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    f1 = np.divide(
+        2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0
+    )
     return {
         "accuracy": float(true_positive.sum() / max(cm.sum(), 1)),
         "f1_macro": float(f1.mean()),

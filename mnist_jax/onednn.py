@@ -75,15 +75,29 @@ def _build(headers: pathlib.Path, libdnnl: pathlib.Path) -> pathlib.Path:
     compiler = shutil.which(os.environ.get("CXX", "c++"))
     if compiler is None:
         raise OSError("no C++ compiler (c++, or $CXX) on the PATH")
-    key = hashlib.sha256(SOURCE.read_bytes() + version.__version__.encode() + str(libdnnl.resolve()).encode())
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + version.__version__.encode() + str(libdnnl.resolve()).encode()
+    )
     folder = caches.cache_dir() / "onednn"
     target = folder / f"onednn_conv-{key.hexdigest()[:16]}.so"
     with caches.lock(folder, "the oneDNN convolutions"):
         if target.exists():
             return target
         partial = target.with_suffix(f".{os.getpid()}.tmp")
-        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}",
-                   f"-I{headers}", str(SOURCE), str(libdnnl), f"-Wl,-rpath,{libdnnl.parent}", "-o", str(partial)]
+        command = [
+            compiler,
+            "-O2",
+            "-std=c++17",
+            "-shared",
+            "-fPIC",
+            f"-I{jax.ffi.include_dir()}",
+            f"-I{headers}",
+            str(SOURCE),
+            str(libdnnl),
+            f"-Wl,-rpath,{libdnnl.parent}",
+            "-o",
+            str(partial),
+        ]
         log.info("Building the oneDNN convolutions: %s", " ".join(command))
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -99,8 +113,10 @@ def wanted() -> bool:
     """MNIST_JAX_ONEDNN: 1 (the default) calls oneDNN where it is installed, 0 never."""
     value = os.environ.get(SETTING, "1")
     if value not in ("0", "1"):
-        raise ValueError(f"{SETTING}={value!r}: set it to 1 (oneDNN's convolutions where installed, the default) "
-                         "or 0 (XLA's)")
+        raise ValueError(
+            f"{SETTING}={value!r}: set it to 1 (oneDNN's convolutions where installed, the default) "
+            "or 0 (XLA's)"
+        )
     return value == "1"
 
 
@@ -122,7 +138,9 @@ def _load() -> ctypes.CDLL | None:
     else:
         headers, libdnnl = _find("include/oneapi/dnnl/dnnl.hpp"), _find(f"lib/{LIBDNNL}")
         if headers is None or libdnnl is None:
-            reason = "oneDNN is not installed (pip install -e \".[onednn]\" for faster CPU convolutions)"
+            reason = (
+                'oneDNN is not installed (pip install -e ".[onednn]" for faster CPU convolutions)'
+            )
     if reason is None:
         # Idle OpenMP threads sleep instead of spinning: spinning, they take the
         # cores from XLA's next operations (docs/performance.md).
@@ -131,7 +149,10 @@ def _load() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(_build(headers.parents[2], libdnnl)))
         except OSError as e:
-            reason, level = f"the oneDNN convolutions could not be built or loaded: {e}", logging.WARNING
+            reason, level = (
+                f"the oneDNN convolutions could not be built or loaded: {e}",
+                logging.WARNING,
+            )
     if reason is not None:
         log.log(level, "%s; XLA's convolutions run instead.", reason)
         return None
@@ -147,10 +168,14 @@ def enabled() -> bool:
     return library() is not None
 
 
-def explicit_padding(x_shape, kernel_shape, strides, padding) -> tuple[tuple[int, int], tuple[int, int]]:
+def explicit_padding(
+    x_shape, kernel_shape, strides, padding
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """((top, bottom), (left, right)) for "SAME", "VALID" or explicit pairs."""
     if isinstance(padding, str):
-        return tuple(map(tuple, jax.lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding)))
+        return tuple(
+            map(tuple, jax.lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding))
+        )
     return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
@@ -190,7 +215,9 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.A
     crops = [(max(0, -low), max(0, -high)) for low, high in pads]
     pads = tuple((max(0, low), max(0, high)) for low, high in pads)
     # XLA's output shape, less the rows no input reaches.
-    batch, height, width, features = jax.eval_shape(lambda x, k: _xla_dilated(x, k, strides, padding), x, kernel).shape
+    batch, height, width, features = jax.eval_shape(
+        lambda x, k: _xla_dilated(x, k, strides, padding), x, kernel
+    ).shape
     shape = (batch, height - sum(crops[0]), width - sum(crops[1]), features)
     conv_kernel = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (kh, kw, O, C)
     y = _onednn_conv_transpose2d(x, conv_kernel, strides, pads, shape)
@@ -208,20 +235,35 @@ def xla_conv_transpose2d(x: jax.Array, kernel: jax.Array, strides, padding) -> j
         return _xla_dilated(x, kernel, strides, padding)
     (top, bottom), (left, right) = padding
     (stride_h, stride_w) = strides
-    x = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                    ((0, 0, 0), (top, bottom, stride_h - 1), (left, right, stride_w - 1), (0, 0, 0)))
+    x = jax.lax.pad(
+        x,
+        jnp.zeros((), x.dtype),
+        ((0, 0, 0), (top, bottom, stride_h - 1), (left, right, stride_w - 1), (0, 0, 0)),
+    )
     return xla_conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)))
 
 
 def _xla_dilated(x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, lhs_dilation=strides, dimension_numbers=NUMBERS)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, lhs_dilation=strides, dimension_numbers=NUMBERS
+    )
 
 
 def _call(op: str, shape, a, b, strides, padding) -> jax.Array:
     (top, bottom), (left, right) = padding
-    call = jax.ffi.ffi_call(TARGETS[op], jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
-    return call(a, b, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]), pad_top=np.int64(top),
-                pad_bottom=np.int64(bottom), pad_left=np.int64(left), pad_right=np.int64(right))
+    call = jax.ffi.ffi_call(
+        TARGETS[op], jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential"
+    )
+    return call(
+        a,
+        b,
+        stride_h=np.int64(strides[0]),
+        stride_w=np.int64(strides[1]),
+        pad_top=np.int64(top),
+        pad_bottom=np.int64(bottom),
+        pad_left=np.int64(left),
+        pad_right=np.int64(right),
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -236,8 +278,10 @@ def _forward(x, kernel, strides, padding):
 
 def _backward(strides, padding, residuals, dy):
     x, kernel = residuals
-    return (_call("data", x.shape, dy, kernel, strides, padding),
-            _call("weights", kernel.shape, x, dy, strides, padding))
+    return (
+        _call("data", x.shape, dy, kernel, strides, padding),
+        _call("weights", kernel.shape, x, dy, strides, padding),
+    )
 
 
 _onednn_conv2d.defvjp(_forward, _backward)
@@ -256,8 +300,10 @@ def _transpose_forward(x, conv_kernel, strides, padding, shape):
 
 def _transpose_backward(strides, padding, shape, residuals, dy):
     x, conv_kernel = residuals  # The convolution run forward on dy, and its kernel gradient.
-    return (_call("forward", x.shape, dy, conv_kernel, strides, padding),
-            _call("weights", conv_kernel.shape, dy, x, strides, padding))
+    return (
+        _call("forward", x.shape, dy, conv_kernel, strides, padding),
+        _call("weights", conv_kernel.shape, dy, x, strides, padding),
+    )
 
 
 _onednn_conv_transpose2d.defvjp(_transpose_forward, _transpose_backward)

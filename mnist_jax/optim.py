@@ -22,8 +22,9 @@ def adam_l2(learning_rate, weight_decay: float) -> optax.GradientTransformation:
 
 def sgd_l2(learning_rate, weight_decay: float, momentum: float) -> optax.GradientTransformation:
     """torch.optim.SGD(momentum=m, weight_decay=wd): buf = m * buf + g + wd * p."""
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(learning_rate, momentum=momentum or None))
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None)
+    )
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int | None = None):
@@ -38,16 +39,21 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int | None = No
     return optax.cosine_decay_schedule(config.learning_rate, total)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainConfig, steps_per_epoch: int | None = None
+) -> optax.GradientTransformation:
     """The config's optimizer; parameter groups not in `config.trainable` are frozen."""
     lr = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "adam":
         tx = optax.inject_hyperparams(adam_l2)(learning_rate=lr, weight_decay=config.weight_decay)
     elif config.optimizer == "adamw":
-        tx = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=config.weight_decay)
+        tx = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=lr, weight_decay=config.weight_decay
+        )
     else:
         tx = optax.inject_hyperparams(sgd_l2, static_args="momentum")(
-            learning_rate=lr, weight_decay=config.weight_decay, momentum=config.momentum)
+            learning_rate=lr, weight_decay=config.weight_decay, momentum=config.momentum
+        )
     if not config.trainable:
         return tx
     trainable = set(config.trainable)
@@ -55,8 +61,10 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int | None = None) -> o
     def groups(params):
         unknown = trainable - set(params)
         if unknown:
-            raise ValueError(f"trainable names {sorted(unknown)} are not parameter groups of the "
-                             f"model; it has {sorted(params)}")
+            raise ValueError(
+                f"trainable names {sorted(unknown)} are not parameter groups of the "
+                f"model; it has {sorted(params)}"
+            )
         return {name: "train" if name in trainable else "frozen" for name in params}
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, groups)
@@ -82,15 +90,19 @@ def set_hyperparams(opt_state, **values: float):
     """The optimizer state with new values of injected hyperparameters
     (e.g. learning_rate, weight_decay): trials that share one optimizer
     structure keep their own values in their own states."""
+
     def replace(node):
         hyperparams = dict(node.hyperparams)
         for name, value in values.items():
             if name not in hyperparams:
-                raise ValueError(f"the optimizer has no injected hyperparameter {name!r}; "
-                                 f"it has {sorted(hyperparams)}")
+                raise ValueError(
+                    f"the optimizer has no injected hyperparameter {name!r}; "
+                    f"it has {sorted(hyperparams)}"
+                )
             hyperparams[name] = jnp.asarray(value, jnp.result_type(hyperparams[name]))
         return node._replace(hyperparams=hyperparams)
 
     is_injected = lambda node: isinstance(getattr(node, "hyperparams", None), dict)
-    return jax.tree.map(lambda node: replace(node) if is_injected(node) else node, opt_state,
-                        is_leaf=is_injected)
+    return jax.tree.map(
+        lambda node: replace(node) if is_injected(node) else node, opt_state, is_leaf=is_injected
+    )

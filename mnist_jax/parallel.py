@@ -49,7 +49,9 @@ def distributed_requested(environ=os.environ) -> bool:
     """
     flag = environ.get(DISTRIBUTED_ENV, "").strip().lower()
     if flag not in ("", "0", "1", "true", "false"):
-        raise ValueError(f"{DISTRIBUTED_ENV}={environ[DISTRIBUTED_ENV]!r}: set it to 1 (multi-process) or 0")
+        raise ValueError(
+            f"{DISTRIBUTED_ENV}={environ[DISTRIBUTED_ENV]!r}: set it to 1 (multi-process) or 0"
+        )
     return flag in ("1", "true") or bool(environ.get("JAX_COORDINATOR_ADDRESS"))
 
 
@@ -154,7 +156,9 @@ def describe(mesh: Mesh) -> dict:
         "processes": jax.process_count(),
         "mesh": dict(mesh.shape),
         "host": host_cpu(),
-        "convolutions": "oneDNN" if onednn.enabled() else "XLA",  # The path the models' conv2d takes.
+        "convolutions": "oneDNN"
+        if onednn.enabled()
+        else "XLA",  # The path the models' conv2d takes.
     }
 
 
@@ -176,9 +180,11 @@ def format_devices(info: dict) -> str:
     processes = info["processes"]
     mesh = ", ".join(f"{k}={v}" for k, v in info["mesh"].items())
     kinds = [info["host"]] if info["platform"] == "cpu" and "host" in info else info["kinds"]
-    return (f"{info['count']} x {info['platform']} ({', '.join(kinds)}), "
-            f"{processes} process{'es' if processes > 1 else ''}, mesh {mesh}"
-            + (", oneDNN convolutions" if info.get("convolutions") == "oneDNN" else ""))
+    return (
+        f"{info['count']} x {info['platform']} ({', '.join(kinds)}), "
+        f"{processes} process{'es' if processes > 1 else ''}, mesh {mesh}"
+        + (", oneDNN convolutions" if info.get("convolutions") == "oneDNN" else "")
+    )
 
 
 def is_main_process() -> bool:

@@ -189,8 +189,13 @@ def iterate_batches(
         yield gather_batch(images, labels, idx, m, targets)
 
 
-def gather_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, mask: np.ndarray,
-                 targets: np.ndarray | None = None) -> Batch:
+def gather_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    mask: np.ndarray,
+    targets: np.ndarray | None = None,
+) -> Batch:
     """The batch of examples `indices` (B,), with its padding mask (B,)."""
     batch = {"image": images[indices], "label": labels[indices], "mask": mask}
     if targets is not None:

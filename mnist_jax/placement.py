@@ -24,7 +24,7 @@ from mnist_jax.data import Split
 
 
 def resolve_data_placement(config: TrainConfig, train: Split, mesh: jax.sharding.Mesh) -> str:
-    """"device" or "host": where the training set lives during the run (see config.DATA_PLACEMENTS)."""
+    """ "device" or "host": where the training set lives during the run (see config.DATA_PLACEMENTS)."""
     if config.data_placement != "auto":
         return config.data_placement
     if mesh.devices.flat[0].platform == "cpu":
@@ -85,7 +85,9 @@ class HostSteps:
         self.program.compile(state, *self.members.step_args, self._batch(indices[0], masks[0]))
 
     def __call__(self, state, indices, masks, begin: int, end: int):
-        return self.program(state, *self.members.step_args, self._batch(indices[begin], masks[begin]))
+        return self.program(
+            state, *self.members.step_args, self._batch(indices[begin], masks[begin])
+        )
 
 
 class DeviceSteps:
@@ -102,15 +104,20 @@ class DeviceSteps:
         self.program = AheadOfTime(members.device_steps(spec, mesh))
 
     def _call_args(self, indices, masks):
-        steps_input = parallel.shard_steps((indices, masks), self.mesh, leading=self.members.leading)
+        steps_input = parallel.shard_steps(
+            (indices, masks), self.mesh, leading=self.members.leading
+        )
         return (*self.members.step_args, self.data, *steps_input)
 
     def compile(self, state, start: int, steps_per_epoch: int) -> None:
         # Every scan length the run will use (the first epoch's may start
         # mid-way, on resume).
         first_offset = start % steps_per_epoch
-        lengths = {e - b for offset in (first_offset, 0)
-                   for b, e in chunks(offset, steps_per_epoch, self.chunk_length)}
+        lengths = {
+            e - b
+            for offset in (first_offset, 0)
+            for b, e in chunks(offset, steps_per_epoch, self.chunk_length)
+        }
         for length in sorted(lengths):
             self.program.compile(state, *self._call_args(*self.members.index_arrays(length)))
 

@@ -28,16 +28,35 @@ BATCH = 16  # Images per call of the compiled model.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mnist_jax.predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=pathlib.Path, required=True, metavar="RUN_DIR",
-                        help="a finished classifier run (its metrics.json and checkpoints/)")
-    parser.add_argument("images", type=pathlib.Path, nargs="+", metavar="IMAGE", help="image files of digits")
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_jax.predict", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=pathlib.Path,
+        required=True,
+        metavar="RUN_DIR",
+        help="a finished classifier run (its metrics.json and checkpoints/)",
+    )
+    parser.add_argument(
+        "images", type=pathlib.Path, nargs="+", metavar="IMAGE", help="image files of digits"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ink = parser.add_mutually_exclusive_group()
-    ink.add_argument("--invert", dest="invert", action="store_const", const=True,
-                     help="dark digits on light paper (default: decided from each image's border)")
-    ink.add_argument("--no-invert", dest="invert", action="store_const", const=False,
-                     help="light digits on dark paper, as MNIST's")
+    ink.add_argument(
+        "--invert",
+        dest="invert",
+        action="store_const",
+        const=True,
+        help="dark digits on light paper (default: decided from each image's border)",
+    )
+    ink.add_argument(
+        "--no-invert",
+        dest="invert",
+        action="store_const",
+        const=False,
+        help="light digits on dark paper, as MNIST's",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,9 +74,11 @@ def load_classifier(path: pathlib.Path) -> rundir.LoadedRun:
     """The best checkpoint of the classifier run at `path`; RunError if it is none."""
     run = rundir.load_run(run_dir_of(path))
     if not run.config.step_config().classifies:
-        raise rundir.RunError(f"{path} is a run of {run.config.model} (task {run.config.task!r}), which does "
-                            "not classify digits; give the run of a classifier (e.g. python -m "
-                            "experiments.cnn --workdir RUN_DIR)")
+        raise rundir.RunError(
+            f"{path} is a run of {run.config.model} (task {run.config.task!r}), which does "
+            "not classify digits; give the run of a classifier (e.g. python -m "
+            "experiments.cnn --workdir RUN_DIR)"
+        )
     return run
 
 
@@ -78,9 +99,13 @@ def probabilities(run: rundir.LoadedRun, images: np.ndarray) -> np.ndarray:
         outputs = steps.infer(state, inspection.clean_inputs(images, spec), spec.dtype)
         return jax.nn.softmax(tasks.logits_of(outputs, spec), axis=-1)
 
-    padded = np.concatenate([images, np.zeros((-len(images) % BATCH, *images.shape[1:]), images.dtype)])
-    probs = [np.asarray(forward(run.state, padded[i:i + BATCH])) for i in range(0, len(padded), BATCH)]
-    return np.concatenate(probs)[:len(images)]
+    padded = np.concatenate(
+        [images, np.zeros((-len(images) % BATCH, *images.shape[1:]), images.dtype)]
+    )
+    probs = [
+        np.asarray(forward(run.state, padded[i : i + BATCH])) for i in range(0, len(padded), BATCH)
+    ]
+    return np.concatenate(probs)[: len(images)]
 
 
 def top_classes(probs: np.ndarray, k: int = TOP) -> list[dict]:
@@ -89,7 +114,9 @@ def top_classes(probs: np.ndarray, k: int = TOP) -> list[dict]:
     return [{"digit": int(d), "probability": float(probs[d])} for d in order]
 
 
-def predict_files(run: rundir.LoadedRun, paths: list[pathlib.Path], invert: bool | None = None) -> list[dict]:
+def predict_files(
+    run: rundir.LoadedRun, paths: list[pathlib.Path], invert: bool | None = None
+) -> list[dict]:
     """{"image", "digit", "top3"} per readable file, {"image", "error"} per other, in order."""
     results, pictures = [], []
     for path in paths:
@@ -123,8 +150,12 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(2) from e
     results = predict_files(run, args.images, args.invert)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "model": run.config.model,
-                          "results": results}, indent=2))
+        print(
+            json.dumps(
+                {"checkpoint": str(args.checkpoint), "model": run.config.model, "results": results},
+                indent=2,
+            )
+        )
     else:
         for result in results:
             print(format_line(result), file=sys.stderr if "error" in result else sys.stdout)

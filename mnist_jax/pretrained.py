@@ -49,7 +49,9 @@ class PublishedWeights:
 
 PUBLISHED = {
     "vgg16": PublishedWeights("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
-    "alexnet": PublishedWeights("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79"),
+    "alexnet": PublishedWeights(
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79"
+    ),
 }
 
 OFFLINE_HINT = (
@@ -62,9 +64,15 @@ OFFLINE_HINT = (
 # Reading PyTorch files without torch.
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": None, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": None,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 
@@ -104,8 +112,10 @@ class _TensorUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise WeightsError(f"the file's pickle asks for {module}.{name}: not a plain state dict "
-                           "(only tensors are read, no code is run)")
+        raise WeightsError(
+            f"the file's pickle asks for {module}.{name}: not a plain state dict "
+            "(only tensors are read, no code is run)"
+        )
 
     def persistent_load(self, pid):
         # ("storage", storage_type, key, location, numel)
@@ -228,8 +238,10 @@ def to_flax(state_dict: dict[str, np.ndarray], arch: str, num_classes: int) -> d
 
     def get(name, ndim):
         if name not in state_dict:
-            raise WeightsError(f"{name} missing from the {arch} weights; is this a torchvision "
-                               f"{arch} state dict? It has {sorted(state_dict)[:6]}...")
+            raise WeightsError(
+                f"{name} missing from the {arch} weights; is this a torchvision "
+                f"{arch} state dict? It has {sorted(state_dict)[:6]}..."
+            )
         value = np.asarray(state_dict[name], np.float32)
         if value.ndim != ndim:
             raise WeightsError(f"{name} has shape {value.shape}, expected {ndim} dimensions")
@@ -243,7 +255,9 @@ def to_flax(state_dict: dict[str, np.ndarray], arch: str, num_classes: int) -> d
         w = get(f"features.{layer.torch_index}.weight", 4)  # (O, I, kh, kw)
         expected = (layer.features, channels, layer.kernel, layer.kernel)
         if w.shape != expected:
-            raise WeightsError(f"features.{layer.torch_index}.weight has shape {w.shape}, expected {expected}")
+            raise WeightsError(
+                f"features.{layer.torch_index}.weight has shape {w.shape}, expected {expected}"
+            )
         features[f"conv_{layer.torch_index}"] = {
             "kernel": w.transpose(2, 3, 1, 0),  # (kh, kw, I, O)
             "bias": get(f"features.{layer.torch_index}.bias", 1),
@@ -255,18 +269,24 @@ def to_flax(state_dict: dict[str, np.ndarray], arch: str, num_classes: int) -> d
     w = get(f"classifier.{first}.weight", 2)  # (out, C * P * P), (C, H, W) order
     p = a.pool_size
     if w.shape[1] != channels * p * p:
-        raise WeightsError(f"classifier.{first}.weight has {w.shape[1]} inputs, expected {channels * p * p}")
+        raise WeightsError(
+            f"classifier.{first}.weight has {w.shape[1]} inputs, expected {channels * p * p}"
+        )
     w = w.reshape(w.shape[0], channels, p, p).transpose(2, 3, 1, 0).reshape(p * p * channels, -1)
     classifier[f"fc_{first}"] = {"kernel": w, "bias": get(f"classifier.{first}.bias", 1)}
-    classifier[f"fc_{middle}"] = {"kernel": get(f"classifier.{middle}.weight", 2).T,
-                                  "bias": get(f"classifier.{middle}.bias", 1)}
+    classifier[f"fc_{middle}"] = {
+        "kernel": get(f"classifier.{middle}.weight", 2).T,
+        "bias": get(f"classifier.{middle}.bias", 1),
+    }
     w_last = get(f"classifier.{last}.weight", 2)
     if w_last.shape[0] == num_classes:
         classifier[f"fc_{last}"] = {"kernel": w_last.T, "bias": get(f"classifier.{last}.bias", 1)}
     return {"features": features, "classifier": classifier}
 
 
-def fetch_weights(arch: str, cache_dir: str | os.PathLike | None = None, *, timeout: float = 30.0) -> pathlib.Path:
+def fetch_weights(
+    arch: str, cache_dir: str | os.PathLike | None = None, *, timeout: float = 30.0
+) -> pathlib.Path:
     """torchvision's published ImageNet weights for `arch`, downloaded once
     into the cache (default $MNIST_JAX_CACHE/weights) and hash-checked."""
     published = PUBLISHED[arch]
@@ -280,7 +300,9 @@ def fetch_weights(arch: str, cache_dir: str | os.PathLike | None = None, *, time
         digest = idx.sha256_of(part)
         if not digest.startswith(published.sha256_prefix):
             part.unlink()
-            raise WeightsError(f"downloaded {published.url} has sha256 {digest}, which does not start "
-                               f"with {published.sha256_prefix} as torchvision's file name says. " + OFFLINE_HINT)
+            raise WeightsError(
+                f"downloaded {published.url} has sha256 {digest}, which does not start "
+                f"with {published.sha256_prefix} as torchvision's file name says. " + OFFLINE_HINT
+            )
         part.replace(target)
     return target

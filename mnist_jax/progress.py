@@ -32,8 +32,14 @@ class EpochProgress:
     """The steps of one epoch: `update(n)` after each step call."""
 
     def __init__(self, total: int, initial: int, desc: str, *, enabled: bool):
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
-                        disable=not (enabled and interactive()))
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="step",
+            leave=False,
+            disable=not (enabled and interactive()),
+        )
         self.start, self.paused_seconds, self.done = time.perf_counter(), 0.0, 0
         self.end: float | None = None  # Set by close(): the epoch's validation comes after.
 

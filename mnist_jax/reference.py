@@ -50,10 +50,17 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
         ("test PSNR (dB)", "psnr", lambda v: _number(v, ".2f")),
         ("test SSIM", "ssim", lambda v: _number(v, ".4f")),
     ]
-    rows = [(label, fmt(getattr(reference, key)), fmt(test[key]))
-            for label, key, fmt in candidates if key in test]
+    rows = [
+        (label, fmt(getattr(reference, key)), fmt(test[key]))
+        for label, key, fmt in candidates
+        if key in test
+    ]
     rows += [
-        ("training time (s)", _number(reference.train_seconds, ".2f"), _number(summary["train_seconds"], ".2f")),
+        (
+            "training time (s)",
+            _number(reference.train_seconds, ".2f"),
+            _number(summary["train_seconds"], ".2f"),
+        ),
         # Compiled ahead of the clock: the report's PyTorch has nothing to compile.
         ("compile time (s)", "—", _number(summary.get("compile_seconds"), ".2f")),
         ("device", reference.device, ours_device),
@@ -61,5 +68,6 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
     header = ("", f"report ({reference.source})", title)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )

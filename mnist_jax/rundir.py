@@ -32,7 +32,13 @@ from mnist_jax.steps import TrainState, averaged, count_params, create_train_sta
 
 SUMMARY = "metrics.json"
 # Measured while training; checkpoint_seconds is part of train_seconds.
-TIMINGS = ("train_seconds", "compile_seconds", "first_step_seconds", "checkpoint_seconds", "phase_seconds")
+TIMINGS = (
+    "train_seconds",
+    "compile_seconds",
+    "first_step_seconds",
+    "checkpoint_seconds",
+    "phase_seconds",
+)
 
 
 class RunError(Exception):
@@ -41,8 +47,11 @@ class RunError(Exception):
 
 def model_hyperparameters(model: nn.Module) -> dict:
     """The module's own fields (JSON-ready), to rebuild it from metrics.json."""
-    return {f.name: list(v) if isinstance(v := getattr(model, f.name), tuple) else v
-            for f in dataclasses.fields(model) if f.init and f.name not in ("parent", "name")}
+    return {
+        f.name: list(v) if isinstance(v := getattr(model, f.name), tuple) else v
+        for f in dataclasses.fields(model)
+        if f.init and f.name not in ("parent", "name")
+    }
 
 
 def _version(package: str) -> str:
@@ -51,8 +60,18 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def make_summary(*, experiment: str, config: TrainConfig, model: nn.Module, params, splits, test: dict,
-                 fit_result: dict, devices: dict, extra: dict | None = None) -> dict:
+def make_summary(
+    *,
+    experiment: str,
+    config: TrainConfig,
+    model: nn.Module,
+    params,
+    splits,
+    test: dict,
+    fit_result: dict,
+    devices: dict,
+    extra: dict | None = None,
+) -> dict:
     """metrics.json's contents for a finished run: `fit_result` is what
     `loop.fit` returned, `test` the best checkpoint's test scores."""
     select_key = config.step_config().selection[0]
@@ -60,8 +79,12 @@ def make_summary(*, experiment: str, config: TrainConfig, model: nn.Module, para
     return {
         "experiment": experiment,
         "config": config.to_dict(),
-        "model": {"name": config.model, "hyperparameters": model_hyperparameters(model),
-                  "parameters": count_params(params), "trainable_parameters": count_params(trainable)},
+        "model": {
+            "name": config.model,
+            "hyperparameters": model_hyperparameters(model),
+            "parameters": count_params(params),
+            "trainable_parameters": count_params(trainable),
+        },
         "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "test": test,
         "evaluated_checkpoint": {"kind": f"best_{select_key}", **fit_result["best"]},
@@ -97,17 +120,23 @@ def read_summary(run_dir: str | pathlib.Path) -> dict:
     """A run's metrics.json, or RunError saying what is missing."""
     path = pathlib.Path(run_dir).expanduser() / SUMMARY
     if not path.is_file():
-        raise RunError(f"{path.parent} has no {SUMMARY}: not a finished run directory "
-                       "(train one with python -m experiments.<name> --workdir DIR)")
+        raise RunError(
+            f"{path.parent} has no {SUMMARY}: not a finished run directory "
+            "(train one with python -m experiments.<name> --workdir DIR)"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON ({e})") from e
 
 
-def restore_best_state(config: TrainConfig, model: nn.Module, workdir: str | pathlib.Path,
-                       mesh: jax.sharding.Mesh | None = None,
-                       sample_shape: tuple[int, ...] = (1, 28, 28, 1)) -> TrainState:
+def restore_best_state(
+    config: TrainConfig,
+    model: nn.Module,
+    workdir: str | pathlib.Path,
+    mesh: jax.sharding.Mesh | None = None,
+    sample_shape: tuple[int, ...] = (1, 28, 28, 1),
+) -> TrainState:
     """The best checkpoint of a run in `workdir` that was trained with
     `config`, as it was scored: its moving average in place of the raw
     weights where the run kept one (steps.averaged).
@@ -123,12 +152,18 @@ def restore_best_state(config: TrainConfig, model: nn.Module, workdir: str | pat
     # nor run: the restore fills it. steps_per_epoch only sets a cosine
     # schedule's length, not the state's structure.
     tx = make_optimizer(config, steps_per_epoch=1)
-    shapes = jax.eval_shape(lambda: create_train_state(model, tx, config.seed, jnp.zeros(sample_shape, jnp.float32),
-                                                       ema=config.ema_decay > 0))
+    shapes = jax.eval_shape(
+        lambda: create_train_state(
+            model, tx, config.seed, jnp.zeros(sample_shape, jnp.float32), ema=config.ema_decay > 0
+        )
+    )
     replicated = parallel.replicated(mesh)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
-    with checkpoints.RunCheckpoints(workdir, keep_latest=config.keep_checkpoints,
-                                    keep_best=config.keep_best) as ckpts:
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes
+    )
+    with checkpoints.RunCheckpoints(
+        workdir, keep_latest=config.keep_checkpoints, keep_best=config.keep_best
+    ) as ckpts:
         state, meta = ckpts.restore_best(target)
     detail = config_differences(meta["config"], config)
     if detail:
@@ -153,13 +188,17 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
     run_dir = pathlib.Path(run_dir).expanduser()
     summary = read_summary(run_dir)
     if summary.get("cached_features"):
-        raise RunError(f"{run_dir} trained the classifier alone on cached features: its checkpoint "
-                       "holds no convolutions. Train with --no-cache-features to inspect them.")
+        raise RunError(
+            f"{run_dir} trained the classifier alone on cached features: its checkpoint "
+            "holds no convolutions. Train with --no-cache-features to inspect them."
+        )
     try:
         config = config_from_dict(summary["config"])
     except ValueError as e:
         raise RunError(str(e)) from e
-    hyperparameters = {k: _hashable(v) for k, v in summary["model"].get("hyperparameters", {}).items()}
+    hyperparameters = {
+        k: _hashable(v) for k, v in summary["model"].get("hyperparameters", {}).items()
+    }
     try:
         model = models.get_model(config.model, **hyperparameters)
         state = restore_best_state(config, model, run_dir)

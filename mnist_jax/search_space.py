@@ -36,8 +36,17 @@ METHODS = ("grid", "random")
 MODEL_PREFIX = "model."
 # TrainConfig fields a trial may set: the ones that describe training, not
 # the run's bookkeeping, data subset or model.
-CONFIG_PARAMS = ("learning_rate", "weight_decay", "batch_size", "optimizer", "epochs", "seed",
-                 "momentum", "schedule", "dtype")
+CONFIG_PARAMS = (
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "optimizer",
+    "epochs",
+    "seed",
+    "momentum",
+    "schedule",
+    "dtype",
+)
 # Values that can differ between the trials of one group: the learning rate
 # and weight decay live in the optimizer state (optax.inject_hyperparams),
 # the seed in the keys and the data order. A cosine schedule bakes its peak
@@ -131,14 +140,23 @@ class SweepConfig:
             if not isinstance(dist, (Choice, Uniform, LogUniform)):
                 raise ValueError(f"{name}: expected Choice, Uniform or LogUniform, got {dist!r}")
             if self.method == "grid" and not isinstance(dist, Choice):
-                raise ValueError(f"a grid needs a list of values for every parameter; {name} is "
-                                 f"{dist}. Give values, or use the random method.")
+                raise ValueError(
+                    f"a grid needs a list of values for every parameter; {name} is "
+                    f"{dist}. Give values, or use the random method."
+                )
 
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "method": self.method, "num_trials": self.num_trials,
-                "sample_seed": self.sample_seed, "model_kwargs": self.model_kwargs,
-                "space": {name: {"kind": type(d).__name__, **dataclasses.asdict(d)}
-                          for name, d in self.space.items()}}
+        return {
+            "base": self.base.to_dict(),
+            "method": self.method,
+            "num_trials": self.num_trials,
+            "sample_seed": self.sample_seed,
+            "model_kwargs": self.model_kwargs,
+            "space": {
+                name: {"kind": type(d).__name__, **dataclasses.asdict(d)}
+                for name, d in self.space.items()
+            },
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +175,11 @@ class Trial:
 
 def model_fields(model: str) -> dict[str, Any]:
     """A registered model's hyperparameter fields and their defaults."""
-    return {f.name: f.default for f in dataclasses.fields(model_class(model))
-            if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(model_class(model))
+        if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING
+    }
 
 
 def check_param_name(name: str, model: str) -> None:
@@ -166,17 +187,23 @@ def check_param_name(name: str, model: str) -> None:
     if name.startswith(MODEL_PREFIX):
         fields = model_fields(model)
         if name.removeprefix(MODEL_PREFIX) not in fields:
-            raise ValueError(f"{model} has no hyperparameter {name.removeprefix(MODEL_PREFIX)!r}; "
-                             f"it has {sorted(fields)} (as model.<name>)")
+            raise ValueError(
+                f"{model} has no hyperparameter {name.removeprefix(MODEL_PREFIX)!r}; "
+                f"it has {sorted(fields)} (as model.<name>)"
+            )
     elif name not in CONFIG_PARAMS:
-        raise ValueError(f"cannot sweep {name!r}; sweepable: {', '.join(CONFIG_PARAMS)}, "
-                         "or model.<field>")
+        raise ValueError(
+            f"cannot sweep {name!r}; sweepable: {', '.join(CONFIG_PARAMS)}, or model.<field>"
+        )
 
 
 def _typed(name: str, value: Any, model: str) -> Any:
     """`value` as the type of the field it sets (CLI strings, numpy scalars)."""
-    default = (model_fields(model)[name.removeprefix(MODEL_PREFIX)] if name.startswith(MODEL_PREFIX)
-               else getattr(TrainConfig(), name))
+    default = (
+        model_fields(model)[name.removeprefix(MODEL_PREFIX)]
+        if name.startswith(MODEL_PREFIX)
+        else getattr(TrainConfig(), name)
+    )
     kind = type(default) if default is not None else float
     if kind is bool or kind is str:
         return str(value)
@@ -185,7 +212,9 @@ def _typed(name: str, value: Any, model: str) -> Any:
         try:
             return tuple(int(v) for v in parts)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: {value!r} is not a list of whole numbers, e.g. 16x32") from None
+            raise ValueError(
+                f"{name}: {value!r} is not a list of whole numbers, e.g. 16x32"
+            ) from None
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -211,11 +240,19 @@ def make_trials(sweep: SweepConfig) -> list[Trial]:
     for index, values in enumerate(points):
         params = {n: _typed(n, v, model) for n, v in zip(names, values)}
         overrides = {n: v for n, v in params.items() if not n.startswith(MODEL_PREFIX)}
-        model_kwargs = {**sweep.model_kwargs, **{n.removeprefix(MODEL_PREFIX): v
-                                                  for n, v in params.items() if n.startswith(MODEL_PREFIX)}}
+        model_kwargs = {
+            **sweep.model_kwargs,
+            **{
+                n.removeprefix(MODEL_PREFIX): v
+                for n, v in params.items()
+                if n.startswith(MODEL_PREFIX)
+            },
+        }
         for field in dropout_fields(model):
             if field in model_kwargs and not 0 <= model_kwargs[field] < 1:
-                raise ValueError(f"trial {index}: model.{field} must be in [0, 1), got {model_kwargs[field]}")
+                raise ValueError(
+                    f"trial {index}: model.{field} must be in [0, 1), got {model_kwargs[field]}"
+                )
         try:
             config = dataclasses.replace(sweep.base, split_seed=sweep.base.data_seed, **overrides)
         except ValueError as e:
@@ -249,11 +286,11 @@ def group_trials(trials: list[Trial], max_group_size: int | None = None) -> list
     for trial in trials:
         groups.setdefault(group_key(trial), []).append(trial)
     size = max_group_size or max(len(g) for g in groups.values())
-    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def parse_param(spec: str, model: str) -> tuple[str, Distribution]:
-    """"NAME=SPEC" from the command line -> (name, distribution).
+    """ "NAME=SPEC" from the command line -> (name, distribution).
 
     SPEC is "a,b,c" (a Choice), "log:LOW:HIGH" (LogUniform) or
     "uniform:LOW:HIGH" (Uniform); e.g. "learning_rate=log:1e-4:1e-2",
@@ -263,14 +300,18 @@ def parse_param(spec: str, model: str) -> tuple[str, Distribution]:
     name, sep, values = spec.partition("=")
     name = name.strip().replace("-", "_") if not name.startswith(MODEL_PREFIX) else name.strip()
     if not sep or not name or not values:
-        raise ValueError(f"--param {spec!r}: expected NAME=SPEC, e.g. learning_rate=log:1e-4:1e-2 "
-                         "or batch_size=64,128")
+        raise ValueError(
+            f"--param {spec!r}: expected NAME=SPEC, e.g. learning_rate=log:1e-4:1e-2 "
+            "or batch_size=64,128"
+        )
     check_param_name(name, model)
     kind, _, bounds = values.partition(":")
     if kind in ("log", "uniform"):
         try:
             low, high = (float(b) for b in bounds.split(":"))
         except ValueError:
-            raise ValueError(f"--param {spec!r}: expected {kind}:LOW:HIGH with two numbers") from None
+            raise ValueError(
+                f"--param {spec!r}: expected {kind}:LOW:HIGH with two numbers"
+            ) from None
         return name, (LogUniform if kind == "log" else Uniform)(low, high)
     return name, Choice(tuple(_typed(name, v.strip(), model) for v in values.split(",")))

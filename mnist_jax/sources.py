@@ -27,8 +27,16 @@ import tempfile
 import numpy as np
 
 from mnist_jax import caches
-from mnist_jax.data import (MNIST, OFFLINE_HINT, SPLIT_SIZES, TFDS_NAME, TFDS_VERSION, CorruptDataError,
-                            DataNotFoundError, Split)
+from mnist_jax.data import (
+    MNIST,
+    OFFLINE_HINT,
+    SPLIT_SIZES,
+    TFDS_NAME,
+    TFDS_VERSION,
+    CorruptDataError,
+    DataNotFoundError,
+    Split,
+)
 from mnist_jax.idx import IDX_FILES, download_idx_files, find_idx_file, load_idx_folder
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,9 @@ def _decode_tfds(tfds, data_dir: pathlib.Path, prepared: pathlib.Path) -> MNIST:
     for split, size in SPLIT_SIZES.items():
         try:
             source = tfds.data_source(
-                f"{TFDS_NAME}:{TFDS_VERSION}", split=split, data_dir=str(data_dir),
+                f"{TFDS_NAME}:{TFDS_VERSION}",
+                split=split,
+                data_dir=str(data_dir),
                 download=False,
             )
             records = source.__getitems__(list(range(len(source))))
@@ -120,7 +130,9 @@ def load_mnist(
         $MNIST_JAX_CACHE or ~/.cache/mnist-jax.
     """
     cache = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    with caches.lock(cache, "the MNIST cache"):  # One process downloads and decodes; others wait, then read.
+    with caches.lock(
+        cache, "the MNIST cache"
+    ):  # One process downloads and decodes; others wait, then read.
         return _load(cache, data_dir, idx_dir, download)
 
 
@@ -142,8 +154,7 @@ def _load(cache: pathlib.Path, data_dir, idx_dir, download: bool) -> MNIST:
         )
     if not download:
         raise DataNotFoundError(
-            f"No MNIST found: no tfds dataset at {prepared} and downloading is off. "
-            + OFFLINE_HINT
+            f"No MNIST found: no tfds dataset at {prepared} and downloading is off. " + OFFLINE_HINT
         )
     folder = cache / "downloads"
     if not all(_has_idx(folder, stem) for stem, _, _ in IDX_FILES.values()):
@@ -167,9 +178,7 @@ def _source_fingerprint(path: pathlib.Path) -> list:
 
 
 def _cached(cache: pathlib.Path, source: str, path: pathlib.Path, load) -> MNIST:
-    key = hashlib.sha256(
-        json.dumps([source, _source_fingerprint(path)]).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([source, _source_fingerprint(path)]).encode()).hexdigest()[:16]
     cache_file = cache / f"mnist-{key}.npz"
     if cache_file.is_file():
         try:
@@ -187,10 +196,14 @@ def _cached(cache: pathlib.Path, source: str, path: pathlib.Path, load) -> MNIST
         with tempfile.NamedTemporaryFile(dir=cache, suffix=".npz.tmp", delete=False) as f:
             np.savez(
                 f,
-                train_images=mnist.train.images, train_labels=mnist.train.labels,
-                test_images=mnist.test.images, test_labels=mnist.test.labels,
+                train_images=mnist.train.images,
+                train_labels=mnist.train.labels,
+                test_images=mnist.test.images,
+                test_labels=mnist.test.labels,
             )
         os.replace(f.name, cache_file)  # Atomic: never a half-written cache.
     except OSError as e:
-        log.warning("Could not write the cache %s (%s); the next load decodes again.", cache_file, e)
+        log.warning(
+            "Could not write the cache %s (%s); the next load decodes again.", cache_file, e
+        )
     return mnist

@@ -55,7 +55,12 @@ def step_keys(key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, seed: int, sample: jax.Array, *, ema: bool = False
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int,
+    sample: jax.Array,
+    *,
+    ema: bool = False,
 ) -> TrainState:
     """Initialises parameters from `seed`; sample: a float input batch, e.g.
     (1, 28, 28, 1). With `ema`, a moving average of the weights that starts
@@ -70,8 +75,13 @@ def create_train_state(
 
     def create(init_key, train_key, sample):
         variables = model.init(init_key, sample, train=False)
-        state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                  batch_stats=variables.get("batch_stats", {}), tx=tx, key=train_key)
+        state = TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            batch_stats=variables.get("batch_stats", {}),
+            tx=tx,
+            key=train_key,
+        )
         return state.replace(ema=_weights(state, copy=True)) if ema else state
 
     state = jax.jit(create)(init_key, train_key, sample)
@@ -86,18 +96,23 @@ def load_pretrained(state: TrainState, pretrained: dict) -> TrainState:
     `pretrained` is a nested dict like the params (e.g. {"encoder": ...});
     leaves it leaves out keep their initial values (e.g. a new final layer).
     """
+
     def merge(initial, given, path):
         if not isinstance(initial, dict):
             if np.shape(initial) != np.shape(given):
-                raise ValueError(f"pretrained {'/'.join(path)} has shape {np.shape(given)}, "
-                                 f"the model expects {np.shape(initial)}")
+                raise ValueError(
+                    f"pretrained {'/'.join(path)} has shape {np.shape(given)}, "
+                    f"the model expects {np.shape(initial)}"
+                )
             # A copy: the train step donates the state's buffers, which must
             # not take the caller's arrays (shared by several runs) with them.
             return jnp.array(given, initial.dtype, copy=True)
         if not isinstance(given, dict) or set(given) - set(initial):
             unknown = sorted(set(given) - set(initial)) if isinstance(given, dict) else given
-            raise ValueError(f"pretrained {'/'.join(path) or 'params'} has {unknown} that the model "
-                             f"lacks; the model has {sorted(initial)}")
+            raise ValueError(
+                f"pretrained {'/'.join(path) or 'params'} has {unknown} that the model "
+                f"lacks; the model has {sorted(initial)}"
+            )
         return {k: merge(v, given[k], path + (k,)) if k in given else v for k, v in initial.items()}
 
     params = merge(dict(state.params), pretrained, ())
@@ -130,7 +145,6 @@ def update_average(state: TrainState, decay: float) -> TrainState:
     t = state.step.astype(jnp.float32)
     rate = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
     return state.replace(ema=optax.incremental_update(_weights(state), state.ema, 1.0 - rate))
-
 
 
 def count_params(params: Any) -> int:
@@ -168,7 +182,10 @@ def train_step(state: TrainState, batch: dict, *, spec: StepConfig) -> tuple[Tra
     def loss_fn(params):
         outputs, updates = state.apply_fn(
             {"params": precision.to_compute(params, spec.dtype), "batch_stats": state.batch_stats},
-            inputs, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"],
+            inputs,
+            train=True,
+            rngs={"dropout": dropout_key},
+            mutable=["batch_stats"],
             **_apply_kwargs(state, mask),
         )
         outputs = precision.to_float32(outputs, spec.dtype)
@@ -188,13 +205,23 @@ def make_train_step(spec: StepConfig, mesh: jax.sharding.Mesh | None = None) -> 
     donated to the new one."""
     mesh = mesh or parallel.data_mesh()
     state_sharding, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    return jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0,
-                   in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, state_sharding))
+    return jax.jit(
+        functools.partial(train_step, spec=spec),
+        donate_argnums=0,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, state_sharding),
+    )
 
 
-def train_steps_on_device(state: TrainState, data: dict, indices: jax.Array, masks: jax.Array, *,
-                          spec: StepConfig, mesh: jax.sharding.Mesh) -> tuple[TrainState, dict]:
+def train_steps_on_device(
+    state: TrainState,
+    data: dict,
+    indices: jax.Array,
+    masks: jax.Array,
+    *,
+    spec: StepConfig,
+    mesh: jax.sharding.Mesh,
+) -> tuple[TrainState, dict]:
     """K train steps as one `lax.scan`, gathering each batch on the device.
 
     data: image (N, 28, 28, 1) uint8 (or float features), label (N,) int32,
@@ -218,17 +245,23 @@ def make_device_train_steps(spec: StepConfig, mesh: jax.sharding.Mesh) -> Callab
     """`train_steps_on_device`, jitted once per scan length."""
     replicated = parallel.replicated(mesh)
     steps_sharding = parallel.steps_sharded(mesh)
-    return jax.jit(functools.partial(train_steps_on_device, spec=spec, mesh=mesh), donate_argnums=0,
-                   in_shardings=(replicated, replicated, steps_sharding, steps_sharding),
-                   out_shardings=(replicated, replicated))
+    return jax.jit(
+        functools.partial(train_steps_on_device, spec=spec, mesh=mesh),
+        donate_argnums=0,
+        in_shardings=(replicated, replicated, steps_sharding, steps_sharding),
+        out_shardings=(replicated, replicated),
+    )
 
 
 def infer(state: TrainState, inputs: jax.Array, dtype: str = "float32"):
     """The model's outputs in inference mode (running BN statistics, no
     dropout), computed in `dtype` and returned as float32."""
     params = precision.to_compute(state.params, dtype)
-    outputs = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                             precision.to_compute(inputs, dtype), train=False)
+    outputs = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        precision.to_compute(inputs, dtype),
+        train=False,
+    )
     return precision.to_float32(outputs, dtype)
 
 
@@ -253,8 +286,14 @@ def eval_step(state: TrainState, batch: dict, *, spec: StepConfig) -> dict:
 def metric_means(sums: dict) -> dict:
     """{"loss": ..., "accuracy": ..., "mse": ...} from {"loss_sum": ..., "count": ...}."""
     count = max(float(sums["count"]), 1.0)
-    names = {"loss_sum": "loss", "correct_sum": "accuracy", "mse_sum": "mse", "psnr_sum": "psnr",
-             "ssim_sum": "ssim", "cross_entropy_sum": "cross_entropy"}
+    names = {
+        "loss_sum": "loss",
+        "correct_sum": "accuracy",
+        "mse_sum": "mse",
+        "psnr_sum": "psnr",
+        "ssim_sum": "ssim",
+        "cross_entropy_sum": "cross_entropy",
+    }
     return {names[k]: float(v) / count for k, v in sums.items() if k in names}
 
 
@@ -262,12 +301,20 @@ def metric_means(sums: dict) -> dict:
 def make_eval_step(spec: StepConfig, mesh: jax.sharding.Mesh) -> Callable:
     """The jitted eval step over `mesh`; results replicated on every device."""
     replicated = parallel.replicated(mesh)
-    return jax.jit(functools.partial(eval_step, spec=spec),
-                   in_shardings=(replicated, parallel.batch_sharded(mesh)), out_shardings=replicated)
+    return jax.jit(
+        functools.partial(eval_step, spec=spec),
+        in_shardings=(replicated, parallel.batch_sharded(mesh)),
+        out_shardings=replicated,
+    )
 
 
-def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig = StepConfig(),
-             mesh: jax.sharding.Mesh | None = None) -> dict:
+def evaluate(
+    state: TrainState,
+    split: Split,
+    batch_size: int,
+    spec: StepConfig = StepConfig(),
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
     """Mean loss and task metrics over a whole split (no example dropped);
     "predictions" (N,) too where the task classifies.
 
@@ -276,8 +323,12 @@ def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig 
     """
     mesh = mesh or parallel.data_mesh()
     step = make_eval_step(spec, mesh)
-    batches = pipeline.iterate_batches(split.images, split.labels, parallel.round_up(batch_size, mesh),
-                                       targets=split.targets if spec.reconstructs else None)
+    batches = pipeline.iterate_batches(
+        split.images,
+        split.labels,
+        parallel.round_up(batch_size, mesh),
+        targets=split.targets if spec.reconstructs else None,
+    )
     outputs = jax.device_get([step(state, parallel.shard_batch(batch, mesh)) for batch in batches])
     sums = {k: sum(o[k] for o in outputs) for k in outputs[0] if k != "predictions"}
     result = metric_means(sums)
@@ -286,8 +337,14 @@ def evaluate(state: TrainState, split: Split, batch_size: int, spec: StepConfig 
     return result
 
 
-def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConfig,
-                mesh: jax.sharding.Mesh | None = None, keep_predictions: bool = False) -> dict:
+def score_split(
+    state: TrainState,
+    split: Split,
+    batch_size: int,
+    spec: StepConfig,
+    mesh: jax.sharding.Mesh | None = None,
+    keep_predictions: bool = False,
+) -> dict:
     """evaluate(), plus macro F1, the per-class report and the confusion
     matrix where the task classifies; the "predictions" (N,) too with
     `keep_predictions`."""
@@ -299,5 +356,9 @@ def score_split(state: TrainState, split: Split, batch_size: int, spec: StepConf
     report = metrics_lib.classification_report(cm)
     if keep_predictions:
         result["predictions"] = predictions
-    return {**result, "f1_macro": report["f1_macro"], "per_class": report["per_class"],
-            "confusion_matrix": cm.tolist()}
+    return {
+        **result,
+        "f1_macro": report["f1_macro"],
+        "per_class": report["per_class"],
+        "confusion_matrix": cm.tolist(),
+    }

@@ -24,7 +24,9 @@ def _tensorboardx():
     """The tensorboardX package, imported without torch (see the module docstring)."""
     blocked = "tensorboardX" not in sys.modules and "torch" not in sys.modules
     if blocked:
-        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects.
+        sys.modules["torch"] = (
+            None  # `import torch` raises ImportError, which tensorboardX expects.
+        )
     try:
         import tensorboardX
         import tensorboardX.embedding
@@ -43,7 +45,11 @@ def sprite(images: np.ndarray) -> np.ndarray:
     side = math.ceil(math.sqrt(count))
     cells = np.zeros((side * side, size, size), np.uint8)
     cells[:count] = images[..., 0]
-    grid = cells.reshape(side, side, size, size).transpose(0, 2, 1, 3).reshape(side * size, side * size)
+    grid = (
+        cells.reshape(side, side, size, size)
+        .transpose(0, 2, 1, 3)
+        .reshape(side * size, side * size)
+    )
     return np.repeat(grid[..., None], 3, axis=-1)
 
 
@@ -81,7 +87,9 @@ class MetricWriter:
             return
         self._writer.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
 
-    def hparams(self, hparams: Mapping[str, bool | int | float | str], metrics: Mapping[str, float]) -> None:
+    def hparams(
+        self, hparams: Mapping[str, bool | int | float | str], metrics: Mapping[str, float]
+    ) -> None:
         """Records this run's hyperparameters and final metrics for the HParams dashboard."""
         if self._writer is None:
             return
@@ -90,8 +98,14 @@ class MetricWriter:
             file_writer.add_summary(summary)
         self.scalars(0, metrics)
 
-    def embedding(self, tag: str, step: int, features: np.ndarray, images: np.ndarray,
-                  metadata: Mapping[str, np.ndarray]) -> None:
+    def embedding(
+        self,
+        tag: str,
+        step: int,
+        features: np.ndarray,
+        images: np.ndarray,
+        metadata: Mapping[str, np.ndarray],
+    ) -> None:
         """Points (N, D) for TensorBoard's projector, each shown as its image.
 
         images: uint8 (N, H, H, 1), drawn into the projector's sprite.
@@ -104,10 +118,15 @@ class MetricWriter:
             return
         features = np.asarray(features, np.float32)
         columns = {name: np.asarray(values) for name, values in metadata.items()}
-        if features.ndim != 2 or np.asarray(images).shape[0] != len(features) or any(
-                len(v) != len(features) for v in columns.values()):
-            raise ValueError(f"embedding {tag!r}: features {features.shape}, images "
-                             f"{np.asarray(images).shape} and metadata must have one row per point")
+        if (
+            features.ndim != 2
+            or np.asarray(images).shape[0] != len(features)
+            or any(len(v) != len(features) for v in columns.values())
+        ):
+            raise ValueError(
+                f"embedding {tag!r}: features {features.shape}, images "
+                f"{np.asarray(images).shape} and metadata must have one row per point"
+            )
         # tensorboardX's add_embedding would draw a sprite of its own (leaving
         # the cells past the last image uninitialised: garbage pixels) and
         # format each value in Python; its file helpers are used instead, with
@@ -120,8 +139,11 @@ class MetricWriter:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         rows = [[str(v) for v in row] for row in zip(*columns.values())]
-        projector.make_tsv(rows if len(columns) > 1 else [r[0] for r in rows], str(folder),
-                           metadata_header=list(columns) if len(columns) > 1 else None)
+        projector.make_tsv(
+            rows if len(columns) > 1 else [r[0] for r in rows],
+            str(folder),
+            metadata_header=list(columns) if len(columns) > 1 else None,
+        )
         np.savetxt(folder / "tensors.tsv", features, fmt="%.9g", delimiter="\t")  # float32 exactly.
         from PIL import Image
 
@@ -130,8 +152,10 @@ class MetricWriter:
         before = config.read_text() if config.exists() else ""
         size = np.asarray(images).shape[1]
         # append_pbtxt reads only the (N, C, H, W) shape of the images it is given.
-        projector.append_pbtxt(columns, np.empty((0, 1, size, size)), str(logdir), subdir, int(step), tag)
-        added = config.read_text()[len(before):]
+        projector.append_pbtxt(
+            columns, np.empty((0, 1, size, size)), str(logdir), subdir, int(step), tag
+        )
+        added = config.read_text()[len(before) :]
         if added in before:  # Written again (a resumed run): keep one entry per embedding.
             config.write_text(before)
 

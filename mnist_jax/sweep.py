@@ -38,15 +38,28 @@ from mnist_jax.sweep_report import trial_rows, write_csv
 from mnist_jax.tasks import StepConfig
 from mnist_jax.trial_group import TrialGroup, group_model, init_trial_states, resolve_strategy, take
 
+
 def _trial_hparams(trial: Trial) -> dict:
     """The trial's settings as flat scalars for the HParams dashboard."""
-    model = {f"model.{k}": v for k, v in trial.model_kwargs.items() if isinstance(v, (int, float, str, bool))}
+    model = {
+        f"model.{k}": v
+        for k, v in trial.model_kwargs.items()
+        if isinstance(v, (int, float, str, bool))
+    }
     return {**flat_hparams(trial.config), **model}
 
 
-def train_group(trials: list[Trial], splits: Splits, group_dir: pathlib.Path, tensorboard_dir: pathlib.Path, *,
-                strategy: str = "auto", mesh: jax.sharding.Mesh | None = None, resume: bool = False,
-                progress: bool = True) -> dict:
+def train_group(
+    trials: list[Trial],
+    splits: Splits,
+    group_dir: pathlib.Path,
+    tensorboard_dir: pathlib.Path,
+    *,
+    strategy: str = "auto",
+    mesh: jax.sharding.Mesh | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Trains one group's trials together (the epoch loop with a TrialGroup);
     returns their histories and bests.
 
@@ -64,25 +77,50 @@ def train_group(trials: list[Trial], splits: Splits, group_dir: pathlib.Path, te
     with policy.open(group_dir) as ckpts:
         if ckpts.latest_step() is not None and not resume:
             raise ResumeError(f"{group_dir} already holds this group's checkpoints; pass --resume.")
-        writers = [summaries.MetricWriter(tensorboard_dir / t.name, enabled=parallel.is_main_process())
-                   for t in trials]
+        writers = [
+            summaries.MetricWriter(tensorboard_dir / t.name, enabled=parallel.is_main_process())
+            for t in trials
+        ]
         try:
-            result = train_members(group, splits, ckpts, writers, resume=resume and ckpts.latest_step() is not None,
-                                   progress=progress, mesh=mesh)
-            for trial, writer, history, best in zip(trials, writers, result["histories"], result["bests"]):
-                writer.hparams(_trial_hparams(trial), {
-                    f"hparam/best_{policy.metric}": best[policy.metric],
-                    **{f"hparam/final_{n}": v for n, v in history[-1].items() if n.startswith(("train_", "val_"))},
-                })
+            result = train_members(
+                group,
+                splits,
+                ckpts,
+                writers,
+                resume=resume and ckpts.latest_step() is not None,
+                progress=progress,
+                mesh=mesh,
+            )
+            for trial, writer, history, best in zip(
+                trials, writers, result["histories"], result["bests"]
+            ):
+                writer.hparams(
+                    _trial_hparams(trial),
+                    {
+                        f"hparam/best_{policy.metric}": best[policy.metric],
+                        **{
+                            f"hparam/final_{n}": v
+                            for n, v in history[-1].items()
+                            if n.startswith(("train_", "val_"))
+                        },
+                    },
+                )
         finally:
             for writer in writers:
                 writer.close()
-    return {"histories": result["histories"], "best": result["bests"], "train_seconds": result["train_seconds"],
-            "strategy": group.strategy, "data_placement": result["data_placement"], "states": result["state"]}
+    return {
+        "histories": result["histories"],
+        "best": result["bests"],
+        "train_seconds": result["train_seconds"],
+        "strategy": group.strategy,
+        "data_placement": result["data_placement"],
+        "states": result["state"],
+    }
 
 
-def restore_trial_best(trials: list[Trial], k: int, splits: Splits, group_dir: pathlib.Path,
-                       mesh: jax.sharding.Mesh) -> TrainState:
+def restore_trial_best(
+    trials: list[Trial], k: int, splits: Splits, group_dir: pathlib.Path, mesh: jax.sharding.Mesh
+) -> TrainState:
     """Trial k's best state, from its group's checkpoint of best states."""
     first = trials[0].config
     model, _ = group_model(trials)
@@ -116,9 +154,18 @@ def save_best_run(best_dir: pathlib.Path, state: TrainState, meta: dict) -> None
         write_json(marker, {"trial": meta["trial"]})
 
 
-def _run_groups(groups: list[list[Trial]], splits: Splits, workdir: pathlib.Path, *, strategy: str,
-                budget_seconds: float | None, resume: bool, progress: bool, mesh,
-                on_group: Callable | None) -> tuple[dict[int, dict], list[dict]]:
+def _run_groups(
+    groups: list[list[Trial]],
+    splits: Splits,
+    workdir: pathlib.Path,
+    *,
+    strategy: str,
+    budget_seconds: float | None,
+    resume: bool,
+    progress: bool,
+    mesh,
+    on_group: Callable | None,
+) -> tuple[dict[int, dict], list[dict]]:
     """Trains (or, resumed, reuses) each group in order until the budget is
     spent; returns each trained trial's results and each group's status."""
     clock = time.perf_counter()
@@ -130,32 +177,66 @@ def _run_groups(groups: list[list[Trial]], splits: Splits, workdir: pathlib.Path
         if resume and done_file.is_file():
             result = json.loads(done_file.read_text())
             print(f"group {g}: finished before, reused ({done_file})", flush=True)
-        elif budget_seconds is not None and results and time.perf_counter() - clock > budget_seconds:
+        elif (
+            budget_seconds is not None and results and time.perf_counter() - clock > budget_seconds
+        ):
             print(f"group {g}: skipped, the budget of {budget_seconds:.0f} s is spent", flush=True)
-            groups_info.append({"group": g, "trials": [t.index for t in group], "status": "skipped (budget)"})
+            groups_info.append(
+                {"group": g, "trials": [t.index for t in group], "status": "skipped (budget)"}
+            )
             continue
         else:
-            print(f"group {g}: trials {[t.index for t in group]}, {group[0].config.epochs} epochs, "
-                  f"batch {group[0].config.batch_size}, {group[0].config.optimizer}", flush=True)
-            result = train_group(group, splits, group_dir, workdir / "tensorboard", strategy=strategy,
-                                 mesh=mesh, resume=resume, progress=progress)
+            print(
+                f"group {g}: trials {[t.index for t in group]}, {group[0].config.epochs} epochs, "
+                f"batch {group[0].config.batch_size}, {group[0].config.optimizer}",
+                flush=True,
+            )
+            result = train_group(
+                group,
+                splits,
+                group_dir,
+                workdir / "tensorboard",
+                strategy=strategy,
+                mesh=mesh,
+                resume=resume,
+                progress=progress,
+            )
             result.pop("states")
             if parallel.is_main_process():
                 write_json(done_file, result)
             if on_group is not None:
                 on_group(group, result)
-        groups_info.append({"group": g, "trials": [t.index for t in group], "status": "done",
-                            **{k: result[k] for k in ("train_seconds", "strategy", "data_placement")}})
+        groups_info.append(
+            {
+                "group": g,
+                "trials": [t.index for t in group],
+                "status": "done",
+                **{k: result[k] for k in ("train_seconds", "strategy", "data_placement")},
+            }
+        )
         for k, trial in enumerate(group):
-            results[trial.index] = {"group": g, "history": result["histories"][k], "best": result["best"][k],
-                                    "group_seconds": result["train_seconds"]}
+            results[trial.index] = {
+                "group": g,
+                "history": result["histories"][k],
+                "best": result["best"][k],
+                "group_seconds": result["train_seconds"],
+            }
     return results, groups_info
 
 
-def run_sweep(sweep: SweepConfig, splits: Splits, workdir: pathlib.Path, *, strategy: str = "auto",
-              max_group_size: int | None = None, budget_seconds: float | None = None, resume: bool = False,
-              progress: bool = True, mesh: jax.sharding.Mesh | None = None,
-              on_group: Callable[[list[Trial], dict], None] | None = None) -> dict:
+def run_sweep(
+    sweep: SweepConfig,
+    splits: Splits,
+    workdir: pathlib.Path,
+    *,
+    strategy: str = "auto",
+    max_group_size: int | None = None,
+    budget_seconds: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    on_group: Callable[[list[Trial], dict], None] | None = None,
+) -> dict:
     """Runs the sweep's groups in order, picks the best trial by validation,
     saves it as a run in `workdir/best` and scores it on the test set.
 
@@ -172,37 +253,73 @@ def run_sweep(sweep: SweepConfig, splits: Splits, workdir: pathlib.Path, *, stra
     spec = sweep.base.step_config()
     select_key, mode = spec.selection
     if not resume and (workdir / "groups").exists():
-        raise ResumeError(f"{workdir} already holds a sweep. Pass --resume to continue it, or choose "
-                          "another --workdir; nothing was changed.")
-    print(f"sweep: {len(trials)} trials in {len(groups)} group(s) of "
-          f"{', '.join(str(len(g)) for g in groups)}; trials in a group train together "
-          f"({resolve_strategy(strategy, mesh)})", flush=True)
+        raise ResumeError(
+            f"{workdir} already holds a sweep. Pass --resume to continue it, or choose "
+            "another --workdir; nothing was changed."
+        )
+    print(
+        f"sweep: {len(trials)} trials in {len(groups)} group(s) of "
+        f"{', '.join(str(len(g)) for g in groups)}; trials in a group train together "
+        f"({resolve_strategy(strategy, mesh)})",
+        flush=True,
+    )
     clock = time.perf_counter()
-    results, groups_info = _run_groups(groups, splits, workdir, strategy=strategy, budget_seconds=budget_seconds,
-                                       resume=resume, progress=progress, mesh=mesh, on_group=on_group)
+    results, groups_info = _run_groups(
+        groups,
+        splits,
+        workdir,
+        strategy=strategy,
+        budget_seconds=budget_seconds,
+        resume=resume,
+        progress=progress,
+        mesh=mesh,
+        on_group=on_group,
+    )
     sign = 1 if mode == "max" else -1
     best_index = max(results, key=lambda i: (sign * results[i]["best"][select_key], -i))
     best_trial, g = trials[best_index], results[best_index]["group"]
-    state = restore_trial_best(groups[g], groups[g].index(best_trial), splits,
-                               workdir / "groups" / f"group_{g:02d}", mesh)
+    state = restore_trial_best(
+        groups[g], groups[g].index(best_trial), splits, workdir / "groups" / f"group_{g:02d}", mesh
+    )
     test = score_split(averaged(state), splits.test, best_trial.config.eval_batch_size, spec, mesh)
-    best_meta = {"config": best_trial.config.to_dict(), "model_kwargs": dict(best_trial.model_kwargs),
-                 "trial": best_index, "history": results[best_index]["history"], "best": results[best_index]["best"],
-                 "epoch_sums": {}, "train_seconds": results[best_index]["group_seconds"]}
+    best_meta = {
+        "config": best_trial.config.to_dict(),
+        "model_kwargs": dict(best_trial.model_kwargs),
+        "trial": best_index,
+        "history": results[best_index]["history"],
+        "best": results[best_index]["best"],
+        "epoch_sums": {},
+        "train_seconds": results[best_index]["group_seconds"],
+    }
     save_best_run(workdir / "best", state, best_meta)
     summary = {
         "sweep": sweep.to_dict(),
-        "trials": [{"trial": t.index, "params": dict(t.params), "model_kwargs": dict(t.model_kwargs),
-                    "config": t.config.to_dict(), **results.get(t.index, {"status": "skipped (budget)"})}
-                   for t in trials],
+        "trials": [
+            {
+                "trial": t.index,
+                "params": dict(t.params),
+                "model_kwargs": dict(t.model_kwargs),
+                "config": t.config.to_dict(),
+                **results.get(t.index, {"status": "skipped (budget)"}),
+            }
+            for t in trials
+        ],
         "groups": groups_info,
         "best_trial": best_index,
         "selected_by": select_key,
-        "best": {"params": dict(best_trial.params), "model_kwargs": dict(best_trial.model_kwargs),
-                 "config": best_trial.config.to_dict(), **results[best_index]["best"]},
+        "best": {
+            "params": dict(best_trial.params),
+            "model_kwargs": dict(best_trial.model_kwargs),
+            "config": best_trial.config.to_dict(),
+            **results[best_index]["best"],
+        },
         "test": test,
-        "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-                 "split_seed": sweep.base.data_seed},
+        "data": {
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+            "split_seed": sweep.base.data_seed,
+        },
         "train_seconds": sum(gi.get("train_seconds", 0.0) for gi in groups_info),
         "wall_seconds": time.perf_counter() - clock,
         "devices": parallel.describe(mesh),
@@ -212,15 +329,23 @@ def run_sweep(sweep: SweepConfig, splits: Splits, workdir: pathlib.Path, *, stra
     return {**summary, "state": state}
 
 
-def _write_sweep_files(workdir: pathlib.Path, summary: dict, rows: list[dict], spec: StepConfig) -> None:
+def _write_sweep_files(
+    workdir: pathlib.Path, summary: dict, rows: list[dict], spec: StepConfig
+) -> None:
     """sweep.json, trials.csv, and best/'s summary and confusion matrix (process 0 only)."""
     if not parallel.is_main_process():
         return
     write_json(workdir / "sweep.json", summary)
     write_csv(workdir / "trials.csv", rows)
-    rundir.write_summary(workdir / "best", {"experiment": "sweep best trial", **summary["best"],
-                                            "test": summary["test"]})
+    rundir.write_summary(
+        workdir / "best",
+        {"experiment": "sweep best trial", **summary["best"], "test": summary["test"]},
+    )
     if spec.classifies:
-        viz.save_png(viz.confusion_matrix_image(np.array(summary["test"]["confusion_matrix"]),
-                                                f"sweep: best trial {summary['best_trial']}, test"),
-                     workdir / "best" / "confusion_matrix.png")
+        viz.save_png(
+            viz.confusion_matrix_image(
+                np.array(summary["test"]["confusion_matrix"]),
+                f"sweep: best trial {summary['best_trial']}, test",
+            ),
+            workdir / "best" / "confusion_matrix.png",
+        )

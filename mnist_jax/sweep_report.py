@@ -21,9 +21,15 @@ def trial_rows(trials: list[Trial], results: dict[int, dict], select_key: str) -
             continue
         best = result["best"]
         at_best = result["history"][best["epoch"] - 1]
-        row.update({"best_epoch": best["epoch"], f"best_{select_key}": best[select_key],
-                    **{k: v for k, v in at_best.items() if k.startswith(("val_", "train_"))},
-                    "group_seconds": result["group_seconds"], "status": "done"})
+        row.update(
+            {
+                "best_epoch": best["epoch"],
+                f"best_{select_key}": best[select_key],
+                **{k: v for k, v in at_best.items() if k.startswith(("val_", "train_"))},
+                "group_seconds": result["group_seconds"],
+                "status": "done",
+            }
+        )
         rows.append(row)
     return rows
 
@@ -41,9 +47,19 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
 def format_table(rows: list[dict], param_names: list[str], select_key: str, best_index: int) -> str:
     """The trials as a Markdown table, best first by `select_key`, the chosen one marked."""
     key = f"best_{select_key}"
-    done = sorted((r for r in rows if r["status"] == "done"), key=lambda r: r[key],
-                  reverse=select_key != "val_loss")
-    header = ["trial", *param_names, "best epoch", select_key.replace("_", " "), "val loss", "train loss"]
+    done = sorted(
+        (r for r in rows if r["status"] == "done"),
+        key=lambda r: r[key],
+        reverse=select_key != "val_loss",
+    )
+    header = [
+        "trial",
+        *param_names,
+        "best epoch",
+        select_key.replace("_", " "),
+        "val loss",
+        "train loss",
+    ]
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -51,11 +67,27 @@ def format_table(rows: list[dict], param_names: list[str], select_key: str, best
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in done:
         mark = " (best)" if r["trial"] == best_index else ""
-        lines.append("| " + " | ".join([f"{r['trial']}{mark}", *(cell(r[p]) for p in param_names),
-                                        str(r["best_epoch"]), f"{r[key]:.4f}", f"{r['val_loss']:.4f}",
-                                        f"{r.get('train_loss', float('nan')):.4f}"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r['trial']}{mark}",
+                    *(cell(r[p]) for p in param_names),
+                    str(r["best_epoch"]),
+                    f"{r[key]:.4f}",
+                    f"{r['val_loss']:.4f}",
+                    f"{r.get('train_loss', float('nan')):.4f}",
+                ]
+            )
+            + " |"
+        )
     for r in rows:
         if r["status"] != "done":
-            lines.append("| " + " | ".join([str(r["trial"]), *(cell(r[p]) for p in param_names),
-                                            r["status"], "", "", ""]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [str(r["trial"]), *(cell(r[p]) for p in param_names), r["status"], "", "", ""]
+                )
+                + " |"
+            )
     return "\n".join(lines)

@@ -71,12 +71,18 @@ class StepConfig:
         if self.recon_weight < 0:
             raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1) (0: no moving average), got {self.ema_decay}")
+            raise ValueError(
+                f"ema_decay must be in [0, 1) (0: no moving average), got {self.ema_decay}"
+            )
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1) (0: none), got {self.label_smoothing}")
+            raise ValueError(
+                f"label_smoothing must be in [0, 1) (0: none), got {self.label_smoothing}"
+            )
         if self.label_smoothing and not self.classifies:
-            raise ValueError(f"label_smoothing smooths class labels, but task {self.task!r} has none; "
-                             "leave it at 0")
+            raise ValueError(
+                f"label_smoothing smooths class labels, but task {self.task!r} has none; "
+                "leave it at 0"
+            )
 
     @property
     def classifies(self) -> bool:
@@ -110,8 +116,10 @@ def model_inputs(
     """
     if images.dtype != jnp.uint8:
         if key is not None and spec.augment.active:
-            raise ValueError("augmentation transforms images, but these inputs are precomputed features "
-                             f"{images.shape}: run the frozen layers every step (--no-cache-features)")
+            raise ValueError(
+                "augmentation transforms images, but these inputs are precomputed features "
+                f"{images.shape}: run the frozen layers every step (--no-cache-features)"
+            )
         return images, None
     clean = pipeline.to_unit_range(images)  # (B, 28, 28, 1)
     if key is not None and spec.augment.active:
@@ -132,8 +140,9 @@ def _split_outputs(outputs, spec: StepConfig):
     return logits, reconstruction
 
 
-def per_example_terms(outputs, target: jax.Array | None, labels: jax.Array, spec: StepConfig, *,
-                      train: bool = False) -> dict:
+def per_example_terms(
+    outputs, target: jax.Array | None, labels: jax.Array, spec: StepConfig, *, train: bool = False
+) -> dict:
     """Per-example loss and metrics, each (B,).
 
     Keys: "loss" always; "correct" (0/1) and "cross_entropy" when the task
@@ -149,7 +158,9 @@ def per_example_terms(outputs, target: jax.Array | None, labels: jax.Array, spec
         terms["correct"] = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         loss = terms["cross_entropy"]
         if train and spec.label_smoothing:
-            targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), spec.label_smoothing)
+            targets = optax.smooth_labels(
+                jax.nn.one_hot(labels, logits.shape[-1]), spec.label_smoothing
+            )
             loss = optax.softmax_cross_entropy(logits, targets)
     if reconstruction is not None:
         if target is None:

@@ -72,33 +72,67 @@ def train_and_evaluate(
     with contextlib.ExitStack() as stack:
         with phases("setup"):
             ckpts = stack.enter_context(CheckpointPolicy.of(config).open(workdir))
-            writer = stack.enter_context(summaries.MetricWriter(workdir / "tensorboard", enabled=is_main))
-        result = fit(config, model, splits, ckpts, writer, resume=resume, on_step=on_step,
-                     progress=progress, pretrained=pretrained, mesh=mesh)
+            writer = stack.enter_context(
+                summaries.MetricWriter(workdir / "tensorboard", enabled=is_main)
+            )
+        result = fit(
+            config,
+            model,
+            splits,
+            ckpts,
+            writer,
+            resume=resume,
+            on_step=on_step,
+            progress=progress,
+            pretrained=pretrained,
+            mesh=mesh,
+        )
         for name in ("init", "compile", "train"):
             phases.add(name, result[f"{name}_seconds"])
         state = result["state"]
         with phases("test"):
             best_state = averaged(ckpts.restore_best(state)[0])
-            test = score_split(best_state, splits.test, config.eval_batch_size, spec, mesh,
-                               keep_predictions=True)
+            test = score_split(
+                best_state, splits.test, config.eval_batch_size, spec, mesh, keep_predictions=True
+            )
         predictions = test.pop("predictions", None)
         with phases("figures"):
             if is_main:
                 figures.write_run_figures(
-                    workdir, writer, experiment=experiment, state=best_state, test=splits.test, spec=spec,
-                    history=result["history"], step=int(state.step),
-                    scored_epoch=(result["best"] or {}).get("epoch"), predictions=predictions,
-                    confusion_matrix=test.get("confusion_matrix"), test_pictures=test_pictures)
+                    workdir,
+                    writer,
+                    experiment=experiment,
+                    state=best_state,
+                    test=splits.test,
+                    spec=spec,
+                    history=result["history"],
+                    step=int(state.step),
+                    scored_epoch=(result["best"] or {}).get("epoch"),
+                    predictions=predictions,
+                    confusion_matrix=test.get("confusion_matrix"),
+                    test_pictures=test_pictures,
+                )
         with phases("finish"):
             select_key = spec.selection[0]
-            writer.hparams(flat_hparams(config), {
-                **{f"hparam/test_{k}": v for k, v in test.items() if isinstance(v, float)},
-                f"hparam/best_{select_key}": result["best"][select_key],
-            })
+            writer.hparams(
+                flat_hparams(config),
+                {
+                    **{f"hparam/test_{k}": v for k, v in test.items() if isinstance(v, float)},
+                    f"hparam/best_{select_key}": result["best"][select_key],
+                },
+            )
             stack.close()  # Waits for the checkpoints, closes the TensorBoard file.
-    summary = rundir.make_summary(experiment=experiment, config=config, model=model, params=state.params,
-                                  splits=splits, test=test, fit_result=result, devices=devices, extra=extra)
+    summary = rundir.make_summary(
+        experiment=experiment,
+        config=config,
+        model=model,
+        params=state.params,
+        splits=splits,
+        test=test,
+        fit_result=result,
+        devices=devices,
+        extra=extra,
+    )
     summary["phase_seconds"] = phases.seconds
     if previous is not None:  # Re-scored: the training was measured when it ran.
         summary.update({k: previous[k] for k in rundir.TIMINGS if k in previous}, rescored=True)

@@ -75,28 +75,43 @@ def group_model(trials: list[Trial]) -> tuple[nn.Module, tuple[str, ...]]:
     return get_model(trials[0].config.model, **shared), fields
 
 
-def init_trial_states(trials: list[Trial], model: nn.Module, steps_per_epoch: int,
-                      sample: jax.Array) -> TrainState:
+def init_trial_states(
+    trials: list[Trial], model: nn.Module, steps_per_epoch: int, sample: jax.Array
+) -> TrainState:
     """The group's stacked initial state: each trial's init from its own seed,
     its learning rate and weight decay in its optimizer state."""
     tx = make_optimizer(trials[0].config, steps_per_epoch)  # One structure for all.
     config_fields, _ = batched_fields(trials[0])
     states = []
     for trial in trials:
-        state = create_train_state(model, tx, trial.config.seed, sample, ema=trial.config.ema_decay > 0)
-        values = {k: getattr(trial.config, k) for k in ("learning_rate", "weight_decay") if k in config_fields}
+        state = create_train_state(
+            model, tx, trial.config.seed, sample, ema=trial.config.ema_decay > 0
+        )
+        values = {
+            k: getattr(trial.config, k)
+            for k in ("learning_rate", "weight_decay")
+            if k in config_fields
+        }
         states.append(state.replace(opt_state=set_hyperparams(state.opt_state, **values)))
     return stack(states)
 
 
-def trials_step(states: TrainState, model_hparams: dict, batches: dict, *, model: nn.Module,
-                spec: StepConfig, strategy: str) -> tuple[TrainState, dict]:
+def trials_step(
+    states: TrainState,
+    model_hparams: dict,
+    batches: dict,
+    *,
+    model: nn.Module,
+    spec: StepConfig,
+    strategy: str,
+) -> tuple[TrainState, dict]:
     """One train step of K trials: `train_step` for each, on its own batch.
 
     states: stacked (K, ...); model_hparams: {field: (K,)} per-trial model
     fields (dropout rates); batches: image (K, B, 28, 28, 1), label (K, B),
     mask (K, B). Returns the stacked new states and metric sums (K,).
     """
+
     def one_trial(state, hparams, batch):
         trial_model = model.clone(**hparams) if hparams else model
         new, metrics = train_step(state.replace(apply_fn=trial_model.apply), batch, spec=spec)
@@ -104,20 +119,29 @@ def trials_step(states: TrainState, model_hparams: dict, batches: dict, *, model
 
     if strategy == "vmap":
         return jax.vmap(one_trial)(states, model_hparams, batches)
-    outputs = [one_trial(take(states, k), take(model_hparams, k), take(batches, k))
-               for k in range(trial_count(states))]
+    outputs = [
+        one_trial(take(states, k), take(model_hparams, k), take(batches, k))
+        for k in range(trial_count(states))
+    ]
     return stack(outputs)
 
 
-def make_trials_step(model: nn.Module, spec: StepConfig, strategy: str, mesh: jax.sharding.Mesh) -> Callable:
+def make_trials_step(
+    model: nn.Module, spec: StepConfig, strategy: str, mesh: jax.sharding.Mesh
+) -> Callable:
     """`trials_step` jitted: states replicated and donated, each trial's batch split across the mesh."""
     replicated = parallel.replicated(mesh)
-    return jax.jit(functools.partial(trials_step, model=model, spec=spec, strategy=strategy),
-                   donate_argnums=0, in_shardings=(replicated, replicated, parallel.steps_sharded(mesh)),
-                   out_shardings=(replicated, replicated))
+    return jax.jit(
+        functools.partial(trials_step, model=model, spec=spec, strategy=strategy),
+        donate_argnums=0,
+        in_shardings=(replicated, replicated, parallel.steps_sharded(mesh)),
+        out_shardings=(replicated, replicated),
+    )
 
 
-def make_trials_scan(model: nn.Module, spec: StepConfig, strategy: str, mesh: jax.sharding.Mesh) -> Callable:
+def make_trials_scan(
+    model: nn.Module, spec: StepConfig, strategy: str, mesh: jax.sharding.Mesh
+) -> Callable:
     """Steps of `trials_step` as one lax.scan, the training set on the devices."""
     replicated = parallel.replicated(mesh)
     batch_sharding = parallel.steps_sharded(mesh)  # (K, B, ...)
@@ -127,13 +151,19 @@ def make_trials_scan(model: nn.Module, spec: StepConfig, strategy: str, mesh: ja
             idx, mask = step_input
             batches = {"image": data["image"][idx], "label": data["label"][idx], "mask": mask}
             batches = jax.lax.with_sharding_constraint(batches, batch_sharding)
-            return trials_step(states, model_hparams, batches, model=model, spec=spec, strategy=strategy)
+            return trials_step(
+                states, model_hparams, batches, model=model, spec=spec, strategy=strategy
+            )
+
         return jax.lax.scan(one_step, states, (indices, masks))
 
     steps_sharding = parallel.steps_sharded(mesh, leading=2)  # (steps, K, B)
-    return jax.jit(scan, donate_argnums=0,
-                   in_shardings=(replicated, replicated, replicated, steps_sharding, steps_sharding),
-                   out_shardings=(replicated, replicated))
+    return jax.jit(
+        scan,
+        donate_argnums=0,
+        in_shardings=(replicated, replicated, replicated, steps_sharding, steps_sharding),
+        out_shardings=(replicated, replicated),
+    )
 
 
 def _keep_improved(best: TrainState | None, states: TrainState, improved: np.ndarray) -> TrainState:
@@ -141,7 +171,9 @@ def _keep_improved(best: TrainState | None, states: TrainState, improved: np.nda
     if best is None:
         return jax.tree.map(jnp.copy, states)
     mask = jnp.asarray(improved)
-    return jax.tree.map(lambda b, s: jnp.where(mask.reshape(-1, *([1] * (s.ndim - 1))), s, b), best, states)
+    return jax.tree.map(
+        lambda b, s: jnp.where(mask.reshape(-1, *([1] * (s.ndim - 1))), s, b), best, states
+    )
 
 
 class TrialGroup:
@@ -154,8 +186,12 @@ class TrialGroup:
         self.trials, self.config, self.count = trials, trials[0].config, len(trials)
         self.strategy = resolve_strategy(strategy, mesh)
         self.model, fields = group_model(trials)
-        self.step_args = (parallel.replicate(
-            {f: jnp.asarray([t.model_kwargs[f] for t in trials], jnp.float32) for f in fields}, mesh),)
+        self.step_args = (
+            parallel.replicate(
+                {f: jnp.asarray([t.model_kwargs[f] for t in trials], jnp.float32) for f in fields},
+                mesh,
+            ),
+        )
 
     def initial_state(self, steps_per_epoch: int, sample: jax.Array) -> TrainState:
         return init_trial_states(self.trials, self.model, steps_per_epoch, sample)
@@ -177,8 +213,13 @@ class TrialGroup:
     def epoch_batches(self, epoch: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, masks), each (steps, K, B): every trial's batches of `epoch`
         in its own shuffled order (the order an ordinary run of its seed takes)."""
-        orders = [pipeline.batch_indices(pipeline.epoch_order(run_keys(t.config.seed)[2], epoch, num_examples),
-                                         self.config.batch_size) for t in self.trials]
+        orders = [
+            pipeline.batch_indices(
+                pipeline.epoch_order(run_keys(t.config.seed)[2], epoch, num_examples),
+                self.config.batch_size,
+            )
+            for t in self.trials
+        ]
         return np.stack([o[0] for o in orders], 1), np.stack([o[1] for o in orders], 1)
 
     def member(self, state, k: int):
@@ -192,20 +233,32 @@ class TrialGroup:
         return best, best
 
     def to_meta(self, histories, bests, epoch_sums, train_seconds: float) -> dict:
-        return {"histories": histories, "best": bests, "epoch_sums": epoch_sums, "train_seconds": train_seconds,
-                "trials": [t.config.to_dict() for t in self.trials]}
+        return {
+            "histories": histories,
+            "best": bests,
+            "epoch_sums": epoch_sums,
+            "train_seconds": train_seconds,
+            "trials": [t.config.to_dict() for t in self.trials],
+        }
 
     def from_meta(self, saved: dict) -> tuple[list, list, list, float]:
         saved_trials = saved["trials"]
-        if len(saved_trials) != self.count or any(config_differences(s, t.config)
-                                                  for s, t in zip(saved_trials, self.trials)):
-            raise ResumeError("cannot resume this group: its trials were trained with other settings. "
-                              "Resume with the same sweep, or start a new one in another --workdir.")
+        if len(saved_trials) != self.count or any(
+            config_differences(s, t.config) for s, t in zip(saved_trials, self.trials)
+        ):
+            raise ResumeError(
+                "cannot resume this group: its trials were trained with other settings. "
+                "Resume with the same sweep, or start a new one in another --workdir."
+            )
         # Sweeps saved before mid-epoch checkpoints kept no epoch sums: they saved at epochs' ends.
         sums = saved.get("epoch_sums") or [{} for _ in self.trials]
         return saved["histories"], saved["best"], sums, saved["train_seconds"]
 
     def epoch_line(self, epoch: int, records: list[dict]) -> str:
         key = CheckpointPolicy.of(self.config).metric
-        shown = "  ".join(f"{t.index}:{r.get(key, float('nan')):.4f}" for t, r in zip(self.trials, records))
-        return f"epoch {epoch + 1:>3}/{self.config.epochs}  {key.replace('_', ' ')} by trial  {shown}"
+        shown = "  ".join(
+            f"{t.index}:{r.get(key, float('nan')):.4f}" for t, r in zip(self.trials, records)
+        )
+        return (
+            f"epoch {epoch + 1:>3}/{self.config.epochs}  {key.replace('_', ' ')} by trial  {shown}"
+        )

@@ -37,7 +37,9 @@ def _draw_confusion_matrix(ax, cm: np.ndarray, title: str, fontsize: float = 7) 
     for i in range(n):
         for j in range(n):
             color = "white" if cm[i, j] > threshold else "black"
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color=color, fontsize=fontsize)
+            ax.text(
+                j, i, str(int(cm[i, j])), ha="center", va="center", color=color, fontsize=fontsize
+            )
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
 
 
@@ -56,7 +58,9 @@ def confusion_matrices_figure(grid: dict[str, dict[str, np.ndarray]]) -> Figure:
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for r, row in enumerate(rows):
         for c, col in enumerate(cols):
-            _draw_confusion_matrix(axes[r, c], np.asarray(grid[row][col]), f"{row} / {col}", fontsize=6)
+            _draw_confusion_matrix(
+                axes[r, c], np.asarray(grid[row][col]), f"{row} / {col}", fontsize=6
+            )
     fig.tight_layout()
     return fig
 
@@ -89,21 +93,30 @@ def image_rows_figure(rows: dict[str, np.ndarray], title: str = "") -> Figure:
     return fig
 
 
-def reconstruction_grid_figure(originals: np.ndarray, reconstructions: np.ndarray,
-                               title: str = "Reconstructions") -> Figure:
+def reconstruction_grid_figure(
+    originals: np.ndarray, reconstructions: np.ndarray, title: str = "Reconstructions"
+) -> Figure:
     """Originals on the top row, their reconstructions below; (N, 28, 28, 1) in [0, 1]."""
     return image_rows_figure({"original": originals, "reconstructed": reconstructions}, title)
 
 
-def reconstruction_grid_image(originals: np.ndarray, reconstructions: np.ndarray,
-                              title: str = "Reconstructions") -> np.ndarray:
+def reconstruction_grid_image(
+    originals: np.ndarray, reconstructions: np.ndarray, title: str = "Reconstructions"
+) -> np.ndarray:
     """(H, W, 3) uint8 picture of originals above reconstructions."""
     return figure_to_array(reconstruction_grid_figure(originals, reconstructions, title))
 
 
-def curves_figure(curves: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabel: str,
-                  title: str, log_x: bool = False, percent: bool = True,
-                  marks: dict[str, float] | None = None) -> Figure:
+def curves_figure(
+    curves: dict[str, list[tuple[float, float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    log_x: bool = False,
+    percent: bool = True,
+    marks: dict[str, float] | None = None,
+) -> Figure:
     """One line per name through its (x, y) points; y as a percentage if
     `percent`; a dashed vertical line at each x of `marks`, labelled by its key."""
     fig = _figure(figsize=(6.4, 4.2), dpi=100)
@@ -122,11 +135,17 @@ def curves_figure(curves: dict[str, list[tuple[float, float]]], *, xlabel: str, 
     return fig
 
 
-def accuracy_vs_labels_figure(curves: dict[str, list[tuple[int, float]]],
-                              title: str = "Test accuracy against labelled images") -> Figure:
+def accuracy_vs_labels_figure(
+    curves: dict[str, list[tuple[int, float]]], title: str = "Test accuracy against labelled images"
+) -> Figure:
     """One line per method: (number of labels, test accuracy) points, log x."""
-    return curves_figure(curves, xlabel="labelled training images", ylabel="test accuracy (%)",
-                         title=title, log_x=True)
+    return curves_figure(
+        curves,
+        xlabel="labelled training images",
+        ylabel="test accuracy (%)",
+        title=title,
+        log_x=True,
+    )
 
 
 def _hide_ticks(ax) -> None:
@@ -134,8 +153,9 @@ def _hide_ticks(ax) -> None:
     ax.set_yticks([])
 
 
-def training_curves_figure(history: list[dict], title: str = "Training curves",
-                           scored_epoch: int | None = None) -> Figure:
+def training_curves_figure(
+    history: list[dict], title: str = "Training curves", scored_epoch: int | None = None
+) -> Figure:
     """Loss, and accuracy where there is one, per epoch: train and validation;
     a dashed line at `scored_epoch`, the checkpoint the test set was scored on.
 
@@ -157,11 +177,20 @@ def training_curves_figure(history: list[dict], title: str = "Training curves",
             values = [h.get(f"{split}_{metric}") for h in history]
             if any(v is None for v in values):
                 continue
-            ax.plot(epochs, [100 * v if percent else v for v in values], marker="o",
-                    label="validation" if split == "val" else split)
+            ax.plot(
+                epochs,
+                [100 * v if percent else v for v in values],
+                marker="o",
+                label="validation" if split == "val" else split,
+            )
         if scored_epoch is not None:
-            ax.axvline(scored_epoch, linestyle="--", color="gray", linewidth=1,
-                       label=f"scored on test (epoch {scored_epoch})")
+            ax.axvline(
+                scored_epoch,
+                linestyle="--",
+                color="gray",
+                linewidth=1,
+                label=f"scored on test (epoch {scored_epoch})",
+            )
         ax.set(xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
@@ -171,8 +200,9 @@ def training_curves_figure(history: list[dict], title: str = "Training curves",
     return fig
 
 
-def labelled_images_figure(images: np.ndarray, captions: list[str], title: str = "",
-                           columns: int = 10) -> Figure:
+def labelled_images_figure(
+    images: np.ndarray, captions: list[str], title: str = "", columns: int = 10
+) -> Figure:
     """A grid of (N, 28, 28, 1) images in [0, 1], each with a caption above."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -186,20 +216,28 @@ def labelled_images_figure(images: np.ndarray, captions: list[str], title: str =
     mosaic = np.ones((rows * cell_h, columns * cell_w))
     for i in range(len(images)):
         r, c = divmod(i, columns)
-        mosaic[r * cell_h + 10:r * cell_h + 10 + h, c * cell_w + 2:c * cell_w + 2 + w] = \
+        mosaic[r * cell_h + 10 : r * cell_h + 10 + h, c * cell_w + 2 : c * cell_w + 2 + w] = (
             np.clip(images[i, ..., 0], 0, 1)
+        )
     ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.6 / fig.get_figheight()))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
     for i, caption in enumerate(captions):
         r, c = divmod(i, columns)
-        ax.text(c * cell_w + cell_w / 2, r * cell_h + 8, caption, ha="center", va="bottom", fontsize=7)
+        ax.text(
+            c * cell_w + cell_w / 2, r * cell_h + 8, caption, ha="center", va="bottom", fontsize=7
+        )
     fig.suptitle(title, fontsize=9)
     return fig
 
 
-def misclassified_figure(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                         title: str = "Misclassified test images", limit: int = 30) -> Figure:
+def misclassified_figure(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    title: str = "Misclassified test images",
+    limit: int = 30,
+) -> Figure:
     """The first `limit` images whose prediction is wrong, captioned
     "true T / pred P"; images uint8 (N, 28, 28, 1)."""
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predictions))
@@ -209,11 +247,16 @@ def misclassified_figure(images: np.ndarray, labels: np.ndarray, predictions: np
         return fig
     shown = wrong[:limit]
     captions = [f"true {labels[i]} / pred {predictions[i]}" for i in shown]
-    return labelled_images_figure(np.asarray(images)[shown] / 255.0, captions,
-                                  f"{title} ({len(shown)} shown of {len(wrong)} wrong in {len(labels)})")
+    return labelled_images_figure(
+        np.asarray(images)[shown] / 255.0,
+        captions,
+        f"{title} ({len(shown)} shown of {len(wrong)} wrong in {len(labels)})",
+    )
 
 
-def label_distribution_figure(counts: dict[str, np.ndarray], title: str = "Labels per split") -> Figure:
+def label_distribution_figure(
+    counts: dict[str, np.ndarray], title: str = "Labels per split"
+) -> Figure:
     """Grouped bars: for each digit, its count in every split ({split: (10,) counts})."""
     fig = _figure(figsize=(8, 4), dpi=100)
     ax = fig.add_subplot()
@@ -221,15 +264,18 @@ def label_distribution_figure(counts: dict[str, np.ndarray], title: str = "Label
     for i, (split, values) in enumerate(counts.items()):
         xs = np.arange(len(values)) + (i - (len(counts) - 1) / 2) * width
         ax.bar(xs, values, width=width, label=f"{split} ({int(np.sum(values)):,})")
-    ax.set(xticks=range(len(next(iter(counts.values())))), xlabel="digit", ylabel="images", title=title)
+    ax.set(
+        xticks=range(len(next(iter(counts.values())))), xlabel="digit", ylabel="images", title=title
+    )
     ax.legend()
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def samples_per_label_figure(images: np.ndarray, labels: np.ndarray, per_label: int = 5,
-                             title: str = "Samples per label") -> Figure:
+def samples_per_label_figure(
+    images: np.ndarray, labels: np.ndarray, per_label: int = 5, title: str = "Samples per label"
+) -> Figure:
     """A row per digit with its first `per_label` images; uint8 (N, 28, 28, 1)."""
     classes = np.unique(labels)
     fig = _figure(figsize=(1.0 * per_label + 0.6, 0.4 + 1.0 * len(classes)), dpi=100)
@@ -247,13 +293,20 @@ def samples_per_label_figure(images: np.ndarray, labels: np.ndarray, per_label: 
     return fig
 
 
-def pixel_statistics_figure(mean_image: np.ndarray, std_image: np.ndarray,
-                            histograms: dict[str, np.ndarray], title: str = "Pixel statistics") -> Figure:
+def pixel_statistics_figure(
+    mean_image: np.ndarray,
+    std_image: np.ndarray,
+    histograms: dict[str, np.ndarray],
+    title: str = "Pixel statistics",
+) -> Figure:
     """The mean and standard deviation per pixel (28, 28) in [0, 1], and a
     log-scale histogram of pixel values per split ({split: (256,) counts})."""
     fig = _figure(figsize=(12, 3.8), dpi=100)
     ax_mean, ax_std, ax_hist = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.6]})
-    for ax, image, name in ((ax_mean, mean_image, "mean"), (ax_std, std_image, "standard deviation")):
+    for ax, image, name in (
+        (ax_mean, mean_image, "mean"),
+        (ax_std, std_image, "standard deviation"),
+    ):
         shown = ax.imshow(image, cmap="viridis")
         fig.colorbar(shown, ax=ax, fraction=0.046)
         ax.set_title(f"{name} per pixel", fontsize=9)
@@ -261,8 +314,12 @@ def pixel_statistics_figure(mean_image: np.ndarray, std_image: np.ndarray,
     for split, counts in histograms.items():
         fractions = np.asarray(counts, np.float64) / max(np.sum(counts), 1)
         ax_hist.step(np.arange(len(counts)), fractions, where="mid", label=split)
-    ax_hist.set(yscale="log", xlabel="pixel value (0-255)", ylabel="fraction of pixels",
-                title="pixel values")
+    ax_hist.set(
+        yscale="log",
+        xlabel="pixel value (0-255)",
+        ylabel="fraction of pixels",
+        title="pixel values",
+    )
     ax_hist.legend()
     ax_hist.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=10)
@@ -297,13 +354,19 @@ def feature_maps_figure(maps: np.ndarray, title: str, columns: int = 8) -> Figur
 def _overlay(ax, image: np.ndarray, heat: np.ndarray) -> None:
     """image (H, W) in [0, 1] in grey, `heat` (g, g) stretched over it."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    ax.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
-              interpolation="nearest")
+    ax.imshow(
+        heat,
+        cmap="inferno",
+        alpha=0.6,
+        extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
+        interpolation="nearest",
+    )
     _hide_ticks(ax)
 
 
-def attention_figure(image: np.ndarray, cls_maps: np.ndarray, rollout: np.ndarray,
-                     title: str = "ViT attention") -> Figure:
+def attention_figure(
+    image: np.ndarray, cls_maps: np.ndarray, rollout: np.ndarray, title: str = "ViT attention"
+) -> Figure:
     """The image; the rollout over it; then a row per layer with each head's
     CLS attention (depth, heads, g, g) over the image. image: (28, 28) in [0, 1]."""
     depth, heads = cls_maps.shape[:2]
@@ -316,7 +379,9 @@ def attention_figure(image: np.ndarray, cls_maps: np.ndarray, rollout: np.ndarra
     _overlay(axes[0, 1], image, rollout)
     axes[0, 1].set_title("rollout", fontsize=7)
     for layer in range(depth):
-        axes[layer + 1, 0].text(0.5, 0.5, f"layer {layer + 1}", ha="center", va="center", fontsize=8)
+        axes[layer + 1, 0].text(
+            0.5, 0.5, f"layer {layer + 1}", ha="center", va="center", fontsize=8
+        )
         for head in range(heads):
             ax = axes[layer + 1, head + 1]
             _overlay(ax, image, cls_maps[layer, head])
@@ -345,17 +410,37 @@ def comparison_figure(rows: list[dict], title: str = "Accuracy against training 
     colors = [f"C{i % 10}" for i in range(len(rows))]
     for row, color in zip(rows, colors):
         x, y = row["train_seconds"], 100 * row["accuracy"]
-        ax.errorbar(x, y, xerr=row.get("train_seconds_std"), yerr=100 * (row.get("accuracy_std") or 0),
-                    fmt="o", color=color, capsize=3, label=row["label"])
+        ax.errorbar(
+            x,
+            y,
+            xerr=row.get("train_seconds_std"),
+            yerr=100 * (row.get("accuracy_std") or 0),
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=row["label"],
+        )
         ax.annotate(row["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         reference = row.get("reference") or {}
         if reference.get("accuracy") is not None and reference.get("train_seconds") is not None:
             rx, ry = reference["train_seconds"], 100 * reference["accuracy"]
             ax.plot([rx], [ry], marker="o", markerfacecolor="none", color=color, linestyle="none")
             ax.plot([x, rx], [y, ry], linestyle=":", color=color, linewidth=1)
-    ax.plot([], [], marker="o", markerfacecolor="none", color="gray", linestyle="none", label="report (PyTorch)")
-    ax.set(xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (%)", title=title)
+    ax.plot(
+        [],
+        [],
+        marker="o",
+        markerfacecolor="none",
+        color="gray",
+        linestyle="none",
+        label="report (PyTorch)",
+    )
+    ax.set(
+        xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (%)", title=title
+    )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # Beside the points, not on them.
+    ax.legend(
+        fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )  # Beside the points, not on them.
     fig.tight_layout()
     return fig

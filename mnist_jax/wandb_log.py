@@ -22,15 +22,22 @@ def log_sweep(summary: dict, project: str, directory: pathlib.Path, sweep_name: 
     try:
         import wandb
     except ImportError as e:
-        raise SystemExit("--wandb: the wandb package is not installed; "
-                         "pip install 'mnist-jax[wandb]' (or pip install wandb), or drop --wandb") from e
+        raise SystemExit(
+            "--wandb: the wandb package is not installed; "
+            "pip install 'mnist-jax[wandb]' (or pip install wandb), or drop --wandb"
+        ) from e
     directory.mkdir(parents=True, exist_ok=True)
     for trial in summary["trials"]:
         if "history" not in trial:
             continue  # Skipped: the budget ran out before its group.
-        run = wandb.init(project=project, group=sweep_name, name=f"trial_{trial['trial']:02d}",
-                         config={**trial["params"], **trial["config"], "model_kwargs": trial["model_kwargs"]},
-                         dir=str(directory), reinit="create_new")
+        run = wandb.init(
+            project=project,
+            group=sweep_name,
+            name=f"trial_{trial['trial']:02d}",
+            config={**trial["params"], **trial["config"], "model_kwargs": trial["model_kwargs"]},
+            dir=str(directory),
+            reinit="create_new",
+        )
         for record in trial["history"]:
             run.log({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         run.summary.update({f"best_{k}": v for k, v in trial["best"].items()})
@@ -38,8 +45,13 @@ def log_sweep(summary: dict, project: str, directory: pathlib.Path, sweep_name: 
             test = summary["test"]
             run.summary.update({f"test_{k}": v for k, v in test.items() if isinstance(v, float)})
             if "confusion_matrix" in test:
-                run.log({"test_confusion_matrix": wandb.Table(
-                    columns=[str(c) for c in range(len(test["confusion_matrix"]))],
-                    data=test["confusion_matrix"])})
+                run.log(
+                    {
+                        "test_confusion_matrix": wandb.Table(
+                            columns=[str(c) for c in range(len(test["confusion_matrix"]))],
+                            data=test["confusion_matrix"],
+                        )
+                    }
+                )
         run.finish()
     wandb.teardown()  # Waits until every run's files are written.

@@ -45,7 +45,10 @@ def apply(environ=os.environ) -> None:
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():
-            warnings.warn("JAX started before mnist_jax was imported, so mnist_jax's faster XLA CPU "
-                          f"options ({flags}) do not apply; import mnist_jax first.", stacklevel=3)
+            warnings.warn(
+                "JAX started before mnist_jax was imported, so mnist_jax's faster XLA CPU "
+                f"options ({flags}) do not apply; import mnist_jax first.",
+                stacklevel=3,
+            )
             return
     environ["XLA_FLAGS"] = flags

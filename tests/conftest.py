@@ -48,8 +48,9 @@ def assert_runs_agree(a_history: list[dict], b_history: list[dict]) -> None:
     """
     assert [h["epoch"] for h in a_history] == [h["epoch"] for h in b_history]
     for key, rtol in (("train_loss", 1e-2), ("val_loss", 1e-1)):
-        np.testing.assert_allclose([h[key] for h in a_history], [h[key] for h in b_history], rtol=rtol,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            [h[key] for h in a_history], [h[key] for h in b_history], rtol=rtol, err_msg=key
+        )
 
 
 def assert_weights_agree(a, b, *, max_move: float) -> None:
@@ -71,8 +72,14 @@ def small_run_config(**overrides):
     from mnist_jax.pipeline import NoiseConfig
     from mnist_jax.config import TrainConfig
 
-    defaults = dict(epochs=3, batch_size=32, eval_batch_size=50, checkpoint_every_steps=4,
-                    log_every_steps=3, noise=NoiseConfig("gaussian", 0.2))
+    defaults = dict(
+        epochs=3,
+        batch_size=32,
+        eval_batch_size=50,
+        checkpoint_every_steps=4,
+        log_every_steps=3,
+        noise=NoiseConfig("gaussian", 0.2),
+    )
     return TrainConfig(**{**defaults, **overrides})
 
 
@@ -86,11 +93,20 @@ def plain_sgd_cnn(learning_rate: float, mesh):
 
     from mnist_jax import models, optim, parallel, steps
 
-    config = small_run_config(optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=learning_rate)
+    config = small_run_config(
+        optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=learning_rate
+    )
 
     def initial_state():
-        return parallel.replicate(steps.create_train_state(
-            models.get_model("cnn"), optim.make_optimizer(config), config.seed, jnp.zeros((1, 28, 28, 1))), mesh)
+        return parallel.replicate(
+            steps.create_train_state(
+                models.get_model("cnn"),
+                optim.make_optimizer(config),
+                config.seed,
+                jnp.zeros((1, 28, 28, 1)),
+            ),
+            mesh,
+        )
 
     return config, initial_state
 
@@ -99,7 +115,9 @@ def plain_sgd_cnn(learning_rate: float, mesh):
 def synthetic_splits():
     from mnist_jax.data import Splits
 
-    return Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+    return Splits(
+        train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -134,9 +152,11 @@ def pytest_configure(config):
     if hasattr(config, "workerinput"):
         return  # A pytest-xdist worker: it shares the caches its controller made (the environment).
     if config.getoption("dist", "no") == "loadgroup" and _groups_ignored():
-        raise pytest.UsageError("pytest >= 9.2 with pytest-xdist <= 3.8 ignores the test groups "
-                                "(every worker would train every shared fixture): pip install -e '.[test]' "
-                                "for the versions pyproject.toml pins")
+        raise pytest.UsageError(
+            "pytest >= 9.2 with pytest-xdist <= 3.8 ignores the test groups "
+            "(every worker would train every shared fixture): pip install -e '.[test]' "
+            "for the versions pyproject.toml pins"
+        )
     root = pathlib.Path(tempfile.mkdtemp(prefix="mnist-jax-tests-"))
     config.stash[CACHE_ROOT] = root
     os.environ["MNIST_JAX_CACHE"] = str(root / "cache")
@@ -150,7 +170,14 @@ def pytest_unconfigure(config):
 # Module- and session-scoped fixtures that train: pytest-xdist's workers
 # (pyproject.toml: --numprocesses=auto --dist=loadgroup) each build their
 # own copy of a fixture, so every test of one of these runs on one worker.
-TRAINING_FIXTURES = ("quick_runs", "runs", "trained_alone", "finished_sweep", "finished_run", "denoiser_state")
+TRAINING_FIXTURES = (
+    "quick_runs",
+    "runs",
+    "trained_alone",
+    "finished_sweep",
+    "finished_run",
+    "denoiser_state",
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the groups.
@@ -189,11 +216,24 @@ class QuickRuns:
     def workdir(self, name: str) -> pathlib.Path:
         from experiments import classifier_experiments
 
-        return self.root / ("compare" if name in classifier_experiments() else "other") / name / "seed0"
+        return (
+            self.root
+            / ("compare" if name in classifier_experiments() else "other")
+            / name
+            / "seed0"
+        )
 
     def args(self, name: str) -> list[str]:
-        return ["--quick", "--seed", "0", "--workdir", str(self.workdir(name)),
-                "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
+        return [
+            "--quick",
+            "--seed",
+            "0",
+            "--workdir",
+            str(self.workdir(name)),
+            "--data-dir",
+            str(REAL_TFDS_DIR),
+            "--no-progress",
+        ]
 
     def get(self, name: str) -> dict:
         """{"summary", "out" (what it printed), "workdir"}."""
@@ -205,7 +245,11 @@ class QuickRuns:
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 summary = importlib.import_module(f"experiments.{name}").main(self.args(name))
-            self.runs[name] = {"summary": summary, "out": out.getvalue(), "workdir": self.workdir(name)}
+            self.runs[name] = {
+                "summary": summary,
+                "out": out.getvalue(),
+                "workdir": self.workdir(name),
+            }
         return self.runs[name]
 
 

@@ -28,13 +28,22 @@ def main(argv=None) -> None:
     from tests.conftest import small_run_config, synthetic_split
 
     config = small_run_config(checkpoint_every_steps=2, data_placement="host")
-    splits = Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+    splits = Splits(
+        train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2)
+    )
     # A run killed before its first checkpoint was finished has nothing to
     # resume: --resume starts it again, as a job script that always passes it expects.
     with training_errors(parser, args):
-        train.train_and_evaluate(config, models.get_model("cnn"), splits, args.workdir, experiment="crash_job",
-                                 resume=args.resume, progress=False,
-                                 on_step=lambda step: print(f"step {step}", flush=True))
+        train.train_and_evaluate(
+            config,
+            models.get_model("cnn"),
+            splits,
+            args.workdir,
+            experiment="crash_job",
+            resume=args.resume,
+            progress=False,
+            on_step=lambda step: print(f"step {step}", flush=True),
+        )
     print("done", flush=True)
 
 

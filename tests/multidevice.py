@@ -22,8 +22,9 @@ import sys
 def job_config(job: dict):
     from tests.conftest import small_run_config
 
-    return small_run_config(epochs=job["epochs"], data_placement=job["placement"],
-                            dtype=job.get("dtype", "float32"))
+    return small_run_config(
+        epochs=job["epochs"], data_placement=job["placement"], dtype=job.get("dtype", "float32")
+    )
 
 
 def step_job(job: dict) -> dict:
@@ -52,9 +53,15 @@ def step_job(job: dict) -> dict:
         state = initial_state()
         before = flat(state.params)  # The step donates the state's buffers.
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
-        result["steps"].append({"metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
-                                "update": (before - flat(state.params)).tolist()})
-    evaluation = steps.evaluate(initial_state(), synthetic_split(100, 1), config.eval_batch_size, spec, mesh)
+        result["steps"].append(
+            {
+                "metrics": {k: float(v) for k, v in jax.device_get(metrics).items()},
+                "update": (before - flat(state.params)).tolist(),
+            }
+        )
+    evaluation = steps.evaluate(
+        initial_state(), synthetic_split(100, 1), config.eval_batch_size, spec, mesh
+    )
     result["evaluation"] = {k: float(v) for k, v in evaluation.items() if k != "predictions"}
     return result
 
@@ -69,11 +76,19 @@ def run_job(job: dict) -> dict:
     from mnist_jax.data import Splits
     from tests.conftest import synthetic_split
 
-    splits = Splits(train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2))
+    splits = Splits(
+        train=synthetic_split(300, 0), val=synthetic_split(100, 1), test=synthetic_split(100, 2)
+    )
     mesh = parallel.data_mesh(jax.devices()[: job["devices"]])
     result = train.train_and_evaluate(
-        job_config(job), models.get_model("cnn"), splits, job["workdir"], experiment="multidevice",
-        resume=job.get("resume", False), progress=False, mesh=mesh,
+        job_config(job),
+        models.get_model("cnn"),
+        splits,
+        job["workdir"],
+        experiment="multidevice",
+        resume=job.get("resume", False),
+        progress=False,
+        mesh=mesh,
     )
     return {
         "history": result["history"],

@@ -27,8 +27,10 @@ def digits(n=16, seed=0) -> jax.Array:
     rows, cols = np.mgrid[0:28, 0:28]
     centres = rng.uniform(6, 22, (n, 3, 2))
     sigmas = rng.uniform(1.5, 3.0, (n, 3))
-    blobs = np.exp(-((rows - centres[..., 0, None, None]) ** 2 + (cols - centres[..., 1, None, None]) ** 2)
-                   / (2 * sigmas[..., None, None] ** 2))  # (n, 3, 28, 28)
+    blobs = np.exp(
+        -((rows - centres[..., 0, None, None]) ** 2 + (cols - centres[..., 1, None, None]) ** 2)
+        / (2 * sigmas[..., None, None] ** 2)
+    )  # (n, 3, 28, 28)
     return jnp.asarray(np.clip(blobs.sum(1), 0, 1)[..., None], jnp.float32)
 
 
@@ -67,12 +69,23 @@ def test_the_identity_is_a_no_op():
 def test_rotation_and_shift_go_where_they_say():
     image = np.zeros((1, 5, 5, 1), np.float32)
     image[0, 0, 2] = 1.0  # The top middle pixel.
-    quarter = augment.transform(jnp.asarray(image), jnp.array([math.pi / 2]), jnp.ones(1), jnp.zeros((1, 2)))
-    assert np.unravel_index(np.argmax(quarter), quarter.shape) == (0, 2, 0, 0)  # Counter-clockwise: left middle.
+    quarter = augment.transform(
+        jnp.asarray(image), jnp.array([math.pi / 2]), jnp.ones(1), jnp.zeros((1, 2))
+    )
+    assert np.unravel_index(np.argmax(quarter), quarter.shape) == (
+        0,
+        2,
+        0,
+        0,
+    )  # Counter-clockwise: left middle.
     down = augment.transform(jnp.asarray(image), jnp.zeros(1), jnp.ones(1), jnp.array([[1.0, 0.0]]))
     assert np.unravel_index(np.argmax(down), down.shape) == (0, 1, 2, 0)
-    zoomed = augment.transform(jnp.asarray(image), jnp.zeros(1), jnp.array([0.5]), jnp.zeros((1, 2)))
-    assert float(zoomed[0, 0, 2, 0]) == 0.0 and float(zoomed[0, 1, 2, 0]) == pytest.approx(1.0)  # Halfway in.
+    zoomed = augment.transform(
+        jnp.asarray(image), jnp.zeros(1), jnp.array([0.5]), jnp.zeros((1, 2))
+    )
+    assert float(zoomed[0, 0, 2, 0]) == 0.0 and float(zoomed[0, 1, 2, 0]) == pytest.approx(
+        1.0
+    )  # Halfway in.
 
 
 def test_rotating_back_comes_back_close():
@@ -99,8 +112,17 @@ def test_augmented_images_stay_with_their_own_examples(config):
     assert float(jnp.abs(changed[5]).max()) == 0.0 and float(out[5].max()) > 0.5
 
 
-@pytest.mark.parametrize("field, value", [("rotation", -1), ("rotation", 200), ("shift", 1.0), ("zoom", -0.1),
-                                          ("elastic", -1.0), ("elastic_sigma", 0.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("rotation", -1),
+        ("rotation", 200),
+        ("shift", 1.0),
+        ("zoom", -0.1),
+        ("elastic", -1.0),
+        ("elastic_sigma", 0.0),
+    ],
+)
 def test_bad_ranges_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         AugmentConfig(**{field: value})
@@ -116,8 +138,20 @@ def test_elastic_keeps_shape_dtype_and_range_and_follows_the_key():
     np.testing.assert_array_equal(out, transform(jax.random.PRNGKey(0), images, ALL))
     assert float(jnp.abs(out - transform(jax.random.PRNGKey(1), images, ALL)).mean()) > 1e-3
     repeated = jnp.repeat(digits(1), 8, axis=0)
-    assert len({o.tobytes() for o in np.asarray(augment.random_elastic(jax.random.PRNGKey(0), repeated, ELASTIC))}) == 8
-    assert augment.random_elastic(jax.random.PRNGKey(0), images, STRONG) is images  # No strength: untouched.
+    assert (
+        len(
+            {
+                o.tobytes()
+                for o in np.asarray(
+                    augment.random_elastic(jax.random.PRNGKey(0), repeated, ELASTIC)
+                )
+            }
+        )
+        == 8
+    )
+    assert (
+        augment.random_elastic(jax.random.PRNGKey(0), images, STRONG) is images
+    )  # No strength: untouched.
 
 
 def test_elastic_moves_pixels_by_a_smooth_field_as_strong_as_asked():
@@ -125,22 +159,35 @@ def test_elastic_moves_pixels_by_a_smooth_field_as_strong_as_asked():
     so the output minus the ramp is the field's row component itself."""
     ramp = jnp.broadcast_to(jnp.arange(28, dtype=jnp.float32)[None, :, None, None], (32, 28, 28, 1))
     key = jax.random.PRNGKey(2)
-    inside = (slice(None), slice(8, 20), slice(8, 20), 0)  # Far from the edges, where pixels come from outside.
+    inside = (
+        slice(None),
+        slice(8, 20),
+        slice(8, 20),
+        0,
+    )  # Far from the edges, where pixels come from outside.
     field = (augment.random_elastic(key, ramp, ELASTIC) - ramp)[inside]
-    double = (augment.random_elastic(key, ramp, dataclasses.replace(ELASTIC, elastic=68)) - ramp)[inside]
-    np.testing.assert_allclose(double, 2 * field, atol=1e-4)  # Linear in alpha: same field, twice the move.
+    double = (augment.random_elastic(key, ramp, dataclasses.replace(ELASTIC, elastic=68)) - ramp)[
+        inside
+    ]
+    np.testing.assert_allclose(
+        double, 2 * field, atol=1e-4
+    )  # Linear in alpha: same field, twice the move.
     moved = float(jnp.abs(field).mean())
-    assert 0.5 < moved < 2.0, moved  # Simard's alpha 34, sigma 4: about a pixel and a half of spread.
+    assert 0.5 < moved < 2.0, (
+        moved
+    )  # Simard's alpha 34, sigma 4: about a pixel and a half of spread.
     neighbours = float(jnp.abs(jnp.diff(field, axis=2)).mean())
     assert neighbours < 0.2 * moved, (neighbours, moved)  # Smooth: neighbours move together.
-    rough = augment.random_elastic(key, ramp, dataclasses.replace(ELASTIC, elastic_sigma=1.0)) - ramp
+    rough = (
+        augment.random_elastic(key, ramp, dataclasses.replace(ELASTIC, elastic_sigma=1.0)) - ramp
+    )
     assert float(jnp.abs(jnp.diff(rough[inside], axis=2)).mean()) > 2 * neighbours
 
 
 def test_gaussian_matrix_is_a_same_padded_gaussian_blur():
     signal = np.random.default_rng(0).uniform(-1, 1, 28).astype(np.float32)
     radius = 12
-    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * 4.0**2))
+    taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * 4.0**2))
     expected = np.convolve(signal, taps / taps.sum(), mode="same")
     np.testing.assert_allclose(augment.gaussian_matrix(28, 4.0) @ signal, expected, atol=1e-6)
 
@@ -148,8 +195,9 @@ def test_gaussian_matrix_is_a_same_padded_gaussian_blur():
 def test_without_elastic_the_affine_transform_takes_the_whole_key():
     """Recipes from before the elastic distortion draw the same images."""
     images, key = digits(), jax.random.PRNGKey(7)
-    np.testing.assert_array_equal(augment.random_transform(key, images, STRONG),
-                                  augment.random_affine(key, images, STRONG))
+    np.testing.assert_array_equal(
+        augment.random_transform(key, images, STRONG), augment.random_affine(key, images, STRONG)
+    )
 
 
 def test_without_augmentation_the_noise_takes_the_whole_key():
@@ -159,7 +207,9 @@ def test_without_augmentation_the_noise_takes_the_whole_key():
     spec = StepConfig(noise=NoiseConfig("gaussian", 0.3))
     inputs, target = tasks.model_inputs(uint8, key, spec)
     clean = pipeline.to_unit_range(uint8)
-    np.testing.assert_array_equal(inputs, pipeline.normalize(pipeline.add_noise(key, clean, spec.noise)))
+    np.testing.assert_array_equal(
+        inputs, pipeline.normalize(pipeline.add_noise(key, clean, spec.noise))
+    )
     np.testing.assert_array_equal(target, clean)
 
 
@@ -169,7 +219,9 @@ def test_augmented_target_is_the_transformed_clean_image():
     inputs, target = tasks.model_inputs(uint8, jax.random.PRNGKey(0), spec)
     np.testing.assert_array_equal(inputs, target)  # No noise: the input is the target.
     assert not np.allclose(target, pipeline.to_unit_range(uint8))
-    clean_inputs, clean_target = tasks.model_inputs(uint8, None, spec)  # Evaluation: never augmented.
+    clean_inputs, clean_target = tasks.model_inputs(
+        uint8, None, spec
+    )  # Evaluation: never augmented.
     np.testing.assert_array_equal(clean_target, pipeline.to_unit_range(uint8))
 
 
@@ -186,8 +238,9 @@ def test_augmented_train_step_is_reproducible_and_not_the_plain_one():
     config = small_run_config(noise=NoiseConfig())
 
     def one_step(spec):
-        state = steps.create_train_state(models.get_model("cnn"), optim.make_optimizer(config), 0,
-                                         jnp.zeros((1, 28, 28, 1)))
+        state = steps.create_train_state(
+            models.get_model("cnn"), optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+        )
         _, sums = jax.jit(steps.train_step, static_argnames="spec")(state, batch, spec=spec)
         return float(sums["loss_sum"])
 

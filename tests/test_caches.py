@@ -25,8 +25,14 @@ print(json.dumps({"value": value, "hits": hits.count("/jax/compilation_cache/cac
 
 
 def start(code: str, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[str, str]:
@@ -38,22 +44,30 @@ def finish(process: subprocess.Popen) -> tuple[str, str]:
 def test_where_the_compilation_cache_goes(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_JAX_CACHE", str(tmp_path / "root"))
     assert caches.compilation_cache_dir({}) == tmp_path / "root" / "jax"
-    assert caches.compilation_cache_dir({"MNIST_JAX_COMPILATION_CACHE": str(tmp_path / "c")}) == tmp_path / "c"
+    assert (
+        caches.compilation_cache_dir({"MNIST_JAX_COMPILATION_CACHE": str(tmp_path / "c")})
+        == tmp_path / "c"
+    )
     assert caches.compilation_cache_dir({"MNIST_JAX_COMPILATION_CACHE": "0"}) is None
 
 
 def test_this_session_compiles_into_its_own_cache():
     # conftest.py points it at the session's folder before mnist_jax is imported.
     assert jax.config.jax_compilation_cache_dir == os.environ["MNIST_JAX_COMPILATION_CACHE"]
-    assert jax.config.jax_compilation_cache_max_size == caches.MAX_BYTES  # The LRU cache, with its lock.
+    assert (
+        jax.config.jax_compilation_cache_max_size == caches.MAX_BYTES
+    )  # The LRU cache, with its lock.
     assert jax.config.jax_persistent_cache_min_compile_time_secs == caches.MIN_COMPILE_SECONDS
 
 
 def test_two_processes_share_an_empty_compilation_cache(tmp_path):
     """Started together, both compile and write, neither reads half an entry;
     the next process finds the program cached; =0 turns the cache off."""
-    env = {**os.environ, "MNIST_JAX_COMPILATION_CACHE": str(tmp_path / "jax"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # Cache even this small program.
+    env = {
+        **os.environ,
+        "MNIST_JAX_COMPILATION_CACHE": str(tmp_path / "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }  # Cache even this small program.
     together = [start(COMPILE, env), start(COMPILE, env)]
     results = []
     for process in together:
@@ -75,4 +89,8 @@ def test_the_compilation_cache_stays_off_where_it_cannot_be_made(tmp_path):
     (tmp_path / "file").write_text("")
     env = {**os.environ, "MNIST_JAX_COMPILATION_CACHE": str(tmp_path / "file" / "jax")}
     out, err = finish(start(COMPILE, env))
-    assert json.loads(out)["dir"] is None and "stays off" in err and "MNIST_JAX_COMPILATION_CACHE" in err
+    assert (
+        json.loads(out)["dir"] is None
+        and "stays off" in err
+        and "MNIST_JAX_COMPILATION_CACHE" in err
+    )

@@ -48,8 +48,14 @@ def run(config, splits, workdir, *, resume=False, stop_at=None):
             raise Interrupt  # As if the process died here, between checkpoints.
 
     return train.train_and_evaluate(
-        config, models.get_model("cnn"), splits, workdir, experiment="test",
-        resume=resume, on_step=on_step, progress=False,
+        config,
+        models.get_model("cnn"),
+        splits,
+        workdir,
+        experiment="test",
+        resume=resume,
+        on_step=on_step,
+        progress=False,
     )
 
 
@@ -57,12 +63,19 @@ AUGMENTED_EMA = dict(augment=AugmentConfig(rotation=15, shift=0.1, zoom=0.15), e
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("placement, stop_at, extra", [
-    ("host", 15, {}),  # mid-epoch 2, off a checkpoint: steps 15 and 16 are replayed
-    ("host", 10, {}),  # an epoch's end
-    ("device", 15, {}),  # scan calls of 5 steps: the one that passes step 15 ends there, a checkpoint
-    ("host", 15, AUGMENTED_EMA),  # the replayed steps' augmentation and the average too
-])
+@pytest.mark.parametrize(
+    "placement, stop_at, extra",
+    [
+        ("host", 15, {}),  # mid-epoch 2, off a checkpoint: steps 15 and 16 are replayed
+        ("host", 10, {}),  # an epoch's end
+        (
+            "device",
+            15,
+            {},
+        ),  # scan calls of 5 steps: the one that passes step 15 ends there, a checkpoint
+        ("host", 15, AUGMENTED_EMA),  # the replayed steps' augmentation and the average too
+    ],
+)
 def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement, stop_at, extra):
     config = dataclasses.replace(CONFIG, data_placement=placement, **extra)
     if placement == "device":  # One scan length, so one compilation.
@@ -72,13 +85,20 @@ def test_resume_matches_uninterrupted_run(tmp_path, synthetic_splits, placement,
         run(config, synthetic_splits, tmp_path / "resumed", stop_at=stop_at)
     resumed = run(config, synthetic_splits, tmp_path / "resumed", resume=True)
     assert int(resumed["state"].step) == int(reference["state"].step) == 30
-    chex.assert_trees_all_close(resumed["state"].params, reference["state"].params, atol=1e-6, rtol=0)
-    chex.assert_trees_all_close(resumed["state"].batch_stats, reference["state"].batch_stats, atol=1e-6, rtol=0)
+    chex.assert_trees_all_close(
+        resumed["state"].params, reference["state"].params, atol=1e-6, rtol=0
+    )
+    chex.assert_trees_all_close(
+        resumed["state"].batch_stats, reference["state"].batch_stats, atol=1e-6, rtol=0
+    )
     chex.assert_trees_all_close(resumed["state"].ema, reference["state"].ema, atol=1e-6, rtol=0)
     assert bool(resumed["state"].ema) == ("ema_decay" in extra)
-    assert [h["val_accuracy"] for h in resumed["history"]] == [h["val_accuracy"] for h in reference["history"]]
+    assert [h["val_accuracy"] for h in resumed["history"]] == [
+        h["val_accuracy"] for h in reference["history"]
+    ]
     np.testing.assert_allclose(
-        [h["train_loss"] for h in resumed["history"]], [h["train_loss"] for h in reference["history"]],
+        [h["train_loss"] for h in resumed["history"]],
+        [h["train_loss"] for h in reference["history"]],
         rtol=1e-5,
     )
 
@@ -106,11 +126,17 @@ def test_settings_added_since_a_run_read_as_their_defaults():
     resumes under today's config; a changed nested setting is named."""
     config = TrainConfig(augment=AugmentConfig(rotation=10.0))
     saved = config.to_dict()
-    saved["augment"] = {"rotation": 10.0, "shift": 0.0, "zoom": 0.0}  # As written before the elastic fields.
+    saved["augment"] = {
+        "rotation": 10.0,
+        "shift": 0.0,
+        "zoom": 0.0,
+    }  # As written before the elastic fields.
     del saved["label_smoothing"]
     check_resumable(saved, config)
     with pytest.raises(ResumeError, match="augment.elastic: saved 0.0, now 34.0"):
-        check_resumable(saved, dataclasses.replace(config, augment=AugmentConfig(rotation=10.0, elastic=34.0)))
+        check_resumable(
+            saved, dataclasses.replace(config, augment=AugmentConfig(rotation=10.0, elastic=34.0))
+        )
 
 
 @pytest.mark.slow
@@ -149,7 +175,9 @@ def test_best_checkpoint_is_kept_apart_from_latest(tmp_path, synthetic_splits):
     result = run(config, synthetic_splits, tmp_path)
     best_step = result["evaluated_checkpoint"]["step"]
     best_dirs = [p.name for p in (tmp_path / "checkpoints" / "best").iterdir() if p.name.isdigit()]
-    latest_dirs = [p.name for p in (tmp_path / "checkpoints" / "latest").iterdir() if p.name.isdigit()]
+    latest_dirs = [
+        p.name for p in (tmp_path / "checkpoints" / "latest").iterdir() if p.name.isdigit()
+    ]
     assert best_dirs == [str(best_step)]
     assert latest_dirs == ["30"]
     best_val = max(h["val_accuracy"] for h in result["history"])

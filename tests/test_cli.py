@@ -36,14 +36,21 @@ def option_help(name: str, monkeypatch) -> dict[str, str]:
     """'--flag' -> its help as `--help` prints it, for every option of the experiment's parser."""
     parsers = []
     real_print_help = argparse.ArgumentParser.print_help
-    monkeypatch.setattr(argparse.ArgumentParser, "print_help",
-                        lambda self, file=None: (parsers.append(self), real_print_help(self, file)))
+    monkeypatch.setattr(
+        argparse.ArgumentParser,
+        "print_help",
+        lambda self, file=None: (parsers.append(self), real_print_help(self, file)),
+    )
     help_text(name)
     (parser,) = parsers
     formatter = parser._get_formatter()
-    return {action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]:
-            (action, " ".join(formatter._expand_help(action).split()))
-            for action in parser._actions if action.option_strings and action.help}
+    return {
+        action.option_strings[-1]
+        if action.option_strings[-1].startswith("--")
+        else action.option_strings[0]: (action, " ".join(formatter._expand_help(action).split()))
+        for action in parser._actions
+        if action.option_strings and action.help
+    }
 
 
 @pytest.mark.parametrize("name", experiments.names())
@@ -51,7 +58,11 @@ def test_every_option_that_takes_a_value_shows_its_default(name, monkeypatch):
     options = option_help(name, monkeypatch)
     for flag, (action, text) in options.items():
         if action.nargs != 0 and not action.required and flag not in ("--param", "--image"):
-            assert "default" in text, (name, flag, text)  # --param adds to a list; --image is one of two.
+            assert "default" in text, (
+                name,
+                flag,
+                text,
+            )  # --param adds to a list; --image is one of two.
     if "--noise-level" in options:
         assert "speckle" in options["--noise-level"][1], name
     if "--quick" in options:
@@ -65,16 +76,25 @@ def quick_help(name, monkeypatch) -> str:
 @pytest.mark.parametrize("name", sorted(experiments.model_experiments()) + ["sweep"])
 def test_the_help_of_a_training_experiment_shows_its_config(name, monkeypatch):
     module = importlib.import_module(f"experiments.{name}")
-    config, quick_config = (sweep.BASE, sweep.QUICK) if name == "sweep" else (module.CONFIG, module.QUICK)
+    config, quick_config = (
+        (sweep.BASE, sweep.QUICK) if name == "sweep" else (module.CONFIG, module.QUICK)
+    )
     text = help_text(name)
-    for shown in (f"training epochs (default: {config.epochs})", f"training batch size (default: {config.batch_size})",
-                  f"peak learning rate (default: {config.learning_rate})",
-                  f"L2 weight decay (default: {config.weight_decay})", f"(default: {config.seed})",
-                  f"(default: {config.noise.kind})", f"(default: {config.noise.level})",
-                  f"(default: {config.dtype})"):
+    for shown in (
+        f"training epochs (default: {config.epochs})",
+        f"training batch size (default: {config.batch_size})",
+        f"peak learning rate (default: {config.learning_rate})",
+        f"L2 weight decay (default: {config.weight_decay})",
+        f"(default: {config.seed})",
+        f"(default: {config.noise.kind})",
+        f"(default: {config.noise.level})",
+        f"(default: {config.dtype})",
+    ):
         assert shown in text, (name, shown)
     quick = quick_help(name, monkeypatch)
-    assert f"{quick_config.epochs} epoch" in quick and f"{quick_config.train_size:,}" in quick, quick
+    assert f"{quick_config.epochs} epoch" in quick and f"{quick_config.train_size:,}" in quick, (
+        quick
+    )
     assert f"{quick_config.test_size:,} test images" in quick, quick
 
 
@@ -82,14 +102,23 @@ def test_the_help_of_the_chains_shows_their_configs(monkeypatch):
     text = help_text("noisy")
     assert f"epochs of each CNN (default: {noisy.CONFIG.classifier.epochs})" in text
     assert f"epochs of the denoising autoencoder (default: {noisy.CONFIG.denoiser.epochs})" in text
-    assert f"(default: {noisy.CONFIG.noise.kind})" in text and f"(default: {noisy.CONFIG.noise.level})" in text
+    assert (
+        f"(default: {noisy.CONFIG.noise.kind})" in text
+        and f"(default: {noisy.CONFIG.noise.level})" in text
+    )
     quick = quick_help("noisy", monkeypatch)
-    assert f"{noisy.QUICK.classifier.epochs} epoch per CNN" in quick and f"{noisy.QUICK.train_size:,}" in quick
+    assert (
+        f"{noisy.QUICK.classifier.epochs} epoch per CNN" in quick
+        and f"{noisy.QUICK.train_size:,}" in quick
+    )
     text = help_text("few_labels")
     labels = " ".join(map(str, few_labels.CONFIG.labels))
     assert f"(default: {labels})" in text and f"(default: {few_labels.CONFIG.steps})" in text
     quick = quick_help("few_labels", monkeypatch)
-    assert f"{few_labels.QUICK.steps} steps with {' and '.join(map(str, few_labels.QUICK.labels))} labels" in quick
+    assert (
+        f"{few_labels.QUICK.steps} steps with {' and '.join(map(str, few_labels.QUICK.labels))} labels"
+        in quick
+    )
 
 
 def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
@@ -98,29 +127,61 @@ def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
     from experiments import best
 
     def config(*flags):
-        return cli.config_from_args(best.build_parser().parse_args(list(flags)), best.CONFIG, best.QUICK)
+        return cli.config_from_args(
+            best.build_parser().parse_args(list(flags)), best.CONFIG, best.QUICK
+        )
 
     assert config() == best.CONFIG
-    tried = config("--label-smoothing", "0.05", "--rotation", "15", "--lr", "1e-3", "--schedule", "cosine",
-                   "--epochs", "30")
-    assert tried == replace(best.CONFIG, label_smoothing=0.05, learning_rate=1e-3, schedule="cosine", epochs=30,
-                            augment=replace(best.CONFIG.augment, rotation=15.0))
-    fields = ("label_smoothing", "learning_rate", "schedule", "epochs")  # Each flag moved its field.
-    assert all(getattr(tried, f) != getattr(best.CONFIG, f) for f in fields) and tried.augment != best.CONFIG.augment
+    tried = config(
+        "--label-smoothing",
+        "0.05",
+        "--rotation",
+        "15",
+        "--lr",
+        "1e-3",
+        "--schedule",
+        "cosine",
+        "--epochs",
+        "30",
+    )
+    assert tried == replace(
+        best.CONFIG,
+        label_smoothing=0.05,
+        learning_rate=1e-3,
+        schedule="cosine",
+        epochs=30,
+        augment=replace(best.CONFIG.augment, rotation=15.0),
+    )
+    fields = (
+        "label_smoothing",
+        "learning_rate",
+        "schedule",
+        "epochs",
+    )  # Each flag moved its field.
+    assert (
+        all(getattr(tried, f) != getattr(best.CONFIG, f) for f in fields)
+        and tried.augment != best.CONFIG.augment
+    )
     assert config("--quick", "--ema-decay", "0.99") == replace(best.QUICK, ema_decay=0.99)
-    assert config("--elastic", "34", "--elastic-sigma", "5").augment == replace(best.CONFIG.augment, elastic=34.0,
-                                                                                elastic_sigma=5.0)
+    assert config("--elastic", "34", "--elastic-sigma", "5").augment == replace(
+        best.CONFIG.augment, elastic=34.0, elastic_sigma=5.0
+    )
     shown = help_text("best")
     assert f"by up to this angle (default: {best.CONFIG.augment.rotation})" in shown, shown
-    with pytest.raises(SystemExit) as exit_info:  # A bad value is refused, naming its flag, before any data.
+    with pytest.raises(
+        SystemExit
+    ) as exit_info:  # A bad value is refused, naming its flag, before any data.
         best.main(["--label-smoothing", "1.5", "--no-progress", "--data-dir", "/nonexistent"])
     assert exit_info.value.code == 2 and "--label-smoothing" in capsys.readouterr().err
 
+
 # --- --resume: safe to repeat -------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_afresh_with_the_same_command(
-        tmp_path, synthetic_splits, capsys):
+    tmp_path, synthetic_splits, capsys
+):
     config = small_run_config(epochs=1, checkpoint_every_steps=6)
     with pytest.raises(Interrupt):
         run(config, synthetic_splits, tmp_path / "killed", on_step=stop_at(3))
@@ -137,12 +198,18 @@ def test_resume_with_no_run_under_the_default_folder_starts_one(tmp_path, monkey
     monkeypatch.setattr(cli, "DEFAULT_RUNS_DIR", tmp_path / "runs")
     workdir = cli.resolve_workdir("cnn", None, resume=True)
     assert workdir.parent == tmp_path / "runs" / "cnn" and not workdir.exists()
-    assert f"no run saved under {tmp_path / 'runs' / 'cnn'} yet; starting a new one" in capsys.readouterr().out
+    assert (
+        f"no run saved under {tmp_path / 'runs' / 'cnn'} yet; starting a new one"
+        in capsys.readouterr().out
+    )
 
 
 def files_and_times(folder):
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -168,13 +235,22 @@ def test_resume_of_a_finished_run_does_nothing_and_rescore_keeps_its_timings(qui
 
 # --- A full disk, a read-only or vanished folder -------------------------------
 
-@pytest.mark.parametrize("error, reason", [
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
-    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
-    (ValueError('RESOURCE_EXHAUSTED: Failed to write 199 bytes to file 4: No space left on device '
-                "[os_error_code='28']"), "No space left on device"),
-    (ValueError("the model does not fit this checkpoint"), None),
-])
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
+        (
+            ValueError(
+                "RESOURCE_EXHAUSTED: Failed to write 199 bytes to file 4: No space left on device "
+                "[os_error_code='28']"
+            ),
+            "No space left on device",
+        ),
+        (ValueError("the model does not fit this checkpoint"), None),
+    ],
+)
 def test_io_failures_are_told_from_other_errors(error, reason):
     assert io_failure(error) == reason
     wrapped = RuntimeError("a background save failed")
@@ -195,16 +271,22 @@ def test_a_save_on_a_full_disk_names_the_step_and_the_last_good_checkpoint(tmp_p
         with pytest.raises(SaveError) as error:
             ckpts.save_latest(8, state, {"step": 8})
     message = str(error.value)
-    assert "could not save the checkpoint of step 8" in message and "(No space left on device)" in message
-    assert f"the last good checkpoint, step 4, is intact in {tmp_path.resolve() / 'checkpoints' / 'latest' / '4'}" \
+    assert (
+        "could not save the checkpoint of step 8" in message
+        and "(No space left on device)" in message
+    )
+    assert (
+        f"the last good checkpoint, step 4, is intact in {tmp_path.resolve() / 'checkpoints' / 'latest' / '4'}"
         in message
+    )
     assert message.endswith("then run the same command with --resume.")
     assert checkpoints.has_checkpoints(tmp_path)  # What was saved is still there.
 
 
 @pytest.mark.slow
 def test_a_full_disk_mid_run_ends_the_command_with_one_line_and_resume_finishes_it(
-        tmp_path, synthetic_splits, monkeypatch, capsys):
+    tmp_path, synthetic_splits, monkeypatch, capsys
+):
     config = small_run_config(epochs=2)
     workdir = tmp_path / "run"
     real_save = checkpoints._Manager.save
@@ -222,7 +304,10 @@ def test_a_full_disk_mid_run_ends_the_command_with_one_line_and_resume_finishes_
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: could not save the checkpoint of step 14") and "step 10, is intact" in err
+    assert (
+        err.startswith("error: could not save the checkpoint of step 14")
+        and "step 10, is intact" in err
+    )
     monkeypatch.setattr(checkpoints._Manager, "save", real_save)  # Space freed.
     resumed = run(config, synthetic_splits, workdir, resume=True)
     straight = run(config, synthetic_splits, tmp_path / "straight")
@@ -237,6 +322,7 @@ def test_debug_shows_the_traceback_of_a_failed_save(capsys):
 
 # --- Output: an honest rate, no bar frames in a log -----------------------------
 
+
 def test_the_rate_leaves_out_checkpoint_pauses_and_no_bar_is_drawn_into_a_pipe():
     bar = progress.EpochProgress(100, 0, "epoch 1/1", enabled=True)
     assert bar.bar.disable  # pytest captures stderr: not a terminal.
@@ -249,10 +335,18 @@ def test_the_rate_leaves_out_checkpoint_pauses_and_no_bar_is_drawn_into_a_pipe()
     assert bar.steps_per_second() > 10 / 0.4  # 0.55 s with the pause: 18 steps/s.
 
 
-def test_a_run_into_a_pipe_logs_a_line_per_epoch_without_bar_frames(tmp_path, synthetic_splits, capsys):
+def test_a_run_into_a_pipe_logs_a_line_per_epoch_without_bar_frames(
+    tmp_path, synthetic_splits, capsys
+):
     config = small_run_config(epochs=1)
-    train.train_and_evaluate(config, models.get_model("cnn"), synthetic_splits, tmp_path, experiment="test",
-                             progress=True)
+    train.train_and_evaluate(
+        config,
+        models.get_model("cnn"),
+        synthetic_splits,
+        tmp_path,
+        experiment="test",
+        progress=True,
+    )
     captured = capsys.readouterr()
     assert "\r" not in captured.out + captured.err
     assert re.search(r"epoch +1/1 .* \(\d+\.\d steps/s\)", captured.out)

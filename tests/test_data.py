@@ -169,7 +169,9 @@ def test_download_verifies_and_loads_real_files(tmp_path, file_server, monkeypat
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
     mnist = sources.load_mnist(cache_dir=tmp_path / "cache")
     assert len(mnist.train) == 60_000 and len(mnist.test) == 10_000
-    assert sorted(p.name for p in (tmp_path / "cache" / "downloads").iterdir()) == sorted(f.filename for f in files)
+    assert sorted(p.name for p in (tmp_path / "cache" / "downloads").iterdir()) == sorted(
+        f.filename for f in files
+    )
 
 
 def test_download_checksum_mismatch_leaves_no_file(tmp_path, file_server):
@@ -194,7 +196,9 @@ print(hashlib.sha256(mnist.train.images.tobytes() + mnist.test.labels.tobytes())
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["tfds", "download"])
-def test_two_processes_on_an_empty_cache_both_load_it_and_leave_one(source, tmp_path, file_server, monkeypatch):
+def test_two_processes_on_an_empty_cache_both_load_it_and_leave_one(
+    source, tmp_path, file_server, monkeypatch
+):
     """Started together, each finds MNIST; one downloads and decodes while
     the other waits for the cache's lock, then reads what it wrote. (Without
     the lock, two downloads into one folder shared a .part file, and both
@@ -203,10 +207,22 @@ def test_two_processes_on_an_empty_cache_both_load_it_and_leave_one(source, tmp_
     for path in REAL_IDX_DIR.glob("*.gz"):
         shutil.copy(path, served)
     files = [[f.url, f.size, f.sha256, f.filename] for f in remote_files(served, url)]
-    env = {**os.environ, "TFDS_DATA_DIR": str(REAL_TFDS_DIR if source == "tfds" else tmp_path / "no-tfds")}
+    env = {
+        **os.environ,
+        "TFDS_DATA_DIR": str(REAL_TFDS_DIR if source == "tfds" else tmp_path / "no-tfds"),
+    }
     cache = tmp_path / "cache"
-    together = [subprocess.Popen([sys.executable, "-c", LOAD, json.dumps(files), str(cache)], cwd=ROOT, env=env,
-                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    together = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD, json.dumps(files), str(cache)],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     digests = []
     for process in together:
         out, err = process.communicate(timeout=300)
@@ -215,10 +231,14 @@ def test_two_processes_on_an_empty_cache_both_load_it_and_leave_one(source, tmp_
     assert digests[0] == digests[1] and len(digests[0]) == 64
     assert len(list(cache.glob("mnist-*.npz"))) == 1 and not list(cache.rglob("*.tmp"))
     if source == "download":
-        assert sorted(p.name for p in (cache / "downloads").iterdir()) == sorted(f[3] for f in files)
+        assert sorted(p.name for p in (cache / "downloads").iterdir()) == sorted(
+            f[3] for f in files
+        )
     monkeypatch.setenv("TFDS_DATA_DIR", env["TFDS_DATA_DIR"])
     for decoder in ("load_tfds", "load_idx_folder"):
-        monkeypatch.setattr(sources, decoder, lambda *a, **k: pytest.fail("decoded again: the cache was not valid"))
+        monkeypatch.setattr(
+            sources, decoder, lambda *a, **k: pytest.fail("decoded again: the cache was not valid")
+        )
     assert sources.load_mnist(cache_dir=cache).train.images.shape == (60_000, 28, 28, 1)
 
 
@@ -226,9 +246,17 @@ def test_no_network_gives_clear_error(tmp_path):
     with socket.socket() as s:  # A port nobody listens on.
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    files = [idx.RemoteFile(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz", 1, "0" * 64,
-                             "train-images-idx3-ubyte.gz")]
-    with pytest.raises(data.DownloadError, match="offline.*--data-dir DIR or the TFDS_DATA_DIR.*--idx-dir"):
+    files = [
+        idx.RemoteFile(
+            f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz",
+            1,
+            "0" * 64,
+            "train-images-idx3-ubyte.gz",
+        )
+    ]
+    with pytest.raises(
+        data.DownloadError, match="offline.*--data-dir DIR or the TFDS_DATA_DIR.*--idx-dir"
+    ):
         idx.download_idx_files(tmp_path, files, timeout=5)
 
 
@@ -237,13 +265,18 @@ def test_an_empty_idx_folder_names_each_file_it_looked_for_once(tmp_path):
         sources.load_mnist(idx_dir=tmp_path, cache_dir=tmp_path / "cache")
     looked_for = str(error.value).split("(looked for ", 1)[1].split(")", 1)[0].split(", ")
     assert len(looked_for) == len(set(looked_for)) == 6
-    assert {"train-images-idx3-ubyte.gz", "train-images.idx3-ubyte", "train-images.idx3-ubyte/train-images.idx3-ubyte"} \
-        <= set(looked_for)
+    assert {
+        "train-images-idx3-ubyte.gz",
+        "train-images.idx3-ubyte",
+        "train-images.idx3-ubyte/train-images.idx3-ubyte",
+    } <= set(looked_for)
 
 
 def test_registered_checksums_are_tfds_mnist():
     files = idx.registered_mnist_files()
-    assert sorted(f.filename for f in files) == sorted(f"{stem}.gz" for stem, _, _ in idx.IDX_FILES.values())
+    assert sorted(f.filename for f in files) == sorted(
+        f"{stem}.gz" for stem, _, _ in idx.IDX_FILES.values()
+    )
     assert all(len(f.sha256) == 64 and f.url.startswith("https://") for f in files)
 
 
@@ -253,7 +286,9 @@ def test_registered_checksums_are_tfds_mnist():
 def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     folder = tmp_path / "idx"
     write_fake_idx_folder(folder)
-    monkeypatch.setattr(sources, "load_idx_folder", functools.partial(idx.load_idx_folder, verify_md5=False))
+    monkeypatch.setattr(
+        sources, "load_idx_folder", functools.partial(idx.load_idx_folder, verify_md5=False)
+    )
     first = sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
     monkeypatch.setattr(sources, "load_idx_folder", lambda *a, **k: pytest.fail("decoded again"))
     second = sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
@@ -264,7 +299,9 @@ def test_second_load_comes_from_cache(tmp_path, monkeypatch):
 def test_changed_source_is_decoded_again(tmp_path, monkeypatch):
     folder = tmp_path / "idx"
     write_fake_idx_folder(folder)
-    monkeypatch.setattr(sources, "load_idx_folder", functools.partial(idx.load_idx_folder, verify_md5=False))
+    monkeypatch.setattr(
+        sources, "load_idx_folder", functools.partial(idx.load_idx_folder, verify_md5=False)
+    )
     sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache")
     write_fake_idx_folder(folder, n_train=30)
     assert len(sources.load_mnist(idx_dir=folder, cache_dir=tmp_path / "cache").train) == 30
@@ -275,8 +312,14 @@ def test_decoding_tfds_mnist_says_nothing_about_opencv(real_mnist, tmp_path):
     # In a process of its own: absl logs tfds's notice once per process, and
     # this session decoded MNIST already.
     code = f"from mnist_jax import sources; sources.load_tfds({str(REAL_TFDS_DIR)!r})"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MNIST_JAX_CACHE": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MNIST_JAX_CACHE": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr
     assert "OpenCV" not in done.stderr + done.stdout
 
@@ -314,9 +357,13 @@ def test_real_mnist_from_tfds(real_mnist):
 def test_real_idx_files_hold_the_same_examples_as_tfds(real_mnist):
     from_idx = idx.load_idx_folder(REAL_IDX_DIR)  # MD5-verified against the originals.
     for ours, theirs in ((from_idx.train, real_mnist.train), (from_idx.test, real_mnist.test)):
+
         def digests(split):
-            return sorted(hashlib.md5(img.tobytes() + bytes([lab])).hexdigest()
-                          for img, lab in zip(split.images, split.labels))
+            return sorted(
+                hashlib.md5(img.tobytes() + bytes([lab])).hexdigest()
+                for img, lab in zip(split.images, split.labels)
+            )
+
         assert digests(ours) == digests(theirs)
 
 

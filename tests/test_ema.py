@@ -14,8 +14,13 @@ from tests.conftest import small_run_config, synthetic_split
 
 
 def new_state(ema: bool):
-    return steps.create_train_state(models.get_model("cnn"), optim.make_optimizer(TrainConfig()), 0,
-                                    jnp.zeros((1, 28, 28, 1)), ema=ema)
+    return steps.create_train_state(
+        models.get_model("cnn"),
+        optim.make_optimizer(TrainConfig()),
+        0,
+        jnp.zeros((1, 28, 28, 1)),
+        ema=ema,
+    )
 
 
 def weights(state) -> dict:
@@ -34,7 +39,9 @@ def test_the_average_starts_at_the_initial_weights_and_follows_every_step():
         before = jax.device_get(state.ema)
         state, _ = step(state, batch)
         rate = min(0.9, (1 + expected_step) / (10 + expected_step))  # The warm-up of the decay.
-        expected = jax.tree.map(lambda old, new: rate * old + (1 - rate) * new, before, weights(state))
+        expected = jax.tree.map(
+            lambda old, new: rate * old + (1 - rate) * new, before, weights(state)
+        )
         chex.assert_trees_all_close(jax.device_get(state.ema), expected, rtol=1e-6, atol=1e-7)
     pairs = zip(jax.tree.leaves(state.ema["params"]), jax.tree.leaves(state.params))
     assert not all(np.allclose(average, weight) for average, weight in pairs)
@@ -62,10 +69,18 @@ def test_a_bad_decay_is_refused(decay):
 
 
 @pytest.mark.slow
-def test_a_run_with_an_average_validates_selects_tests_and_predicts_with_it(tmp_path, synthetic_splits):
+def test_a_run_with_an_average_validates_selects_tests_and_predicts_with_it(
+    tmp_path, synthetic_splits
+):
     config = small_run_config(ema_decay=0.9)
-    result = train.train_and_evaluate(config, models.get_model("cnn"), synthetic_splits, tmp_path,
-                                      experiment="test", progress=False)
+    result = train.train_and_evaluate(
+        config,
+        models.get_model("cnn"),
+        synthetic_splits,
+        tmp_path,
+        experiment="test",
+        progress=False,
+    )
     history = result["history"]
     assert all("val_raw_accuracy" in h and "val_raw_loss" in h for h in history)
     assert any(h["val_loss"] != h["val_raw_loss"] for h in history)
@@ -90,13 +105,18 @@ def test_trials_stepped_together_each_keep_their_own_average():
     model, _ = trial_group.group_model(trials)
     states = trial_group.init_trial_states(trials, model, 10, jnp.zeros((1, 28, 28, 1)))
     split = synthetic_split(64)
-    batches = {"image": split.images.reshape(2, 32, 28, 28, 1), "label": split.labels.reshape(2, 32),
-               "mask": np.ones((2, 32), bool)}
+    batches = {
+        "image": split.images.reshape(2, 32, 28, 28, 1),
+        "label": split.labels.reshape(2, 32),
+        "mask": np.ones((2, 32), bool),
+    }
     before = jax.device_get(states.ema)
     step = trial_group.make_trials_step(model, base.step_config(), "vmap", parallel.data_mesh())
     states, _ = step(states, {}, batches)
     rate = min(0.9, 2 / 11)
     for k in range(2):
         member = trial_group.take(states, k)
-        expected = jax.tree.map(lambda old, new: rate * old[k] + (1 - rate) * new, before, weights(member))
+        expected = jax.tree.map(
+            lambda old, new: rate * old[k] + (1 - rate) * new, before, weights(member)
+        )
         chex.assert_trees_all_close(jax.device_get(member.ema), expected, rtol=1e-6, atol=1e-7)

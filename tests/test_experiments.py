@@ -15,7 +15,9 @@ from tests.conftest import REAL_TFDS_DIR
 
 
 def test_every_experiment_module_is_registered_and_has_main():
-    modules = {m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")}
+    modules = {
+        m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_")
+    }
     assert modules == set(experiments.names()) == set(experiments.summaries())
     for name, summary in experiments.summaries().items():
         module = importlib.import_module(f"experiments.{name}")
@@ -25,14 +27,31 @@ def test_every_experiment_module_is_registered_and_has_main():
 
 def test_the_lists_of_model_experiments_derive_from_the_registries():
     assert set(experiments.model_experiments()) == {
-        "cnn", "simple_cnn", "deep_cnn", "vit", "vgg16", "alexnet", "linear_ae", "conv_ae"}
-    assert set(experiments.classifier_experiments()) == {"cnn", "deep_cnn", "vgg16", "alexnet", "vit", "simple_cnn"}
+        "cnn",
+        "simple_cnn",
+        "deep_cnn",
+        "vit",
+        "vgg16",
+        "alexnet",
+        "linear_ae",
+        "conv_ae",
+    }
+    assert set(experiments.classifier_experiments()) == {
+        "cnn",
+        "deep_cnn",
+        "vgg16",
+        "alexnet",
+        "vit",
+        "simple_cnn",
+    }
 
 
 def test_listing(capsys):
     importlib.reload(importlib.import_module("experiments.__main__"))
     out = capsys.readouterr().out
-    assert all(f"{name}  " in out and summary in out for name, summary in experiments.summaries().items())
+    assert all(
+        f"{name}  " in out and summary in out for name, summary in experiments.summaries().items()
+    )
 
 
 @pytest.mark.slow
@@ -52,17 +71,20 @@ def test_cnn_quick_run_is_refused_again_and_resumes_to_the_same_result(quick_run
     assert again["test"] == json.loads(json.dumps(summary["test"]))
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--batch-size", "-4"], "--batch-size must be >= 1"),
-    (["--noise", "gaussian", "--noise-level", "-1"], "--noise-level must be"),
-    (["--rotation", "-5"], "--rotation must be"),
-    (["--zoom", "1.5"], "--zoom must be"),
-    (["--elastic", "-1"], "--elastic must be"),
-    (["--elastic", "34", "--elastic-sigma", "0"], "--elastic-sigma must be"),
-    (["--ema-decay", "1"], "--ema-decay must be"),
-    (["--label-smoothing", "-0.1"], "--label-smoothing must be"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--batch-size", "-4"], "--batch-size must be >= 1"),
+        (["--noise", "gaussian", "--noise-level", "-1"], "--noise-level must be"),
+        (["--rotation", "-5"], "--rotation must be"),
+        (["--zoom", "1.5"], "--zoom must be"),
+        (["--elastic", "-1"], "--elastic must be"),
+        (["--elastic", "34", "--elastic-sigma", "0"], "--elastic-sigma must be"),
+        (["--ema-decay", "1"], "--ema-decay must be"),
+        (["--label-smoothing", "-0.1"], "--label-smoothing must be"),
+    ],
+)
 def test_bad_flags_fail_before_training(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         cnn.main(["--workdir", str(tmp_path)] + flags)
@@ -73,14 +95,18 @@ def test_bad_flags_fail_before_training(tmp_path, capsys, flags, message):
 
 def test_missing_data_gives_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cnn.main(["--quick", "--workdir", str(tmp_path / "run"), "--idx-dir", str(tmp_path / "none")])
+        cnn.main(
+            ["--quick", "--workdir", str(tmp_path / "run"), "--idx-dir", str(tmp_path / "none")]
+        )
     assert exit_info.value.code == 1
     assert "does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_benchmark_quick(tmp_path, real_mnist, capsys):
-    result = benchmark.main(["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "b.json")])
+    result = benchmark.main(
+        ["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "b.json")]
+    )
     assert set(result["examples_per_second"]) == {"step_alone", "host_data", "device_data_scan"}
     assert min(result["examples_per_second"].values()) > 0 and result["compile_seconds"] > 0
     assert json.loads((tmp_path / "b.json").read_text())["model"] == "cnn"
@@ -89,27 +115,53 @@ def test_benchmark_quick(tmp_path, real_mnist, capsys):
 
 @pytest.mark.slow
 def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(tmp_path, real_mnist, capsys):
-    result = benchmark.main(["--overhead", "--quick", "--data-dir", str(REAL_TFDS_DIR),
-                             "--output", str(tmp_path / "o.json")])
+    result = benchmark.main(
+        [
+            "--overhead",
+            "--quick",
+            "--data-dir",
+            str(REAL_TFDS_DIR),
+            "--output",
+            str(tmp_path / "o.json"),
+        ]
+    )
     commands, short = result["commands"], "cnn --quick --epochs 1"
     assert set(commands) == {"import", short, "predict"} and result["repeats"] == 1
     for which in ("first", "second"):
         run = commands[short][which]
         assert {"wall", "data", "init", "compile", "train", "test", "figures", "rest"} <= set(run)
-        assert run["wall"] > run["train"] > 0 and run["rest"] > 0  # The rest: imports, parsing, printing.
+        assert (
+            run["wall"] > run["train"] > 0 and run["rest"] > 0
+        )  # The rest: imports, parsing, printing.
         assert commands["predict"][which]["wall"] > 0
     # The second run finds its programs in the compilation cache.
     assert commands[short]["second"]["compile"] < commands[short]["first"]["compile"]
-    assert {g["goal"] for g in result["goals"]} == {"predict one image: wall (first run)",
-                                                   "predict one image: wall (second run)"}
-    assert json.loads((tmp_path / "o.json").read_text())["commands"] == json.loads(json.dumps(commands))
+    assert {g["goal"] for g in result["goals"]} == {
+        "predict one image: wall (first run)",
+        "predict one image: wall (second run)",
+    }
+    assert json.loads((tmp_path / "o.json").read_text())["commands"] == json.loads(
+        json.dumps(commands)
+    )
     assert "| compile |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_path, real_mnist, capsys):
-    result = benchmark.main(["--sweep", "--quick", "--strategies", "vmap", "--data-dir", str(REAL_TFDS_DIR),
-                             "--output", str(tmp_path / "b.json")])
+def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(
+    tmp_path, real_mnist, capsys
+):
+    result = benchmark.main(
+        [
+            "--sweep",
+            "--quick",
+            "--strategies",
+            "vmap",
+            "--data-dir",
+            str(REAL_TFDS_DIR),
+            "--output",
+            str(tmp_path / "b.json"),
+        ]
+    )
     assert set(result["timings"]) == {"sequential", "vmap"} and result["trials"] == 2
     assert result["timings"]["sequential"]["speedup_vs_sequential"] == 1.0
     assert all(t["wall_seconds"] > t["compile_seconds"] > 0 for t in result["timings"].values())
@@ -118,16 +170,32 @@ def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(tmp_p
 
 
 @pytest.mark.slow
-def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_processes(tmp_path, real_mnist, capsys):
-    result = benchmark.main(["--vs-torch", "--quick", "--models", "linear_ae", "--data-dir", str(REAL_TFDS_DIR),
-                             "--output", str(tmp_path / "vs.json")])
+def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_processes(
+    tmp_path, real_mnist, capsys
+):
+    result = benchmark.main(
+        [
+            "--vs-torch",
+            "--quick",
+            "--models",
+            "linear_ae",
+            "--data-dir",
+            str(REAL_TFDS_DIR),
+            "--output",
+            str(tmp_path / "vs.json"),
+        ]
+    )
     (row,) = result["models"]
     assert row["model"] == "linear_ae" and row["batch_size"] == 64
     for side in ("jax", "torch"):
         assert len(row[side]["rounds"]) == 1 and row[side]["examples_per_second"] > 0
-        assert row[side]["peak_rss_mib"] > 100  # A process of its own: its framework and data at least.
+        assert (
+            row[side]["peak_rss_mib"] > 100
+        )  # A process of its own: its framework and data at least.
     assert "torch" in row["torch"]["device"] and row["jax"]["compile_seconds"] > 0
-    assert row["speedup"] == pytest.approx(row["jax"]["examples_per_second"] / row["torch"]["examples_per_second"])
+    assert row["speedup"] == pytest.approx(
+        row["jax"]["examples_per_second"] / row["torch"]["examples_per_second"]
+    )
     assert json.loads((tmp_path / "vs.json").read_text())["kind"] == "vs_torch"
     assert "| linear_ae" in capsys.readouterr().out
 
@@ -139,10 +207,14 @@ def test_benchmark_vs_torch_refuses_an_unknown_model(capsys):
 
 
 @pytest.mark.slow
-def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_path, real_mnist, capsys):
+def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(
+    tmp_path, real_mnist, capsys
+):
     from experiments import speedrun
 
-    result = speedrun.main(["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "s.json")])
+    result = speedrun.main(
+        ["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "s.json")]
+    )
     (run,) = result["runs"]  # --quick: one seed.
     assert run["seed"] == 0 and run["steps"] == 16  # 2,000 images at batch 128.
     assert run["compile_seconds"] > 0 and run["train_seconds"] > 0
@@ -156,9 +228,15 @@ def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(tmp_
 @pytest.mark.parametrize("name", [n for n in experiments.model_experiments() if n != "cnn"])
 def test_quick_run_of_every_experiment(name, quick_runs):
     run = quick_runs.get(name)
-    module, out, workdir = importlib.import_module(f"experiments.{name}"), run["out"], run["workdir"]
+    module, out, workdir = (
+        importlib.import_module(f"experiments.{name}"),
+        run["out"],
+        run["workdir"],
+    )
     saved = json.loads((workdir / "metrics.json").read_text())
-    assert saved["experiment"] == name and saved["test"] == json.loads(json.dumps(run["summary"]["test"]))
+    assert saved["experiment"] == name and saved["test"] == json.loads(
+        json.dumps(run["summary"]["test"])
+    )
     assert "| report (" in out and f"{saved['train_seconds']:.2f}" in out
     if "accuracy" in saved["test"]:
         assert f"{100 * module.REFERENCE.accuracy:.2f} %" in out  # The report's number beside ours.
@@ -183,8 +261,13 @@ def test_transfer_without_weights_is_labelled_random_init(quick_runs):
 
 
 def test_transfer_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(pretrained.PUBLISHED, "alexnet", pretrained.PublishedWeights(
-        "http://unreachable.invalid/alexnet-owt-7be5be79.pth", "7be5be79"))
+    monkeypatch.setitem(
+        pretrained.PUBLISHED,
+        "alexnet",
+        pretrained.PublishedWeights(
+            "http://unreachable.invalid/alexnet-owt-7be5be79.pth", "7be5be79"
+        ),
+    )
     monkeypatch.setenv("MNIST_JAX_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SystemExit) as exit_info:
         alexnet.main(["--workdir", str(tmp_path / "run"), "--data-dir", str(REAL_TFDS_DIR)])
@@ -202,8 +285,13 @@ def test_frozen_features_are_the_same_in_full_batches_and_the_short_last_one():
     params = frozen_features.feature_params_of(model, None, seed=0)
     extractor = frozen_features.make_feature_extractor(model)
     images = np.random.default_rng(0).integers(0, 256, (21, 28, 28, 1)).astype(np.uint8)
-    features = frozen_features.extract_features(extractor, params, images, batch_size=8)  # 8 + 8 + 5 (padded to 8).
-    alone = [np.asarray(extractor(params, np.repeat(image[None], 8, axis=0)))[0] for image in images[[0, 9, 17, 20]]]
+    features = frozen_features.extract_features(
+        extractor, params, images, batch_size=8
+    )  # 8 + 8 + 5 (padded to 8).
+    alone = [
+        np.asarray(extractor(params, np.repeat(image[None], 8, axis=0)))[0]
+        for image in images[[0, 9, 17, 20]]
+    ]
     assert features.shape == (21, 1, 1, 512)
     np.testing.assert_array_equal(features[[0, 9, 17, 20]], np.stack(alone))
 
@@ -217,8 +305,16 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
     torch.manual_seed(0)
     path = tmp_path / "alexnet.pth"
     torch.save(torch_reference.alexnet(num_classes=1000).state_dict(), path)
-    common = ["--quick", "--weights", str(path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress",
-              "--batch-size", "100"]
+    common = [
+        "--quick",
+        "--weights",
+        str(path),
+        "--data-dir",
+        str(REAL_TFDS_DIR),
+        "--no-progress",
+        "--batch-size",
+        "100",
+    ]
     cached = alexnet.main(common + ["--workdir", str(tmp_path / "cached")])
     direct = alexnet.main(common + ["--workdir", str(tmp_path / "direct"), "--no-cache-features"])
     assert cached["weights"].startswith("ImageNet, torchvision (alexnet.pth)")
@@ -231,7 +327,14 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
 def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist, capsys):
     from experiments import few_labels
 
-    args = ["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
+    args = [
+        "--quick",
+        "--workdir",
+        str(tmp_path),
+        "--data-dir",
+        str(REAL_TFDS_DIR),
+        "--no-progress",
+    ]
     results = few_labels.main(args)
     out = capsys.readouterr().out
     runs = {(r["labels"], r["method"]): r for r in results["runs"]}
@@ -242,8 +345,10 @@ def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist
     saved = json.loads((tmp_path / "few_labels.json").read_text())
     assert saved["runs"] == json.loads(json.dumps(results["runs"]))
     # Only the frozen run leaves the encoder out of training.
-    model = {m: json.loads((tmp_path / "n100" / m / "metrics.json").read_text())["model"]
-             for m in ("frozen", "fine-tuned")}
+    model = {
+        m: json.loads((tmp_path / "n100" / m / "metrics.json").read_text())["model"]
+        for m in ("frozen", "fine-tuned")
+    }
     assert model["frozen"]["trainable_parameters"] < model["frozen"]["parameters"]
     assert model["fine-tuned"]["trainable_parameters"] == model["fine-tuned"]["parameters"]
     # Everything finished: --resume recomputes nothing and gives the same table.
@@ -254,10 +359,19 @@ def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist
 
 
 @pytest.mark.slow
-def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_path, real_mnist, capsys):
+def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(
+    tmp_path, real_mnist, capsys
+):
     from experiments import noisy
 
-    args = ["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR), "--no-progress"]
+    args = [
+        "--quick",
+        "--workdir",
+        str(tmp_path),
+        "--data-dir",
+        str(REAL_TFDS_DIR),
+        "--no-progress",
+    ]
     results = noisy.main(args)
     out = capsys.readouterr().out
     scores = results["scores"]
@@ -269,7 +383,11 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
             assert 0 < score["f1_macro"] <= 1 and score["loss"] > 0
     # Noise hurts the clean-trained CNN; the denoiser gives part of it back.
     clean_cnn = scores["clean-trained"]
-    assert clean_cnn["noisy"]["accuracy"] < clean_cnn["denoised"]["accuracy"] < clean_cnn["clean"]["accuracy"] + 0.02
+    assert (
+        clean_cnn["noisy"]["accuracy"]
+        < clean_cnn["denoised"]["accuracy"]
+        < clean_cnn["clean"]["accuracy"] + 0.02
+    )
     quality = results["quality"]
     assert quality["denoised"]["psnr"] > quality["noisy"]["psnr"] + 3
     assert quality["denoised"]["ssim"] > quality["noisy"]["ssim"]
@@ -278,9 +396,18 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
     points = {p["sigma"]: p for p in results["robustness"]["points"]}
     assert sorted(points) == [0.0, 0.5, 1.0]
     assert points[0.0]["clean-trained CNN, noisy input"] == clean_cnn["clean"]["accuracy"]
-    assert points[0.5]["noisy-trained CNN, noisy input"] == scores["noisy-trained"]["noisy"]["accuracy"]
-    for name in ("noisy.json", "robustness.png", "samples.png", "confusion_matrices.png", "3_denoised/denoised.npz",
-                 *(f"{stage}/metrics.json" for stage in noisy.STAGES)):
+    assert (
+        points[0.5]["noisy-trained CNN, noisy input"]
+        == scores["noisy-trained"]["noisy"]["accuracy"]
+    )
+    for name in (
+        "noisy.json",
+        "robustness.png",
+        "samples.png",
+        "confusion_matrices.png",
+        "3_denoised/denoised.npz",
+        *(f"{stage}/metrics.json" for stage in noisy.STAGES),
+    ):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert "99.10 %" in out and f"{100 * clean_cnn['clean']['accuracy']:.2f} %" in out
@@ -290,7 +417,10 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
     assert "--resume" in capsys.readouterr().err
     saved = (tmp_path / "noisy.json").read_bytes()
     again = noisy.main(args + ["--resume"])  # Finished: nothing to do.
-    assert "is a finished run" in capsys.readouterr().out and (tmp_path / "noisy.json").read_bytes() == saved
+    assert (
+        "is a finished run" in capsys.readouterr().out
+        and (tmp_path / "noisy.json").read_bytes() == saved
+    )
     assert again["scores"] == json.loads(json.dumps(scores))
     again = noisy.main(args + ["--rescore"])  # Scored again, every stage reused.
     out = capsys.readouterr().out
@@ -300,35 +430,71 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(tmp_pat
 
     # A clean run trained otherwise is refused before anything trains.
     with pytest.raises(SystemExit) as exit_info:
-        noisy.main(["--quick", "--workdir", str(tmp_path / "other"), "--data-dir", str(REAL_TFDS_DIR),
-                    "--clean-run", str(tmp_path / "1_noisy_cnn"), "--no-progress"])
+        noisy.main(
+            [
+                "--quick",
+                "--workdir",
+                str(tmp_path / "other"),
+                "--data-dir",
+                str(REAL_TFDS_DIR),
+                "--clean-run",
+                str(tmp_path / "1_noisy_cnn"),
+                "--no-progress",
+            ]
+        )
     assert exit_info.value.code == 2
     assert "noise.level: saved 0.5, now 0.0" in capsys.readouterr().err
     assert not any((tmp_path / "other").glob("1_*"))
 
 
 @pytest.mark.slow
-def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(tmp_path, real_mnist, capsys):
+def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(
+    tmp_path, real_mnist, capsys
+):
     from experiments import best, compare
     from mnist_jax import data as data_lib
 
     root = tmp_path / "best"
-    args = ["--quick", "--ensemble", "2", "--workdir", str(root), "--data-dir", str(REAL_TFDS_DIR),
-            "--no-progress"]
+    args = [
+        "--quick",
+        "--ensemble",
+        "2",
+        "--workdir",
+        str(root),
+        "--data-dir",
+        str(REAL_TFDS_DIR),
+        "--no-progress",
+    ]
     result = best.main(args)
     saved = [json.loads((root / f"seed{seed}" / "metrics.json").read_text()) for seed in (0, 1)]
     assert [r["seed"] for r in result["seeds"]] == [0, 1]
     assert [r["test_accuracy"] for r in result["seeds"]] == [s["test"]["accuracy"] for s in saved]
-    assert all(s["config"]["ema_decay"] == 0.999 and s["config"]["augment"]["rotation"] == 10 for s in saved)
-    assert all("val_raw_accuracy" in s["history"][-1] for s in saved)  # The average was what was validated.
+    assert all(
+        s["config"]["ema_decay"] == 0.999 and s["config"]["augment"]["rotation"] == 10
+        for s in saved
+    )
+    assert all(
+        "val_raw_accuracy" in s["history"][-1] for s in saved
+    )  # The average was what was validated.
     assert result["accuracy_mean"] == pytest.approx(np.mean([s["test"]["accuracy"] for s in saved]))
     ensemble = result["ensemble"]
-    assert ensemble["size"] == 2 and ensemble["test_images"] == 1000 and 0.5 < ensemble["test_accuracy"] <= 1
+    assert (
+        ensemble["size"] == 2
+        and ensemble["test_images"] == 1000
+        and 0.5 < ensemble["test_accuracy"] <= 1
+    )
     assert json.loads((root / "best.json").read_text()) == json.loads(json.dumps(result))
     out = capsys.readouterr().out
-    assert "Deotte" in out and "99.38 %" in out and f"{100 * ensemble['test_accuracy']:.2f} %" in out
-    machine = saved[0]["devices"]["host"]  # best.json names the machine, as each seed's metrics.json does.
-    assert all(machine in r["device"] for r in result["seeds"]) and f"trained on 1 x cpu ({machine})" in out
+    assert (
+        "Deotte" in out and "99.38 %" in out and f"{100 * ensemble['test_accuracy']:.2f} %" in out
+    )
+    machine = saved[0]["devices"][
+        "host"
+    ]  # best.json names the machine, as each seed's metrics.json does.
+    assert (
+        all(machine in r["device"] for r in result["seeds"])
+        and f"trained on 1 x cpu ({machine})" in out
+    )
 
     # An ensemble of one model twice is that model: its softmax path scores
     # seed 0's test images as its training run's evaluation did.
@@ -342,9 +508,15 @@ def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(t
         best.main([*args, "--epochs", "3"])
     assert exit_info.value.code == 2 and "epochs: saved 2, now 3" in capsys.readouterr().err
 
-    rows = {r["label"]: r for r in compare.main(["--runs-dir", str(tmp_path), "--models", "best"])["rows"]}
+    rows = {
+        r["label"]: r
+        for r in compare.main(["--runs-dir", str(tmp_path), "--models", "best"])["rows"]
+    }
     assert list(rows) == ["best (quick)", "best (quick, ensemble of 2)"], rows
-    assert rows["best (quick)"]["runs"] == 2 and rows["best (quick)"]["accuracy"] == result["accuracy_mean"]
+    assert (
+        rows["best (quick)"]["runs"] == 2
+        and rows["best (quick)"]["accuracy"] == result["accuracy_mean"]
+    )
     ensemble_row = rows["best (quick, ensemble of 2)"]
     assert ensemble_row["accuracy"] == ensemble["test_accuracy"] and ensemble_row["seeds"] == [0, 1]
     assert ensemble_row["parameters"] == 2 * 326_410
@@ -354,7 +526,13 @@ def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(t
     other["ensemble"]["test_accuracy"] -= 0.001
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "best.json").write_text(json.dumps(other))
-    rows = {r["label"]: r for r in compare.main(["--runs-dir", str(tmp_path), "--models", "best"])["rows"]}
+    rows = {
+        r["label"]: r
+        for r in compare.main(["--runs-dir", str(tmp_path), "--models", "best"])["rows"]
+    }
     own = f"best (quick, ensemble of 2, {(root / 'best.json').relative_to(tmp_path)})"
     assert own in rows and rows[own]["accuracy"] == ensemble["test_accuracy"], list(rows)
-    assert rows["best (quick, ensemble of 2, other/best.json)"]["accuracy"] == other["ensemble"]["test_accuracy"]
+    assert (
+        rows["best (quick, ensemble of 2, other/best.json)"]["accuracy"]
+        == other["ensemble"]["test_accuracy"]
+    )

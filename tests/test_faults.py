@@ -22,17 +22,28 @@ from mnist_jax.config import ResumeError, TrainConfig
 from tests.conftest import small_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = small_run_config()  # 10 steps an epoch; checkpoints at in-epoch steps 4, 8 and the epoch's end.
+CONFIG = (
+    small_run_config()
+)  # 10 steps an epoch; checkpoints at in-epoch steps 4, 8 and the epoch's end.
 
 
 def fresh_state(model="cnn", config=CONFIG):
-    return steps.create_train_state(models.get_model(model), optim.make_optimizer(config), 0,
-                                    jnp.zeros((1, 28, 28, 1)))
+    return steps.create_train_state(
+        models.get_model(model), optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+    )
 
 
 def run(config, splits, workdir, *, resume=False, on_step=None):
-    return train.train_and_evaluate(config, models.get_model("cnn"), splits, workdir, experiment="test",
-                                    resume=resume, on_step=on_step, progress=False)
+    return train.train_and_evaluate(
+        config,
+        models.get_model("cnn"),
+        splits,
+        workdir,
+        experiment="test",
+        resume=resume,
+        on_step=on_step,
+        progress=False,
+    )
 
 
 class Interrupt(Exception):
@@ -43,18 +54,24 @@ def stop_at(step_to_stop):
     def on_step(step):
         if step >= step_to_stop:
             raise Interrupt  # As if the process died here.
+
     return on_step
 
 
 def latest_steps(workdir) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit())
+    return sorted(
+        int(p.name) for p in (workdir / "checkpoints" / "latest").iterdir() if p.name.isdigit()
+    )
 
 
 def files_under(path: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 # --- Damaged checkpoints ---------------------------------------------------
+
 
 def garble_meta(step_dir):
     (step_dir / "meta" / "metadata").write_text('{"history": [')
@@ -77,7 +94,9 @@ ORBAX_LEFTOVER = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExce
 
 @ORBAX_LEFTOVER
 @pytest.mark.parametrize("damage", [garble_meta, remove_state, truncate_arrays])
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_path, caplog, damage):
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(
+    tmp_path, caplog, damage
+):
     older, newer = fresh_state(), fresh_state()
     newer = newer.replace(params=jax.tree.map(lambda p: p + 1.0, newer.params))
     with checkpoints.RunCheckpoints(tmp_path) as ckpts:
@@ -102,7 +121,9 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_restored(tm
 
 @pytest.mark.slow
 @ORBAX_LEFTOVER
-def test_resume_past_a_damaged_checkpoint_ends_like_an_uninterrupted_run(tmp_path, synthetic_splits, caplog):
+def test_resume_past_a_damaged_checkpoint_ends_like_an_uninterrupted_run(
+    tmp_path, synthetic_splits, caplog
+):
     reference = run(CONFIG, synthetic_splits, tmp_path / "straight")
     with pytest.raises(Interrupt):
         run(CONFIG, synthetic_splits, tmp_path / "resumed", on_step=stop_at(15))
@@ -138,7 +159,7 @@ def test_a_checkpoint_of_another_model_is_refused_not_set_aside(tmp_path):
 
 
 def test_a_step_saved_before_a_crash_is_kept_when_the_replay_reaches_it(tmp_path):
-    """"best" is saved before "latest" at an epoch's end; a run killed
+    """ "best" is saved before "latest" at an epoch's end; a run killed
     between the two replays the epoch and saves the same step again."""
     state = fresh_state()
     with checkpoints.RunCheckpoints(tmp_path) as ckpts:
@@ -150,21 +171,34 @@ def test_a_step_saved_before_a_crash_is_kept_when_the_replay_reaches_it(tmp_path
 
 # --- NaN and infinite losses -------------------------------------------------
 
+
 @pytest.mark.slow
-def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(tmp_path, synthetic_splits):
+def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(
+    tmp_path, synthetic_splits
+):
     # Plain SGD at 1e4: finite after the first update, NaN a few steps later.
-    config = small_run_config(optimizer="sgd", momentum=0.0, learning_rate=1e4, checkpoint_every_steps=1,
-                              log_every_steps=1)
+    config = small_run_config(
+        optimizer="sgd",
+        momentum=0.0,
+        learning_rate=1e4,
+        checkpoint_every_steps=1,
+        log_every_steps=1,
+    )
     with pytest.raises(faults.NonFiniteLossError) as error:
         run(config, synthetic_splits, tmp_path)
     message = str(error.value)
     # The loss's check (every log) or the parameters' (before every save)
     # sees it first, depending on the step the run diverges at.
-    found = re.search(r"^the (?:training loss|parameters) became (.+?) at step (\d+) \(epoch 1\).*"
-                      r"last good checkpoint, step (\d+), is intact in (\S+)\.", message)
+    found = re.search(
+        r"^the (?:training loss|parameters) became (.+?) at step (\d+) \(epoch 1\).*"
+        r"last good checkpoint, step (\d+), is intact in (\S+)\.",
+        message,
+    )
     assert found, message
     bad_step, good_step = int(found[2]), int(found[3])
-    assert good_step == bad_step - 1 and pathlib.Path(found[4]) == tmp_path / "checkpoints" / "latest" / str(good_step)
+    assert good_step == bad_step - 1 and pathlib.Path(
+        found[4]
+    ) == tmp_path / "checkpoints" / "latest" / str(good_step)
     assert "--learning-rate" in message
     assert max(latest_steps(tmp_path)) == good_step  # Nothing saved from the bad step on.
     with checkpoints.RunCheckpoints(tmp_path) as ckpts:
@@ -188,10 +222,12 @@ def test_training_errors_end_a_command_line_run_with_a_message(capsys):
 
 # --- SIGINT / SIGTERM, and SIGKILL -------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_saves_a_checkpoint_then_resume_ends_like_an_uninterrupted_run(
-        tmp_path, synthetic_splits, signum):
+    tmp_path, synthetic_splits, signum
+):
     reference = run(CONFIG, synthetic_splits, tmp_path / "straight")
     handler_before = signal.getsignal(signum)
 
@@ -199,15 +235,21 @@ def test_a_stop_signal_saves_a_checkpoint_then_resume_ends_like_an_uninterrupted
         if step == 7:  # Off the checkpoint grid (4, 8, 10, ...), mid-epoch.
             os.kill(os.getpid(), signum)
 
-    with pytest.raises(faults.TrainingInterrupted, match=f"{signal.Signals(signum).name} received: stopped at step 7"):
+    with pytest.raises(
+        faults.TrainingInterrupted,
+        match=f"{signal.Signals(signum).name} received: stopped at step 7",
+    ):
         run(CONFIG, synthetic_splits, tmp_path / "resumed", on_step=on_step)
     assert signal.getsignal(signum) is handler_before
     assert latest_steps(tmp_path / "resumed") == [4, 7]
     resumed = run(CONFIG, synthetic_splits, tmp_path / "resumed", resume=True)
     chex.assert_trees_all_equal(resumed["state"].params, reference["state"].params)
     chex.assert_trees_all_equal(resumed["state"].batch_stats, reference["state"].batch_stats)
-    np.testing.assert_allclose([h["train_loss"] for h in resumed["history"]],
-                               [h["train_loss"] for h in reference["history"]], rtol=1e-6)
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in resumed["history"]],
+        [h["train_loss"] for h in reference["history"]],
+        rtol=1e-6,
+    )
 
 
 def test_epochs_resumed_off_the_checkpoint_grid_are_cut_back_onto_it():
@@ -217,12 +259,25 @@ def test_epochs_resumed_off_the_checkpoint_grid_are_cut_back_onto_it():
 
 
 def start_job(workdir, resume: bool, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.crash_job", str(workdir), *(["--resume"] * resume)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_job", str(workdir), *(["--resume"] * resume)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def run_job(workdir, resume: bool, env: dict, *, stop_at_step: int | None = None, delay: float = 0.0,
-            signum: int = signal.SIGKILL) -> tuple[int, str, str]:
+def run_job(
+    workdir,
+    resume: bool,
+    env: dict,
+    *,
+    stop_at_step: int | None = None,
+    delay: float = 0.0,
+    signum: int = signal.SIGKILL,
+) -> tuple[int, str, str]:
     """Runs tests.crash_job; with stop_at_step, sends `signum` `delay`
     seconds after it prints that step. Returns (exit code, stdout, stderr)."""
     job = start_job(workdir, resume, env)
@@ -238,10 +293,16 @@ def run_job(workdir, resume: bool, env: dict, *, stop_at_step: int | None = None
 
 
 @pytest.mark.slow
-def test_a_run_killed_at_random_moments_and_resumed_ends_with_the_uninterrupted_parameters(tmp_path):
+def test_a_run_killed_at_random_moments_and_resumed_ends_with_the_uninterrupted_parameters(
+    tmp_path,
+):
     # One compilation cache for the six processes: each loads the programs the first compiled.
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "TQDM_DISABLE": "1",
+    }
     code, out, err = run_job(tmp_path / "straight", False, env)
     assert code == 0 and "done" in out, err
 
@@ -275,7 +336,9 @@ def test_a_run_killed_at_random_moments_and_resumed_ends_with_the_uninterrupted_
     chex.assert_trees_all_equal(killed.params, straight.params)
     chex.assert_trees_all_equal(killed.opt_state, straight.opt_state)
     assert killed_meta["best"] == straight_meta["best"], moments
-    assert [h["val_accuracy"] for h in killed_meta["history"]] == [h["val_accuracy"] for h in straight_meta["history"]]
+    assert [h["val_accuracy"] for h in killed_meta["history"]] == [
+        h["val_accuracy"] for h in straight_meta["history"]
+    ]
 
 
 # --- Bad flags -----------------------------------------------------------------
@@ -314,7 +377,9 @@ def run_refused(name, flags, tmp_path, monkeypatch, capsys) -> str:
         raise AssertionError("the data were loaded before the flags were checked")
 
     monkeypatch.setattr(sources, "load_mnist", no_data)
-    workdir = [] if name in ("speedrun", "benchmark", "compare") else ["--workdir", str(tmp_path / "run")]
+    workdir = (
+        [] if name in ("speedrun", "benchmark", "compare") else ["--workdir", str(tmp_path / "run")]
+    )
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(f"experiments.{name}").main([*flags, *workdir])
     assert exit_info.value.code == 2
@@ -323,19 +388,25 @@ def run_refused(name, flags, tmp_path, monkeypatch, capsys) -> str:
 
 
 @pytest.mark.parametrize("name, flags, message", BAD_FLAGS)
-def test_a_bad_flag_fails_before_any_data_or_compilation(name, flags, message, tmp_path, monkeypatch, capsys):
+def test_a_bad_flag_fails_before_any_data_or_compilation(
+    name, flags, message, tmp_path, monkeypatch, capsys
+):
     assert message in run_refused(name, flags, tmp_path, monkeypatch, capsys)
 
 
-@pytest.mark.parametrize("name, flags, devices", [
-    ("cnn", ["--batch-size", "100"], 8),
-    ("sweep", ["--batch-size", "100"], 8),
-    ("speedrun", ["--batch-size", "100"], 8),
-    ("noisy", [], 48),  # Its batches of 64 and 128 do not split 48 ways.
-    ("few_labels", [], 48),
-])
+@pytest.mark.parametrize(
+    "name, flags, devices",
+    [
+        ("cnn", ["--batch-size", "100"], 8),
+        ("sweep", ["--batch-size", "100"], 8),
+        ("speedrun", ["--batch-size", "100"], 8),
+        ("noisy", [], 48),  # Its batches of 64 and 128 do not split 48 ways.
+        ("few_labels", [], 48),
+    ],
+)
 def test_a_batch_that_does_not_split_across_the_devices_fails_before_any_data(
-        name, flags, devices, tmp_path, monkeypatch, capsys):
+    name, flags, devices, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(parallel, "num_shards", lambda mesh: devices)
     err = run_refused(name, flags, tmp_path, monkeypatch, capsys)
     assert f"does not split across {devices} devices" in err and "--batch-size" in err

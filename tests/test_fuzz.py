@@ -20,8 +20,12 @@ from PIL import Image
 from mnist_jax import data, digits
 from mnist_jax import idx
 
-FUZZ = settings(max_examples=400, derandomize=True, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=400,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SECONDS_PER_EXAMPLE = 10  # Far beyond what one file takes: longer is a hang.
 FOLDER = Path(tempfile.mkdtemp(prefix="mnist_jax_fuzz_"))
 
@@ -29,6 +33,7 @@ FOLDER = Path(tempfile.mkdtemp(prefix="mnist_jax_fuzz_"))
 @contextlib.contextmanager
 def no_hang(seconds: int = SECONDS_PER_EXAMPLE):
     """Fails the example if it runs longer than `seconds` (SIGALRM)."""
+
     def hung(signum, frame):
         raise AssertionError(f"no result after {seconds} s: a hang")
 
@@ -49,6 +54,7 @@ def written(content: bytes, name: str) -> Path:
 
 def mutated(base: bytes):
     """`base` with bytes flipped, cut off, inserted or appended."""
+
     def mutate(ops):
         content = bytearray(base)
         for kind, position, value in ops:
@@ -63,12 +69,16 @@ def mutated(base: bytes):
                 content += bytes([value]) * (position % 64 + 1)
         return bytes(content)
 
-    op = st.tuples(st.sampled_from(["flip", "cut", "insert", "append"]),
-                   st.integers(0, 1 << 20), st.integers(0, 255))
+    op = st.tuples(
+        st.sampled_from(["flip", "cut", "insert", "append"]),
+        st.integers(0, 1 << 20),
+        st.integers(0, 255),
+    )
     return st.lists(op, min_size=1, max_size=6).map(mutate)
 
 
 # --- IDX files ---------------------------------------------------------------
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
@@ -115,12 +125,16 @@ def test_idx_reader_on_mutated_gzip_files(content):
 
 
 def test_the_valid_seeds_of_the_mutations_read_back():
-    np.testing.assert_array_equal(idx.read_idx(written(VALID_IDX, "valid-idx3-ubyte")),
-                                  np.arange(60).reshape(3, 5, 4))
-    np.testing.assert_array_equal(idx.read_idx(written(VALID_LABELS_GZ, "valid-idx1-ubyte.gz")), np.arange(7))
+    np.testing.assert_array_equal(
+        idx.read_idx(written(VALID_IDX, "valid-idx3-ubyte")), np.arange(60).reshape(3, 5, 4)
+    )
+    np.testing.assert_array_equal(
+        idx.read_idx(written(VALID_LABELS_GZ, "valid-idx1-ubyte.gz")), np.arange(7)
+    )
 
 
 # --- Image files ---------------------------------------------------------------
+
 
 def encoded(format_: str, **kwargs) -> bytes:
     picture = np.full((24, 18), 230, np.uint8)
@@ -130,8 +144,12 @@ def encoded(format_: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-VALID_IMAGES = {"png": encoded("PNG"), "jpg": encoded("JPEG", quality=90), "gif": encoded("GIF"),
-                "bmp": encoded("BMP")}
+VALID_IMAGES = {
+    "png": encoded("PNG"),
+    "jpg": encoded("JPEG", quality=90),
+    "gif": encoded("GIF"),
+    "bmp": encoded("BMP"),
+}
 
 
 def load_or_image_error(content: bytes, name: str) -> None:

@@ -19,7 +19,9 @@ IMAGES = synthetic_split(7, seed=3).images  # (7, 28, 28, 1) uint8
 def state_of(name: str, **kwargs):
     model = models.get_model(name, **{**MODELS[name][0], **kwargs})
     config = TrainConfig(model=name)
-    return steps.create_train_state(model, optim.make_optimizer(config, 1), 0, jnp.zeros((1, 28, 28, 1)))
+    return steps.create_train_state(
+        model, optim.make_optimizer(config, 1), 0, jnp.zeros((1, 28, 28, 1))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -32,8 +34,11 @@ def test_every_model_sows_one_embedding_of_the_documented_width(name):
         _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
         return state["intermediates"]
 
-    found = [v for path, v in flax.traverse_util.flatten_dict(jax.eval_shape(sown, x)).items()
-             if path[-1] == inspection.EMBEDDING]
+    found = [
+        v
+        for path, v in flax.traverse_util.flatten_dict(jax.eval_shape(sown, x)).items()
+        if path[-1] == inspection.EMBEDDING
+    ]
     assert len(found) == 1
     (embedding,) = found[0]
     assert embedding.shape[0] == 3 and np.prod(embedding.shape[1:]) == MODELS[name][3]
@@ -54,8 +59,9 @@ def test_feature_maps_are_every_convolution_in_call_order():
     assert list(cnn) == ["ConvBlock_0/Conv_0", "ConvBlock_1/Conv_0", "ConvBlock_2/Conv_0"]
     chex.assert_shape(list(cnn.values()), [(2, 28, 28, 32), (2, 14, 14, 64), (2, 7, 7, 128)])
     # The autoencoder's transposed convolutions count too: 3 down, 3 up.
-    autoencoder = inspection.feature_maps(state_of("conv_ae"), IMAGES[:1], StepConfig(task="reconstruct",
-                                                                                      input_norm="unit"))
+    autoencoder = inspection.feature_maps(
+        state_of("conv_ae"), IMAGES[:1], StepConfig(task="reconstruct", input_norm="unit")
+    )
     assert len(autoencoder) == 6 and autoencoder[list(autoencoder)[-1]].shape == (1, 28, 28, 1)
 
 
@@ -64,8 +70,12 @@ def test_feature_maps_match_the_first_convolution_computed_by_hand():
     maps = inspection.feature_maps(state, IMAGES[:1])
     kernel, bias = state.params["Conv_0"]["kernel"], state.params["Conv_0"]["bias"]
     inputs = inspection.clean_inputs(IMAGES[:1], StepConfig())
-    expected = jax.lax.conv_general_dilated(inputs, kernel, (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias[None, None, None]
+    expected = (
+        jax.lax.conv_general_dilated(
+            inputs, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + bias[None, None, None]
+    )
     np.testing.assert_allclose(maps["Conv_0"], expected, atol=1e-5)
 
 
@@ -76,7 +86,9 @@ def test_attention_weights_are_per_layer_and_head_and_rows_sum_to_one():
     chex.assert_shape(weights, (3, 2, 2, 50, 50))
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
     chex.assert_shape(inspection.cls_attention_maps(weights[0]), (2, 2, 7, 7))
-    np.testing.assert_array_equal(inspection.cls_attention_maps(weights[0])[1, 0].ravel(), weights[0, 1, 0, 0, 1:])
+    np.testing.assert_array_equal(
+        inspection.cls_attention_maps(weights[0])[1, 0].ravel(), weights[0, 1, 0, 0, 1:]
+    )
     with pytest.raises(ValueError, match="the ViT"):
         inspection.attention_weights(state_of("cnn"), IMAGES[:1])
 

@@ -11,17 +11,24 @@ from mnist_jax import metrics
 def test_report_matches_sklearn(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, 500)
-    predictions = np.where(rng.random(500) < 0.7, labels, rng.integers(0, 9, 500))  # class 9 rarely predicted
+    predictions = np.where(
+        rng.random(500) < 0.7, labels, rng.integers(0, 9, 500)
+    )  # class 9 rarely predicted
     cm = metrics.confusion_matrix(labels, predictions)
     np.testing.assert_array_equal(cm, sk.confusion_matrix(labels, predictions, labels=range(10)))
     report = metrics.classification_report(cm)
     assert report["accuracy"] == pytest.approx(sk.accuracy_score(labels, predictions))
-    assert report["f1_macro"] == pytest.approx(sk.f1_score(labels, predictions, average="macro", zero_division=0))
-    precision, recall, f1, support = sk.precision_recall_fscore_support(labels, predictions, zero_division=0)
+    assert report["f1_macro"] == pytest.approx(
+        sk.f1_score(labels, predictions, average="macro", zero_division=0)
+    )
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        labels, predictions, zero_division=0
+    )
     for c in range(10):
         row = report["per_class"][str(c)]
         assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
-            (precision[c], recall[c], f1[c], support[c]))
+            (precision[c], recall[c], f1[c], support[c])
+        )
 
 
 def test_class_never_predicted_gets_zero_not_nan():

@@ -38,7 +38,9 @@ def test_every_registered_model_is_specified_here():
 def model_and_variables(request):
     kwargs, shapes, _, _ = MODELS[request.param]
     model = models.get_model(request.param, **kwargs)
-    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))()
+    variables = jax.jit(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    )()
     return request.param, model, variables
 
 
@@ -49,14 +51,24 @@ def test_output_shapes_dtypes_and_finiteness(model_and_variables, batch, trainin
     name, model, variables = model_and_variables
     x = jax.random.uniform(jax.random.PRNGKey(1), (batch, 28, 28, 1))
     if training:
-        out, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)},
-                                   mutable=["batch_stats"])
+        out, updates = model.apply(
+            variables,
+            x,
+            train=True,
+            rngs={"dropout": jax.random.PRNGKey(2)},
+            mutable=["batch_stats"],
+        )
         if "batch_stats" in variables:
             chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
     else:
         out = model.apply(variables, x, train=False)
     expected = MODELS[name][1](batch)
-    chex.assert_trees_all_equal_shapes(out, jax.tree.map(jnp.zeros, expected, is_leaf=lambda s: isinstance(s, tuple) and isinstance(s[0], int)))
+    chex.assert_trees_all_equal_shapes(
+        out,
+        jax.tree.map(
+            jnp.zeros, expected, is_leaf=lambda s: isinstance(s, tuple) and isinstance(s[0], int)
+        ),
+    )
     chex.assert_tree_all_finite(out)
     jax.tree.map(lambda o: chex.assert_type(o, jnp.float32), out)
 
@@ -65,7 +77,9 @@ def test_output_shapes_dtypes_and_finiteness(model_and_variables, batch, trainin
 def test_parameter_counts(name):
     # The shapes alone (jax.eval_shape): nothing to compile or compute.
     model = models.get_model(name, **MODELS[name][0])
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    )
     expected = MODELS[name][2]
     if expected is not None:
         assert steps.count_params(variables["params"]) == expected
@@ -85,10 +99,14 @@ def test_eval_is_deterministic_and_train_is_stochastic():
     model = models.get_model("cnn")
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
-    np.testing.assert_array_equal(model.apply(variables, x, train=False), model.apply(variables, x, train=False))
+    np.testing.assert_array_equal(
+        model.apply(variables, x, train=False), model.apply(variables, x, train=False)
+    )
 
     def train_logits(key):
-        return model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])[0]
+        return model.apply(
+            variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+        )[0]
 
     assert not np.allclose(train_logits(jax.random.PRNGKey(0)), train_logits(jax.random.PRNGKey(1)))
 
@@ -131,7 +149,9 @@ def test_vit_refuses_a_patch_size_that_does_not_tile_the_image():
 def test_transfer_nets_refuse_images_too_small(arch, size):
     model = models.get_model(arch, image_size=size)
     with pytest.raises(ValueError, match="needs image_size >="):
-        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))
+        jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+        )
 
 
 def test_encoder_groups_are_shared_between_autoencoder_and_classifiers():
@@ -139,8 +159,9 @@ def test_encoder_groups_are_shared_between_autoencoder_and_classifiers():
     shapes = {}
     for name in ("conv_ae", "encoder_classifier", "classifier_decoding"):
         model = models.get_model(name)
-        params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
-                                                   train=False))["params"]
+        params = jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+        )["params"]
         shapes[name] = jax.tree.map(lambda p: p.shape, params["encoder"])
     assert shapes["conv_ae"] == shapes["encoder_classifier"] == shapes["classifier_decoding"]
 
@@ -161,23 +182,32 @@ def test_our_batch_norm_matches_flax(use_mask):
 
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 5, 4)) * 3.0 + 1.0
     mask = jnp.array([True, True, False, True, False, True]) if use_mask else None
-    ours, flax_bn = BatchNorm(use_running_average=False), nn.BatchNorm(use_running_average=False, momentum=0.9)
+    ours, flax_bn = (
+        BatchNorm(use_running_average=False),
+        nn.BatchNorm(use_running_average=False, momentum=0.9),
+    )
     variables = flax_bn.init(jax.random.PRNGKey(1), x)
     chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(1), x), variables)
-    variables = {"params": {"scale": jnp.arange(1.0, 5.0), "bias": jnp.arange(4.0)},
-                 "batch_stats": variables["batch_stats"]}
+    variables = {
+        "params": {"scale": jnp.arange(1.0, 5.0), "bias": jnp.arange(4.0)},
+        "batch_stats": variables["batch_stats"],
+    }
     flax_mask = None if mask is None else jnp.broadcast_to(mask[:, None, None, None], x.shape)
 
     def run(module, m):
         def loss(params, x):
-            y, updates = module.apply({**variables, "params": params}, x, mask=m, mutable=["batch_stats"])
+            y, updates = module.apply(
+                {**variables, "params": params}, x, mask=m, mutable=["batch_stats"]
+            )
             return jnp.sum(jnp.sin(y)), (y, updates)
+
         return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], x)
 
     (_, (y_ours, stats_ours)), grads_ours = run(ours, mask)
     (_, (y_flax, stats_flax)), grads_flax = run(flax_bn, flax_mask)
-    chex.assert_trees_all_close((y_ours, stats_ours, grads_ours), (y_flax, stats_flax, grads_flax),
-                                rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(
+        (y_ours, stats_ours, grads_ours), (y_flax, stats_flax, grads_flax), rtol=1e-5, atol=1e-5
+    )
     eval_ours = BatchNorm(use_running_average=True).apply({**variables, **stats_ours}, x)
     eval_flax = nn.BatchNorm(use_running_average=True).apply({**variables, **stats_flax}, x)
     chex.assert_trees_all_close(eval_ours, eval_flax, rtol=1e-5, atol=1e-5)
@@ -194,8 +224,12 @@ def test_our_max_pool_matches_reduce_window(shape):
     expected = nn.max_pool(x, (2, 2), strides=(2, 2))
     chex.assert_trees_all_equal(max_pool(x, 2), expected)
     # Without ties, the gradient goes where reduce_window's does.
-    grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * jnp.arange(expected.size).reshape(expected.shape)))(x)
-    chex.assert_trees_all_close(grad(lambda x: max_pool(x, 2)), grad(lambda x: nn.max_pool(x, (2, 2), (2, 2))))
+    grad = lambda pool: jax.grad(
+        lambda x: jnp.sum(pool(x) * jnp.arange(expected.size).reshape(expected.shape))
+    )(x)
+    chex.assert_trees_all_close(
+        grad(lambda x: max_pool(x, 2)), grad(lambda x: nn.max_pool(x, (2, 2), (2, 2)))
+    )
 
 
 @pytest.mark.slow
@@ -207,9 +241,14 @@ def test_our_convolutions_match_flax_in_values_and_gradients(features):
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
     pairs = [
-        (Conv(features, (3, 3), strides=(2, 2), padding=1), nn.Conv(features, (3, 3), strides=(2, 2), padding=1)),
-        (ConvTranspose(features, (3, 3), (2, 2), ((1, 2), (1, 2))),
-         nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)))),
+        (
+            Conv(features, (3, 3), strides=(2, 2), padding=1),
+            nn.Conv(features, (3, 3), strides=(2, 2), padding=1),
+        ),
+        (
+            ConvTranspose(features, (3, 3), (2, 2), ((1, 2), (1, 2))),
+            nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2))),
+        ),
     ]
     for ours, theirs in pairs:
         variables = theirs.init(jax.random.PRNGKey(1), x)
@@ -217,5 +256,8 @@ def test_our_convolutions_match_flax_in_values_and_gradients(features):
         chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(1), x), variables)
         loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
         chex.assert_trees_all_close(ours.apply(variables, x), theirs.apply(variables, x), atol=1e-5)
-        chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
-                                    jax.grad(loss(theirs), argnums=(0, 1))(variables, x), atol=1e-4)
+        chex.assert_trees_all_close(
+            jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+            jax.grad(loss(theirs), argnums=(0, 1))(variables, x),
+            atol=1e-4,
+        )

@@ -26,14 +26,20 @@ def test_notebook_is_clean_nbformat_4(notebook):
     for cell in notebook["cells"]:
         assert cell["cell_type"] in ("markdown", "code") and isinstance(cell["source"], list)
         if cell["cell_type"] == "code":
-            assert cell["outputs"] == [] and cell["execution_count"] is None  # Committed without outputs.
+            assert (
+                cell["outputs"] == [] and cell["execution_count"] is None
+            )  # Committed without outputs.
             compile(source(cell), NOTEBOOK.name, "exec")  # Plain Python: no shell lines or magics.
     assert [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
 
 
 def test_notebook_asks_for_the_repository_first_and_opens_tensorboard_before_training(notebook):
     code = [source(c) for c in notebook["cells"] if c["cell_type"] == "code"]
-    assert code[0].startswith("# @title Settings") and 'REPO_URL = ""' in code[0] and 'DATA = ""' in code[0]
+    assert (
+        code[0].startswith("# @title Settings")
+        and 'REPO_URL = ""' in code[0]
+        and 'DATA = ""' in code[0]
+    )
     board = next(i for i, c in enumerate(code) if "notebook.start" in c)
     training = next(i for i, c in enumerate(code) if "experiment.main(" in c)
     assert board < training  # Watched while it trains.
@@ -72,4 +78,7 @@ def test_notebook_code_cells_run_on_cpu(notebook, real_mnist, tmp_path, monkeypa
     assert summary["experiment"] == namespace["EXPERIMENT"] == "linear_ae"
     assert summary["devices"]["platform"] == "cpu"
     assert len(list(pathlib.Path("runs/linear_ae").glob("*/metrics.json"))) == 1
-    assert len(started) == 1 and pathlib.Path(started[0].logdir).resolve() == (tmp_path / "runs").resolve()
+    assert (
+        len(started) == 1
+        and pathlib.Path(started[0].logdir).resolve() == (tmp_path / "runs").resolve()
+    )

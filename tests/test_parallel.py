@@ -26,7 +26,9 @@ def fake_mesh(devices: int):
 
 
 def test_batch_size_that_does_not_split_names_the_nearest_valid_sizes():
-    with pytest.raises(parallel.BatchSizeError, match=r"100 does not split across 8 devices.*96 or 104"):
+    with pytest.raises(
+        parallel.BatchSizeError, match=r"100 does not split across 8 devices.*96 or 104"
+    ):
         parallel.check_batch_size(100, fake_mesh(8))
     with pytest.raises(parallel.BatchSizeError, match=r"Use 8 \(e.g"):
         parallel.check_batch_size(5, fake_mesh(8))  # No zero-sized suggestion.
@@ -43,7 +45,9 @@ def test_a_cpu_run_names_its_cpu(monkeypatch):
     assert info["platform"] == "cpu" and info["host"].startswith(f"{os.cpu_count()}-core ")
     assert f"1 x cpu ({info['host']}), 1 process" in parallel.format_devices(info)
     monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
-    assert parallel.host_cpu().startswith(f"{os.cpu_count()}-core ")  # Not Linux: the platform's name.
+    assert parallel.host_cpu().startswith(
+        f"{os.cpu_count()}-core "
+    )  # Not Linux: the platform's name.
     gpu = {**info, "platform": "gpu", "kinds": ["NVIDIA H100"]}
     assert "(NVIDIA H100)" in parallel.format_devices(gpu)
 
@@ -55,8 +59,13 @@ def test_distributed_is_initialised_only_when_the_environment_asks(monkeypatch):
     assert not parallel.initialize_distributed({"MNIST_JAX_DISTRIBUTED": "0"})
     assert calls == []
     assert parallel.initialize_distributed({"MNIST_JAX_DISTRIBUTED": "1"})  # TPU pod: all detected
-    assert parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
-                                            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
+    assert parallel.initialize_distributed(
+        {
+            "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": "1",
+        }
+    )
     assert calls == [{}, {"num_processes": 2, "process_id": 1}]
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='one'"):
         parallel.initialize_distributed({"MNIST_JAX_DISTRIBUTED": "1", "JAX_PROCESS_ID": "one"})
@@ -67,8 +76,14 @@ def test_distributed_is_initialised_only_when_the_environment_asks(monkeypatch):
 def test_fit_refuses_a_batch_that_does_not_split(synthetic_splits, tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "num_shards", lambda mesh: 8)
     with pytest.raises(parallel.BatchSizeError, match="multiple of 8"):
-        train.train_and_evaluate(TrainConfig(batch_size=30, epochs=1), models.get_model("cnn"),
-                                 synthetic_splits, tmp_path, experiment="test", progress=False)
+        train.train_and_evaluate(
+            TrainConfig(batch_size=30, epochs=1),
+            models.get_model("cnn"),
+            synthetic_splits,
+            tmp_path,
+            experiment="test",
+            progress=False,
+        )
     assert not (tmp_path / "checkpoints").exists()  # Refused before anything was written.
 
 
@@ -88,8 +103,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multidevice")
     one_then_eight = root / "one_then_eight"
     eight_then_one = root / "eight_then_one"
-    here = {"one": multidevice.run_job(host_job(root / "one", 2)),
-            "step_one": multidevice.run_job({"kind": "step", "devices": 1})}
+    here = {
+        "one": multidevice.run_job(host_job(root / "one", 2)),
+        "step_one": multidevice.run_job({"kind": "step", "devices": 1}),
+    }
     multidevice.run_job(host_job(one_then_eight, 1))
     jobs = {
         "eight": host_job(root / "eight", 2, devices=8),
@@ -99,10 +116,24 @@ def runs(tmp_path_factory):
         "step_eight": {"kind": "step", "devices": 8},
     }
     (root / "jobs.json").write_text(json.dumps(list(jobs.values())))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache")}
-    done = subprocess.run([sys.executable, "-m", "tests.multidevice", str(root / "jobs.json"),
-                           str(root / "results.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.multidevice",
+            str(root / "jobs.json"),
+            str(root / "results.json"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     there = dict(zip(jobs, json.loads((root / "results.json").read_text())))
     here["eight_then_one"] = multidevice.run_job(host_job(eight_then_one, 2, resume=True))
@@ -119,7 +150,9 @@ def test_one_step_on_eight_devices_is_one_step_on_one(runs):
         for key in a["metrics"]:
             assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-5), key
         gradient = np.asarray(b["update"])
-        np.testing.assert_allclose(a["update"], gradient, rtol=1e-4, atol=1e-5 * np.abs(gradient).max())
+        np.testing.assert_allclose(
+            a["update"], gradient, rtol=1e-4, atol=1e-5 * np.abs(gradient).max()
+        )
     for key in one["evaluation"]:
         assert eight["evaluation"][key] == pytest.approx(one["evaluation"][key], rel=1e-5), key
 
@@ -127,7 +160,10 @@ def test_one_step_on_eight_devices_is_one_step_on_one(runs):
 @pytest.mark.slow
 def test_the_subprocess_really_used_eight_devices(runs):
     assert runs["eight"]["devices"]["count"] == 8
-    assert "'data': 8" in runs["eight"]["params_sharding"] and "P()" in runs["eight"]["params_sharding"]
+    assert (
+        "'data': 8" in runs["eight"]["params_sharding"]
+        and "P()" in runs["eight"]["params_sharding"]
+    )
     assert runs["one"]["devices"]["count"] == 1
 
 
@@ -166,20 +202,40 @@ def test_two_processes_train_as_one_run(runs, tmp_path):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-               "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
-               "JAX_PROCESS_ID": str(rank), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / f"cache{rank}")}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.multidevice", str(tmp_path / "jobs.json"),
-             str(tmp_path / f"results{rank}.json")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(rank),
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / f"cache{rank}"),
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.multidevice",
+                    str(tmp_path / "jobs.json"),
+                    str(tmp_path / f"results{rank}.json"),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     results = [json.loads((tmp_path / f"results{rank}.json").read_text())[0] for rank in range(2)]
     assert results[0]["devices"]["processes"] == 2 and results[0]["devices"]["count"] == 4
     assert results[0]["history"] == results[1]["history"]  # One run, seen from both processes.
-    np.testing.assert_allclose([h["train_loss"] for h in results[0]["history"]],
-                               [h["train_loss"] for h in runs["one"]["history"]], rtol=5e-2)
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in results[0]["history"]],
+        [h["train_loss"] for h in runs["one"]["history"]],
+        rtol=5e-2,
+    )
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["devices"]["processes"] == 2
     latest = tmp_path / "run" / "checkpoints" / "latest"

@@ -54,7 +54,9 @@ def test_speckle_statistics():
         assert abs((noisy - value).mean()) < 1e-3
         assert abs((noisy - value).std() - 0.2 * value) < 2e-3
     black = jnp.zeros((2, 28, 28, 1))
-    np.testing.assert_array_equal(pipeline.add_speckle_noise(jax.random.PRNGKey(0), black, 0.5), black)
+    np.testing.assert_array_equal(
+        pipeline.add_speckle_noise(jax.random.PRNGKey(0), black, 0.5), black
+    )
 
 
 def test_fixed_eval_noise_is_the_same_every_time_and_new_per_split_and_seed():
@@ -63,19 +65,30 @@ def test_fixed_eval_noise_is_the_same_every_time_and_new_per_split_and_seed():
     test_key = pipeline.fixed_noise_key(0, "test")
     first = pipeline.fixed_noisy_images(images, noise, test_key)
     assert first.dtype == np.uint8 and first.shape == images.shape
-    np.testing.assert_array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(0, "test")))
+    np.testing.assert_array_equal(
+        first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(0, "test"))
+    )
     for other in ("val", "train"):
-        assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(0, other)))
-    assert not np.array_equal(first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(1, "test")))
+        assert not np.array_equal(
+            first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(0, other))
+        )
+    assert not np.array_equal(
+        first, pipeline.fixed_noisy_images(images, noise, pipeline.fixed_noise_key(1, "test"))
+    )
     assert not np.array_equal(first[0], first[1])  # Each image its own noise.
     diff = (first.astype(np.float64) - 128) / 255
-    assert abs(diff.mean()) < 2e-3 and abs(diff.std() - 0.1) < 2e-3  # Gaussian, after rounding to uint8.
+    assert (
+        abs(diff.mean()) < 2e-3 and abs(diff.std() - 0.1) < 2e-3
+    )  # Gaussian, after rounding to uint8.
 
 
 def test_fixed_noise_refuses_features_and_unknown_splits():
     with pytest.raises(ValueError, match="uint8"):
-        pipeline.fixed_noisy_images(np.zeros((2, 4), np.float32), NoiseConfig("gaussian", 0.1),
-                                    pipeline.fixed_noise_key(0, "test"))
+        pipeline.fixed_noisy_images(
+            np.zeros((2, 4), np.float32),
+            NoiseConfig("gaussian", 0.1),
+            pipeline.fixed_noise_key(0, "test"),
+        )
     with pytest.raises(ValueError, match="unknown split 'training'"):
         pipeline.fixed_noise_key(0, "training")
 
@@ -89,7 +102,9 @@ def test_training_noise_differs_across_epochs_and_repeats_for_a_seed(kind, level
     steps_per_epoch = 10
 
     def noisy_at(seed, step):
-        _, noise_key = steps.step_keys(jax.random.split(jax.random.PRNGKey(seed))[1], jnp.asarray(step))
+        _, noise_key = steps.step_keys(
+            jax.random.split(jax.random.PRNGKey(seed))[1], jnp.asarray(step)
+        )
         return np.asarray(tasks.model_inputs(images, noise_key, tasks.StepConfig(noise=noise))[0])
 
     epoch0, epoch1 = noisy_at(0, 3), noisy_at(0, 3 + steps_per_epoch)
@@ -103,9 +118,14 @@ def test_no_noise_is_identity():
     np.testing.assert_array_equal(pipeline.add_noise(jax.random.PRNGKey(0), x, NoiseConfig()), x)
 
 
-@pytest.mark.parametrize("kind, level, match", [
-    ("speckles", 0.1, "unknown noise kind"), ("gaussian", -1, "noise_level must be"), ("salt_pepper", 2, "noise_level must be"),
-])
+@pytest.mark.parametrize(
+    "kind, level, match",
+    [
+        ("speckles", 0.1, "unknown noise kind"),
+        ("gaussian", -1, "noise_level must be"),
+        ("salt_pepper", 2, "noise_level must be"),
+    ],
+)
 def test_bad_noise_config_is_refused(kind, level, match):
     with pytest.raises(ValueError, match=match):
         NoiseConfig(kind, level)

@@ -79,11 +79,14 @@ def test_transparent_and_deep_images_read_as_digits(tmp_path):
         np.testing.assert_array_equal(digits.load_digit(tmp_path / name), expected, err_msg=name)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not an image Pillow can read"),
-    (b"hello, this is text", "not an image Pillow can read"),
-    (None, "blank"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not an image Pillow can read"),
+        (b"hello, this is text", "not an image Pillow can read"),
+        (None, "blank"),
+    ],
+)
 def test_files_that_hold_no_digit_get_errors_naming_them(tmp_path, content, message):
     path = tmp_path / "file.png"
     if content is None:
@@ -134,10 +137,17 @@ def test_bad_files_get_errors_and_the_others_are_still_read(quick_runs, scans, t
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.png").write_text("not a picture")
     Image.new("L", (20, 20), 255).save(tmp_path / "white.png")
-    bad = [tmp_path / "empty.png", tmp_path / "notes.png", tmp_path / "white.png", tmp_path / "missing.jpg"]
+    bad = [
+        tmp_path / "empty.png",
+        tmp_path / "notes.png",
+        tmp_path / "white.png",
+        tmp_path / "missing.jpg",
+    ]
     files = [paths[0], *bad, paths[1]]
     with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--checkpoint", str(quick_runs.get("cnn")["workdir"]), "--json", *map(str, files)])
+        predict.main(
+            ["--checkpoint", str(quick_runs.get("cnn")["workdir"]), "--json", *map(str, files)]
+        )
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     results = json.loads(captured.out)["results"]
@@ -148,7 +158,9 @@ def test_bad_files_get_errors_and_the_others_are_still_read(quick_runs, scans, t
 
 
 @pytest.mark.slow
-def test_a_run_that_is_not_a_classifier_or_holds_another_model_is_refused(quick_runs, tmp_path, scans, capsys):
+def test_a_run_that_is_not_a_classifier_or_holds_another_model_is_refused(
+    quick_runs, tmp_path, scans, capsys
+):
     paths, _, _ = scans
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--checkpoint", str(quick_runs.get("conv_ae")["workdir"]), str(paths[0])])
@@ -174,5 +186,9 @@ def test_predict_is_the_models_inference(quick_runs, real_mnist):
     images = real_mnist.test.images[:8]
     logits = steps.infer(run.state, tasks.model_inputs(images, None, run.config.step_config())[0])
     expected = np.exp(logits - logits.max(-1, keepdims=True))
-    np.testing.assert_allclose(predict.probabilities(run, images), expected / expected.sum(-1, keepdims=True),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        predict.probabilities(run, images),
+        expected / expected.sum(-1, keepdims=True),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -66,9 +66,12 @@ def test_converted_weights_give_pytorchs_logits(tmp_path, arch, image_size, hidd
 @pytest.mark.parametrize("arch", ["vgg16", "alexnet"])
 def test_full_size_parameter_counts_match_torchvision(arch):
     model = models.get_model(arch)
-    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
-                                               train=False))["params"]
-    assert steps.count_params(params) == torch_reference.count(torch_reference.BUILDERS[arch](num_classes=10))
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    )["params"]
+    assert steps.count_params(params) == torch_reference.count(
+        torch_reference.BUILDERS[arch](num_classes=10)
+    )
 
 
 @pytest.mark.slow
@@ -77,20 +80,24 @@ def test_imagenet_final_layer_is_replaced_by_a_10_class_one(tmp_path):
     params = pretrained.to_flax({k: v.numpy() for k, v in net.state_dict().items()}, "alexnet", 10)
     assert set(params["classifier"]) == {"fc_1", "fc_4"}  # fc_6 keeps its random init
     model = models.get_model("alexnet", image_size=63, hidden=64)
-    state = steps.create_train_state(model, optim.make_optimizer(TrainConfig()), 0,
-                                     jnp.zeros((1, 28, 28, 1)))
+    state = steps.create_train_state(
+        model, optim.make_optimizer(TrainConfig()), 0, jnp.zeros((1, 28, 28, 1))
+    )
     loaded = steps.load_pretrained(state, params)
-    np.testing.assert_array_equal(loaded.params["features"]["conv_0"]["kernel"],
-                                  params["features"]["conv_0"]["kernel"])
-    np.testing.assert_array_equal(loaded.params["classifier"]["fc_6"]["kernel"],
-                                  state.params["classifier"]["fc_6"]["kernel"])
+    np.testing.assert_array_equal(
+        loaded.params["features"]["conv_0"]["kernel"], params["features"]["conv_0"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        loaded.params["classifier"]["fc_6"]["kernel"], state.params["classifier"]["fc_6"]["kernel"]
+    )
 
 
 @pytest.mark.slow
 def test_pretrained_of_the_wrong_shape_is_refused():
     model = models.get_model("alexnet", image_size=63, hidden=64)
-    state = steps.create_train_state(model, optim.make_optimizer(TrainConfig()), 0,
-                                     jnp.zeros((1, 28, 28, 1)))
+    state = steps.create_train_state(
+        model, optim.make_optimizer(TrainConfig()), 0, jnp.zeros((1, 28, 28, 1))
+    )
     bad = {"classifier": {"fc_4": {"kernel": np.zeros((3, 3), np.float32)}}}
     with pytest.raises(ValueError, match="classifier/fc_4/kernel has shape"):
         steps.load_pretrained(state, bad)
@@ -129,15 +136,18 @@ def _publish(monkeypatch, tmp_path, arch, prefix):
     source = tmp_path / "server" / f"{arch}-{prefix}.pth"
     source.parent.mkdir()
     torch.save(_random_torch(arch, hidden=64).state_dict(), source)
-    monkeypatch.setitem(pretrained.PUBLISHED, arch, pretrained.PublishedWeights(source.as_uri(), prefix))
+    monkeypatch.setitem(
+        pretrained.PUBLISHED, arch, pretrained.PublishedWeights(source.as_uri(), prefix)
+    )
     return source
 
 
 def test_fetch_downloads_once_and_checks_the_hash(tmp_path, monkeypatch):
     source = _publish(monkeypatch, tmp_path, "alexnet", "0")
     digest = idx.sha256_of(source)
-    monkeypatch.setitem(pretrained.PUBLISHED, "alexnet",
-                        pretrained.PublishedWeights(source.as_uri(), digest[:8]))
+    monkeypatch.setitem(
+        pretrained.PUBLISHED, "alexnet", pretrained.PublishedWeights(source.as_uri(), digest[:8])
+    )
     path = pretrained.fetch_weights("alexnet", tmp_path / "cache")
     assert idx.sha256_of(path) == digest
     source.unlink()  # Cached: no second download.
@@ -153,8 +163,11 @@ def test_fetch_refuses_a_file_with_the_wrong_hash(tmp_path, monkeypatch):
 
 
 def test_fetch_offline_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setitem(pretrained.PUBLISHED, "vgg16", pretrained.PublishedWeights(
-        "http://unreachable.invalid/vgg16-397923af.pth", "397923af"))
+    monkeypatch.setitem(
+        pretrained.PUBLISHED,
+        "vgg16",
+        pretrained.PublishedWeights("http://unreachable.invalid/vgg16-397923af.pth", "397923af"),
+    )
     with pytest.raises(data.DownloadError, match="--weights PATH.*--weights none"):
         pretrained.fetch_weights("vgg16", tmp_path / "cache", timeout=5)
 
@@ -173,23 +186,39 @@ def test_adaptive_avg_pool_matches_pytorch(in_size, out_size):
 
 def test_resize_matches_pytorch_bilinear():
     x = np.random.default_rng(0).random((2, 28, 28, 1)).astype(np.float32)
-    ours = vgg_alexnet.imagenet_inputs(jnp.asarray(x), 64)[..., 0] * vgg_alexnet.IMAGENET_STD[0] + vgg_alexnet.IMAGENET_MEAN[0]
-    theirs = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(64, 64),
-                                             mode="bilinear", align_corners=False)[:, 0]
+    ours = (
+        vgg_alexnet.imagenet_inputs(jnp.asarray(x), 64)[..., 0] * vgg_alexnet.IMAGENET_STD[0]
+        + vgg_alexnet.IMAGENET_MEAN[0]
+    )
+    theirs = torch.nn.functional.interpolate(
+        torch.from_numpy(x.transpose(0, 3, 1, 2)),
+        size=(64, 64),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0]
     np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, output_padding, size",
-                         [(3, 2, 1, 1, 3), (3, 2, 1, 1, 6), (5, 2, 0, 1, 12)])
+@pytest.mark.parametrize(
+    "kernel, stride, padding, output_padding, size",
+    [(3, 2, 1, 1, 3), (3, 2, 1, 1, 6), (5, 2, 0, 1, 12)],
+)
 def test_conv_transpose_has_pytorchs_geometry(kernel, stride, padding, output_padding, size):
     """The decoder's layers equal torch.nn.ConvTranspose2d with the same weights."""
     theirs = torch.nn.ConvTranspose2d(4, 2, kernel, stride, padding, output_padding)
     layer = autoencoders.torch_conv_transpose(2, kernel, stride, padding, output_padding)
     w = theirs.weight.detach().numpy()  # (in, out, kh, kw)
-    params = {"params": {"kernel": w.transpose(2, 3, 0, 1)[::-1, ::-1], "bias": theirs.bias.detach().numpy()}}
+    params = {
+        "params": {
+            "kernel": w.transpose(2, 3, 0, 1)[::-1, ::-1],
+            "bias": theirs.bias.detach().numpy(),
+        }
+    }
     x = np.random.default_rng(0).normal(size=(2, size, size, 4)).astype(np.float32)
     ours = layer.apply(params, jnp.asarray(x))
-    expected = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    expected = (
+        theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    )
     assert ours.shape == expected.shape
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
@@ -197,8 +226,9 @@ def test_conv_transpose_has_pytorchs_geometry(kernel, stride, padding, output_pa
 def test_report_models_have_the_pytorch_parameter_counts():
     def count(name, sub=None):
         model = models.get_model(name)
-        params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)),
-                                                   train=False))["params"]
+        params = jax.eval_shape(
+            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+        )["params"]
         return steps.count_params(params[sub] if sub else params)
 
     assert count("conv_ae", "encoder") == torch_reference.count(torch_reference.Encoder())

@@ -14,16 +14,31 @@ from mnist_jax.config import TrainConfig
 def finished_run(tmp_path_factory, synthetic_splits):
     workdir = tmp_path_factory.mktemp("run")
     config = TrainConfig(epochs=2, batch_size=32, eval_batch_size=50, log_every_steps=4)
-    train.train_and_evaluate(config, models.get_model("cnn"), synthetic_splits, workdir,
-                             experiment="unit", progress=False)
+    train.train_and_evaluate(
+        config,
+        models.get_model("cnn"),
+        synthetic_splits,
+        workdir,
+        experiment="unit",
+        progress=False,
+    )
     return workdir
 
 
 @pytest.mark.slow
 def test_scalars_and_confusion_matrix_image_are_logged(finished_run):
-    events = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    events = EventAccumulator(
+        str(finished_run / "tensorboard"), size_guidance={"images": 0}
+    ).Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "learning_rate", "train/loss_step"):
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "val/loss",
+        "val/accuracy",
+        "learning_rate",
+        "train/loss_step",
+    ):
         assert tag in tags["scalars"], tag
     assert [e.step for e in events.Scalars("val/accuracy")] == [10, 20]
     assert len(events.Scalars("train/loss_step")) >= 4
@@ -42,7 +57,11 @@ def test_hparams_are_in_the_same_run(finished_run):
     assert events_below == []
     events = EventAccumulator(str(finished_run / "tensorboard")).Reload()
     hparams = events.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(hparams)
+    assert {
+        "_hparams_/experiment",
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    } <= set(hparams)
     assert b"learning_rate" in hparams["_hparams_/session_start_info"]
     assert "hparam/test_accuracy" in events.Tags()["scalars"]
 
@@ -65,13 +84,17 @@ def test_a_run_leaves_curves_misclassified_images_and_a_projector_embedding(fini
     for name in ("curves.png", "misclassified.png", "confusion_matrix.png"):
         with Image.open(finished_run / name) as image:
             assert image.format == "PNG" and min(image.size) > 100, name
-    events = EventAccumulator(str(finished_run / "tensorboard"), size_guidance={"images": 0}).Reload()
+    events = EventAccumulator(
+        str(finished_run / "tensorboard"), size_guidance={"images": 0}
+    ).Reload()
     assert "test/misclassified" in events.Tags()["images"]
     config = (finished_run / "tensorboard" / "projector_config.pbtxt").read_text()
     assert config.count("embeddings {") == 1
     (folder,) = (finished_run / "tensorboard").glob("*/test%2fembedding")
     assert np.loadtxt(folder / "tensors.tsv").shape == (100, 128)  # The 100 test images, CNN width.
-    labels = [int(line.split("\t")[0]) for line in (folder / "metadata.tsv").read_text().splitlines()[1:]]
+    labels = [
+        int(line.split("\t")[0]) for line in (folder / "metadata.tsv").read_text().splitlines()[1:]
+    ]
     assert labels == synthetic_test_labels()
 
 
@@ -86,10 +109,14 @@ def test_load_run_rebuilds_the_model_and_its_best_checkpoint(finished_run, synth
 
     run = rundir.load_run(finished_run)
     summary = json.loads((finished_run / "metrics.json").read_text())
-    assert run.config == config_lib.config_from_dict(summary["config"]) and run.config.batch_size == 32
+    assert (
+        run.config == config_lib.config_from_dict(summary["config"]) and run.config.batch_size == 32
+    )
     assert summary["model"]["hyperparameters"]["features"] == [32, 64, 128]
     test = steps.score_split(run.state, synthetic_splits.test, 50, run.config.step_config())
-    assert test["accuracy"] == summary["test"]["accuracy"] and test["loss"] == pytest.approx(summary["test"]["loss"])
+    assert test["accuracy"] == summary["test"]["accuracy"] and test["loss"] == pytest.approx(
+        summary["test"]["loss"]
+    )
 
 
 def test_load_run_says_what_is_wrong(finished_run, tmp_path):
@@ -112,7 +139,9 @@ def test_config_round_trips_through_json():
     from mnist_jax import config as config_lib
     from mnist_jax.pipeline import NoiseConfig
 
-    config = config_lib.TrainConfig(model="vit", noise=NoiseConfig("salt_pepper", 0.1), trainable=("head",), seed=4)
+    config = config_lib.TrainConfig(
+        model="vit", noise=NoiseConfig("salt_pepper", 0.1), trainable=("head",), seed=4
+    )
     assert config_lib.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
@@ -121,9 +150,17 @@ def test_flat_settings_name_each_nested_field_once():
     from mnist_jax.augment import AugmentConfig
     from mnist_jax.pipeline import NoiseConfig
 
-    config = TrainConfig(noise=NoiseConfig("gaussian", 0.5), augment=AugmentConfig(rotation=10.0), trainable=("head",))
+    config = TrainConfig(
+        noise=NoiseConfig("gaussian", 0.5),
+        augment=AugmentConfig(rotation=10.0),
+        trainable=("head",),
+    )
     flat = config_lib.flatten(config.to_dict())
-    assert flat["noise.kind"] == "gaussian" and flat["augment.rotation"] == 10.0 and flat["augment.zoom"] == 0.0
+    assert (
+        flat["noise.kind"] == "gaussian"
+        and flat["augment.rotation"] == 10.0
+        and flat["augment.zoom"] == 0.0
+    )
     assert "noise" not in flat and not any(isinstance(v, dict) for v in flat.values())
     hparams = config_lib.flat_hparams(config)
     assert hparams["trainable"] == "head" and "split_seed" not in hparams  # None is left out.

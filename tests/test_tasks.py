@@ -22,7 +22,9 @@ def test_reconstruction_targets_are_clean_when_inputs_are_noisy():
     np.testing.assert_allclose(target, 128 / 255)
     assert float(jnp.abs(inputs - target).mean()) > 0.1
     terms = tasks.per_example_terms(inputs, target, jnp.zeros(2, jnp.int32), spec)
-    np.testing.assert_allclose(terms["loss"], jnp.mean((inputs - target) ** 2, axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        terms["loss"], jnp.mean((inputs - target) ** 2, axis=(1, 2, 3)), rtol=1e-6
+    )
 
 
 def test_classify_decode_adds_the_weighted_mse():
@@ -42,7 +44,9 @@ def test_label_smoothing_spreads_the_training_targets_only():
     plain = tasks.per_example_terms(logits, None, labels, StepConfig(), train=True)
     smoothed = StepConfig(label_smoothing=0.1)
     log_p = np.asarray(jax.nn.log_softmax(logits))
-    expected = -(0.9 * log_p[np.arange(4), labels] + 0.1 * log_p.mean(axis=1))  # (1 - a) CE + a uniform CE
+    expected = -(
+        0.9 * log_p[np.arange(4), labels] + 0.1 * log_p.mean(axis=1)
+    )  # (1 - a) CE + a uniform CE
     train_terms = tasks.per_example_terms(logits, None, labels, smoothed, train=True)
     np.testing.assert_allclose(train_terms["loss"], expected, rtol=1e-5)
     # The plain cross-entropy is still reported, and is the loss outside training.
@@ -50,11 +54,19 @@ def test_label_smoothing_spreads_the_training_targets_only():
     eval_terms = tasks.per_example_terms(logits, None, labels, smoothed)
     np.testing.assert_array_equal(eval_terms["loss"], plain["loss"])
     # Without smoothing the training loss is exactly the cross-entropy, as before the option existed.
-    np.testing.assert_array_equal(plain["loss"], optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    np.testing.assert_array_equal(
+        plain["loss"], optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    )
 
 
-@pytest.mark.parametrize("fields", [dict(label_smoothing=-0.1), dict(label_smoothing=1.0),
-                                    dict(task="reconstruct", input_norm="unit", label_smoothing=0.1)])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(label_smoothing=-0.1),
+        dict(label_smoothing=1.0),
+        dict(task="reconstruct", input_norm="unit", label_smoothing=0.1),
+    ],
+)
 def test_bad_label_smoothing_is_refused(fields):
     with pytest.raises(ValueError, match="label_smoothing"):
         dataclasses.replace(TrainConfig(), **fields)
@@ -64,21 +76,34 @@ def test_bad_label_smoothing_is_refused(fields):
 def test_ssim_is_one_for_equal_images_and_falls_with_noise():
     clean = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
     np.testing.assert_allclose(tasks.ssim(clean, clean), 1.0, rtol=1e-5)
-    scores = [float(tasks.ssim(pipeline.add_gaussian_noise(jax.random.PRNGKey(1), clean, sigma), clean).mean())
-              for sigma in (0.05, 0.2, 0.5)]
+    scores = [
+        float(
+            tasks.ssim(
+                pipeline.add_gaussian_noise(jax.random.PRNGKey(1), clean, sigma), clean
+            ).mean()
+        )
+        for sigma in (0.05, 0.2, 0.5)
+    ]
     assert 1 > scores[0] > scores[1] > scores[2], scores
     assert tasks.ssim(clean, clean).shape == (3,)
 
 
 def test_psnr():
-    np.testing.assert_allclose(tasks.psnr(jnp.array([1.0, 0.01, 0.0])), [0.0, 20.0, 100.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        tasks.psnr(jnp.array([1.0, 0.01, 0.0])), [0.0, 20.0, 100.0], rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("task", "segment", "unknown task"), ("input_norm", "imagenet", "unknown input_norm"),
-    ("optimizer", "lion", "unknown optimizer"), ("schedule", "step", "unknown schedule"),
-    ("momentum", 1.0, "momentum"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("task", "segment", "unknown task"),
+        ("input_norm", "imagenet", "unknown input_norm"),
+        ("optimizer", "lion", "unknown optimizer"),
+        ("schedule", "step", "unknown schedule"),
+        ("momentum", 1.0, "momentum"),
+    ],
+)
 def test_bad_config_is_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TrainConfig(), **{field: value})
@@ -86,8 +111,9 @@ def test_bad_config_is_refused(field, value, message):
 
 def test_sgd_is_pytorchs_momentum_sgd():
     """buf = m * buf + (g + wd * p); p -= lr * buf, as torch.optim.SGD."""
-    tx = optim.make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9,
-                                                weight_decay=0.5))
+    tx = optim.make_optimizer(
+        TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.5)
+    )
     params = {"w": jnp.array([2.0])}
     state = tx.init(params)
     grad = {"w": jnp.array([1.0])}
@@ -109,7 +135,11 @@ def test_adamw_decouples_weight_decay():
 def test_cosine_schedule_decays_to_zero_over_the_run():
     config = TrainConfig(schedule="cosine", learning_rate=1.0, epochs=2)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch=5)
-    assert float(schedule(0)) == 1.0 and float(schedule(5)) == pytest.approx(0.5) and float(schedule(10)) == 0.0
+    assert (
+        float(schedule(0)) == 1.0
+        and float(schedule(5)) == pytest.approx(0.5)
+        and float(schedule(10)) == 0.0
+    )
     with pytest.raises(ValueError, match="steps_per_epoch"):
         optim.learning_rate_schedule(config)
 
@@ -118,12 +148,18 @@ def test_cosine_schedule_decays_to_zero_over_the_run():
 def test_frozen_groups_do_not_move():
     config = TrainConfig(model="encoder_classifier", input_norm="unit", trainable=("head",))
     model = models.get_model("encoder_classifier")
-    state = steps.create_train_state(model, optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
+    state = steps.create_train_state(
+        model, optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+    )
     split = synthetic_split(32)
     batch = {"image": split.images, "label": split.labels, "mask": np.ones(32, bool)}
-    new, _ = jax.jit(steps.train_step, static_argnames="spec")(state, batch, spec=config.step_config())
+    new, _ = jax.jit(steps.train_step, static_argnames="spec")(
+        state, batch, spec=config.step_config()
+    )
     jax.tree.map(np.testing.assert_array_equal, new.params["encoder"], state.params["encoder"])
-    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.params["head"], state.params["head"])
+    moved = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), new.params["head"], state.params["head"]
+    )
     assert all(jax.tree.leaves(moved))
 
 
@@ -142,13 +178,28 @@ def test_every_optimizer_reports_its_learning_rate():
 
 @pytest.mark.slow
 def test_an_autoencoder_learns_on_synthetic_digits(tmp_path, synthetic_splits):
-    config = TrainConfig(model="conv_ae", task="reconstruct", input_norm="unit", epochs=3,
-                               batch_size=32, weight_decay=0.0, log_every_steps=5)
-    result = train.train_and_evaluate(config, models.get_model("conv_ae"), synthetic_splits, tmp_path,
-                                      experiment="ae", progress=False)
+    config = TrainConfig(
+        model="conv_ae",
+        task="reconstruct",
+        input_norm="unit",
+        epochs=3,
+        batch_size=32,
+        weight_decay=0.0,
+        log_every_steps=5,
+    )
+    result = train.train_and_evaluate(
+        config,
+        models.get_model("conv_ae"),
+        synthetic_splits,
+        tmp_path,
+        experiment="ae",
+        progress=False,
+    )
     history = result["history"]
     assert history[-1]["val_loss"] < history[0]["train_loss"]
     assert result["evaluated_checkpoint"]["kind"] == "best_val_loss"
     assert set(result["test"]) == {"loss", "mse", "psnr", "ssim"}
     assert 0 < result["test"]["ssim"] < 1 and "val_ssim" in history[-1]
-    assert (tmp_path / "reconstructions.png").is_file() and not (tmp_path / "confusion_matrix.png").exists()
+    assert (tmp_path / "reconstructions.png").is_file() and not (
+        tmp_path / "confusion_matrix.png"
+    ).exists()

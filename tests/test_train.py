@@ -13,15 +13,21 @@ from mnist_jax import models, optim, parallel, pipeline, placement, steps, train
 from mnist_jax.config import TrainConfig
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
-from tests.conftest import (assert_runs_agree, assert_weights_agree, plain_sgd_cnn, small_run_config,
-                            synthetic_split)
+from tests.conftest import (
+    assert_runs_agree,
+    assert_weights_agree,
+    plain_sgd_cnn,
+    small_run_config,
+    synthetic_split,
+)
 
 
 @pytest.fixture
 def state():
     config = TrainConfig()
-    return steps.create_train_state(models.get_model("cnn"), optim.make_optimizer(config), 0,
-                                    jnp.zeros((1, 28, 28, 1)))
+    return steps.create_train_state(
+        models.get_model("cnn"), optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +80,11 @@ def test_padding_does_not_change_the_update(state, batch):
     (Adam's first step would amplify float noise in near-zero gradients).
     """
     sgd = optax.sgd(1.0)
-    no_dropout = state.replace(apply_fn=models.get_model("cnn", conv_dropout=0.0, fc_dropout=0.0).apply,
-                               tx=sgd, opt_state=sgd.init(state.params))
+    no_dropout = state.replace(
+        apply_fn=models.get_model("cnn", conv_dropout=0.0, fc_dropout=0.0).apply,
+        tx=sgd,
+        opt_state=sgd.init(state.params),
+    )
     step = jax.jit(steps.train_step, static_argnames="spec")
     small = {k: v[:40] for k, v in batch.items()}
     padded = dict(batch, mask=np.arange(64) < 40)
@@ -84,7 +93,9 @@ def test_padding_does_not_change_the_update(state, batch):
     np.testing.assert_allclose(ma["loss_sum"], mb["loss_sum"], rtol=1e-5)
     assert int(mb["count"]) == 40
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a.params, b.params)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a.batch_stats, b.batch_stats)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5), a.batch_stats, b.batch_stats
+    )
 
 
 def test_evaluate_scores_every_example(state):
@@ -105,8 +116,10 @@ def test_optimizer_is_pytorch_adam_with_l2():
     np.testing.assert_allclose(updates["w"], [-0.1], rtol=1e-4)
 
 
-@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0),
-                                          ("val_fraction", 1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0), ("val_fraction", 1.0)],
+)
 def test_bad_config_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(TrainConfig(), **{field: value})
@@ -118,11 +131,17 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
     """--dtype bfloat16: convolutions and matmuls in bf16; parameters,
     optimizer state, batch-norm statistics and the loss stay float32."""
     task = "reconstruct" if model_name == "conv_ae" else "classify"
-    config = TrainConfig(model=model_name, task=task, dtype="bfloat16",
-                               input_norm="unit" if task == "reconstruct" else "mnist")
+    config = TrainConfig(
+        model=model_name,
+        task=task,
+        dtype="bfloat16",
+        input_norm="unit" if task == "reconstruct" else "mnist",
+    )
     small = {"vit": {"depth": 2, "dim": 64}}.get(model_name, {})  # Same layers, less to compile.
     model = models.get_model(model_name, **small)
-    state = steps.create_train_state(model, optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1)))
+    state = steps.create_train_state(
+        model, optim.make_optimizer(config), 0, jnp.zeros((1, 28, 28, 1))
+    )
     split = synthetic_split(16)
     batch = {"image": split.images, "label": split.labels, "mask": np.ones(16, bool)}
     spec = config.step_config()
@@ -130,8 +149,11 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
     hlo = step.lower(state, batch, spec=spec).as_text()
     assert "bf16" in hlo and ("convolution" in hlo or "dot_general" in hlo)
     new, metrics = step(state, batch, spec=spec)
-    floating = [x for x in jax.tree.leaves((new.params, new.opt_state, new.batch_stats))
-                if jnp.issubdtype(x.dtype, jnp.floating)]
+    floating = [
+        x
+        for x in jax.tree.leaves((new.params, new.opt_state, new.batch_stats))
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
     assert floating and all(x.dtype == jnp.float32 for x in floating)
     assert metrics["loss_sum"].dtype == jnp.float32
     # Same step in float32: the bf16 loss agrees to bf16's ~3 significant digits.
@@ -140,7 +162,11 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(model_name):
 
 
 def test_float32_programs_carry_no_casts(state, batch):
-    hlo = jax.jit(steps.train_step, static_argnames="spec").lower(state, batch, spec=StepConfig()).as_text()
+    hlo = (
+        jax.jit(steps.train_step, static_argnames="spec")
+        .lower(state, batch, spec=StepConfig())
+        .as_text()
+    )
     assert "bf16" not in hlo
 
 
@@ -164,15 +190,23 @@ def test_steps_scanned_over_data_on_the_device_are_the_host_steps(synthetic_spli
     host, host_metrics = initial_state(), []
     step = steps.make_train_step(spec, mesh)
     for i, m in zip(indices, masks):
-        host, metrics = step(host, parallel.shard_batch(pipeline.gather_batch(split.images, split.labels, i, m), mesh))
+        host, metrics = step(
+            host,
+            parallel.shard_batch(pipeline.gather_batch(split.images, split.labels, i, m), mesh),
+        )
         host_metrics.append(metrics)
     data = parallel.replicate({"image": split.images, "label": split.labels}, mesh)
     device, device_metrics = steps.make_device_train_steps(spec, mesh)(
-        initial_state(), data, *parallel.shard_steps((indices, masks), mesh))
+        initial_state(), data, *parallel.shard_steps((indices, masks), mesh)
+    )
     for k, metrics in enumerate(host_metrics):
         for key, value in metrics.items():
             np.testing.assert_allclose(device_metrics[key][k], value, rtol=1e-5, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), device.params, host.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        device.params,
+        host.params,
+    )
 
 
 @pytest.mark.slow
@@ -182,12 +216,19 @@ def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_p
     for where in ("host", "device"):
         config = small_run_config(epochs=1, data_placement=where)
         results[where] = train.train_and_evaluate(
-            config, models.get_model("cnn"), synthetic_splits, tmp_path / where, experiment="test",
-            progress=False)
+            config,
+            models.get_model("cnn"),
+            synthetic_splits,
+            tmp_path / where,
+            experiment="test",
+            progress=False,
+        )
         assert results[where]["data_placement"] == where
     host, device = results["host"], results["device"]
     assert_runs_agree(device["history"], host["history"])  # Fusion differs: not bitwise.
-    assert_weights_agree(device["state"].params, host["state"].params, max_move=10 * 1e-3)  # 10 steps, lr 1e-3.
+    assert_weights_agree(
+        device["state"].params, host["state"].params, max_move=10 * 1e-3
+    )  # 10 steps, lr 1e-3.
 
 
 def test_auto_placement_puts_mnist_on_accelerators_and_keeps_cpu_on_the_host(synthetic_splits):
@@ -196,10 +237,13 @@ def test_auto_placement_puts_mnist_on_accelerators_and_keeps_cpu_on_the_host(syn
     gpu_mesh = types.SimpleNamespace(devices=np.array([gpu]))
     assert placement.resolve_data_placement(auto, mnist, gpu_mesh) == "device"
     # 5 GiB of images (not allocated): more than a quarter of the GPU's 16 GiB.
-    huge = types.SimpleNamespace(images=np.broadcast_to(np.zeros((), np.uint8), (5 << 30,)),
-                                 labels=np.zeros(1, np.int32))
+    huge = types.SimpleNamespace(
+        images=np.broadcast_to(np.zeros((), np.uint8), (5 << 30,)), labels=np.zeros(1, np.int32)
+    )
     assert placement.resolve_data_placement(auto, huge, gpu_mesh) == "host"
-    assert placement.resolve_data_placement(auto, mnist, parallel.data_mesh()) == "host"  # This CPU.
+    assert (
+        placement.resolve_data_placement(auto, mnist, parallel.data_mesh()) == "host"
+    )  # This CPU.
     forced = TrainConfig(data_placement="device")
     assert placement.resolve_data_placement(forced, mnist, parallel.data_mesh()) == "device"
 

@@ -28,8 +28,15 @@ def test_another_jaxlib_gets_nothing_it_might_not_know():
 def test_importing_mnist_jax_sets_them_before_jax_starts_and_can_be_turned_off():
     code = "import os, mnist_jax, jax; jax.numpy.ones(1); print(os.environ.get('XLA_FLAGS', ''))"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    on = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert f"{FLAG}=dot" in on.stdout
-    off = subprocess.run([sys.executable, "-c", code], env={**env, "MNIST_JAX_XLA_DEFAULTS": "0"},
-                         capture_output=True, text=True, check=True)
+    off = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "MNIST_JAX_XLA_DEFAULTS": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert FLAG not in off.stdout

@@ -24,6 +24,7 @@ MODELS: dict[str, Callable] = {}  # name -> the linen Module class (or a partial
 def register(name: str, factory: Callable | None = None):
     """Registers `factory` (a Module class or a partial of one) under `name`;
     without `factory`, a class decorator."""
+
     def add(factory):
         if name in MODELS:
             raise ValueError(f"model name {name!r} is registered twice")

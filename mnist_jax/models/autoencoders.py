@@ -31,10 +31,16 @@ class LinearAutoencoder(nn.Module):
         return out.reshape(shape)
 
 
-def torch_conv_transpose(features: int, kernel: int, stride: int, padding: int,
-                         output_padding: int, name: str | None = None,
-                         kernel_init=torch_kernel_init, bias_init=nn.initializers.zeros_init()
-                         ) -> ConvTranspose:
+def torch_conv_transpose(
+    features: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    output_padding: int,
+    name: str | None = None,
+    kernel_init=torch_kernel_init,
+    bias_init=nn.initializers.zeros_init(),
+) -> ConvTranspose:
     """A transposed convolution (layers.ConvTranspose) with PyTorch's ConvTranspose2d geometry.
 
     PyTorch's output size is (n - 1) * stride - 2 * padding + kernel +
@@ -44,8 +50,15 @@ def torch_conv_transpose(features: int, kernel: int, stride: int, padding: int,
     """
     low = kernel - 1 - padding
     pads = ((low, low + output_padding),) * 2
-    return ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding=pads,
-                         kernel_init=kernel_init, bias_init=bias_init, name=name)
+    return ConvTranspose(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=pads,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        name=name,
+    )
 
 
 class ConvEncoder(nn.Module):
@@ -136,7 +149,9 @@ class DenoisingAutoencoder(nn.Module):
         init = nn.initializers.he_normal()
         for width in self.features:  # (B, 28, 28, 1) -> (B, 7, 7, 64)
             x = nn.relu(Conv(width, (3, 3), strides=(2, 2), padding=1, kernel_init=init)(x))
-        self.sow("intermediates", "embedding", x)  # The code (B, 7, 7, 64): for mnist_jax.inspection.
+        self.sow(
+            "intermediates", "embedding", x
+        )  # The code (B, 7, 7, 64): for mnist_jax.inspection.
         for width in (*reversed(self.features[:-1]), None):  # -> (B, 28, 28, 1)
             bias = nn.initializers.zeros_init() if width else nn.initializers.constant(-2.0)
             x = torch_conv_transpose(width or 1, 3, 2, 1, 1, kernel_init=init, bias_init=bias)(x)

@@ -142,8 +142,9 @@ class BatchNorm(nn.Module):
         multiplier = scale * jax.lax.rsqrt(var + self.epsilon)  # (C,)
         rows = x.reshape(-1, features)  # (B * ..., C)
         count = rows.shape[0]
-        y = ((rows - _rows_of(mean, count)) * _rows_of(multiplier, count)
-             + _rows_of(bias, count)).reshape(x.shape)
+        y = (
+            (rows - _rows_of(mean, count)) * _rows_of(multiplier, count) + _rows_of(bias, count)
+        ).reshape(x.shape)
         return y.astype(jnp.result_type(x, scale, bias))
 
 
@@ -190,7 +191,9 @@ def _batch_statistics(x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, 
 def _kernel_and_bias(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A convolution module's input, "kernel" (kh, kw, in, out) and "bias",
     created as flax's convolutions create them, in one dtype."""
-    kernel = module.param("kernel", module.kernel_init, (*module.kernel_size, x.shape[-1], module.features))
+    kernel = module.param(
+        "kernel", module.kernel_init, (*module.kernel_size, x.shape[-1], module.features)
+    )
     bias = module.param("bias", module.bias_init, (module.features,))
     return promote_dtype(x, kernel, bias)
 

@@ -39,7 +39,9 @@ class SpeedCNN(nn.Module):
         """x: (B, 28, 28, 1) normalised images; mask: (B,) bool, False on padding."""
         first, second = self.features
         stride = (self.first_stride, self.first_stride)
-        x = Conv(first, (5, 5), strides=stride, padding="VALID", kernel_init=torch_kernel_init)(x)  # (B, 12, 12, 16)
+        x = Conv(first, (5, 5), strides=stride, padding="VALID", kernel_init=torch_kernel_init)(
+            x
+        )  # (B, 12, 12, 16)
         x = nn.relu(BatchNorm(use_running_average=not train)(x, mask=mask))
         x = Conv(second, (5, 5), padding="VALID", kernel_init=torch_kernel_init)(x)  # (B, 8, 8, 32)
         x = max_pool(x, 2)  # (B, 4, 4, 32)

@@ -69,13 +69,30 @@ def _vgg16_layers() -> tuple:
     return tuple(layers)
 
 
-VGG16 = Architecture("vgg16", _vgg16_layers(), pool_size=7, classifier_indices=(0, 3, 6),
-                     dropout_before_linear=False, min_image_size=32)
+VGG16 = Architecture(
+    "vgg16",
+    _vgg16_layers(),
+    pool_size=7,
+    classifier_indices=(0, 3, 6),
+    dropout_before_linear=False,
+    min_image_size=32,
+)
 ALEXNET = Architecture(
     "alexnet",
-    (Conv(64, 11, 4, 2, 0), MaxPool(3, 2), Conv(192, 5, 1, 2, 3), MaxPool(3, 2),
-     Conv(384, 3, 1, 1, 6), Conv(256, 3, 1, 1, 8), Conv(256, 3, 1, 1, 10), MaxPool(3, 2)),
-    pool_size=6, classifier_indices=(1, 4, 6), dropout_before_linear=True, min_image_size=63,
+    (
+        Conv(64, 11, 4, 2, 0),
+        MaxPool(3, 2),
+        Conv(192, 5, 1, 2, 3),
+        MaxPool(3, 2),
+        Conv(384, 3, 1, 1, 6),
+        Conv(256, 3, 1, 1, 8),
+        Conv(256, 3, 1, 1, 10),
+        MaxPool(3, 2),
+    ),
+    pool_size=6,
+    classifier_indices=(1, 4, 6),
+    dropout_before_linear=True,
+    min_image_size=63,
 )
 ARCHITECTURES = {"vgg16": VGG16, "alexnet": ALEXNET}
 
@@ -121,9 +138,14 @@ class Features(nn.Module):
     def __call__(self, x):
         for layer in self.architecture.layers:
             if isinstance(layer, Conv):
-                x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
-                            strides=(layer.stride, layer.stride), padding=layer.padding,
-                            kernel_init=torch_kernel_init, name=f"conv_{layer.torch_index}")(x)
+                x = nn.Conv(
+                    layer.features,
+                    (layer.kernel, layer.kernel),
+                    strides=(layer.stride, layer.stride),
+                    padding=layer.padding,
+                    kernel_init=torch_kernel_init,
+                    name=f"conv_{layer.torch_index}",
+                )(x)
                 x = nn.relu(x)
             else:
                 x = nn.max_pool(x, (layer.window,) * 2, strides=(layer.stride,) * 2)
@@ -175,11 +197,15 @@ class TransferNet(nn.Module):
 
     def setup(self):
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+            raise ValueError(
+                f"unknown architecture {self.arch!r}; choose one of {sorted(ARCHITECTURES)}"
+            )
         a = ARCHITECTURES[self.arch]
         if self.image_size < a.min_image_size:
-            raise ValueError(f"{self.arch} needs image_size >= {a.min_image_size} (its pooling "
-                             f"shrinks smaller images to nothing), got {self.image_size}")
+            raise ValueError(
+                f"{self.arch} needs image_size >= {a.min_image_size} (its pooling "
+                f"shrinks smaller images to nothing), got {self.image_size}"
+            )
         self.features = Features(a)
         self.classifier = ClassifierHead(a, self.num_classes, self.hidden, self.dropout)
 
@@ -206,8 +232,9 @@ class CachedFeaturesNet(nn.Module):
     dropout: float = 0.5
 
     def setup(self):
-        self.classifier = ClassifierHead(ARCHITECTURES[self.arch], self.num_classes, self.hidden,
-                                         self.dropout)
+        self.classifier = ClassifierHead(
+            ARCHITECTURES[self.arch], self.num_classes, self.hidden, self.dropout
+        )
 
     def __call__(self, features, *, train: bool):
         """features: TransferNet.extract's output (B, h, w, C) -> logits."""

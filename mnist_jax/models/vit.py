@@ -48,7 +48,9 @@ class TransformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         dim = x.shape[-1]
-        attended, weights = SelfAttention(self.num_heads, self.dropout)(nn.LayerNorm()(x), train=train)
+        attended, weights = SelfAttention(self.num_heads, self.dropout)(
+            nn.LayerNorm()(x), train=train
+        )
         x = x + attended
         h = nn.Dense(int(dim * self.mlp_ratio), kernel_init=torch_kernel_init)(nn.LayerNorm()(x))
         h = Dropout(self.dropout, deterministic=not train)(nn.gelu(h, approximate=False))
@@ -81,8 +83,14 @@ class ViT(nn.Module):
         p = self.patch_size
         if x.shape[1] % p or x.shape[2] % p:
             raise ValueError(f"image size {x.shape[1:3]} is not divisible by patch_size {p}")
-        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID",
-                    kernel_init=torch_kernel_init, name="patch_embed")(x)  # (B, 7, 7, D)
+        x = nn.Conv(
+            self.dim,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            kernel_init=torch_kernel_init,
+            name="patch_embed",
+        )(x)  # (B, 7, 7, D)
         x = x.reshape(x.shape[0], -1, self.dim)  # (B, 49, D)
         cls = self.param("cls_token", _embedding_init, (1, 1, self.dim))
         x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), x], axis=1)
@@ -90,11 +98,15 @@ class ViT(nn.Module):
         x = Dropout(self.dropout, deterministic=not train)(x)  # (B, 50, D)
         attention = []
         for _ in range(self.depth):
-            x, weights = TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout)(x, train=train)
+            x, weights = TransformerBlock(self.num_heads, self.mlp_ratio, self.dropout)(
+                x, train=train
+            )
             attention.append(weights)
         cls = nn.LayerNorm()(x[:, 0])  # (B, D)
         self.sow("intermediates", "embedding", cls)  # For mnist_jax.inspection.
-        logits = nn.Dense(self.num_classes, kernel_init=torch_kernel_init, name="head")(cls)  # (B, 10)
+        logits = nn.Dense(self.num_classes, kernel_init=torch_kernel_init, name="head")(
+            cls
+        )  # (B, 10)
         if return_attention:
             return logits, jnp.stack(attention, axis=1)  # (B, depth, H, 50, 50)
         return logits
