@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_jax.pipeline import MNIST_MEAN, MNIST_STD
 from mnist_jax.config import TrainConfig
+from mnist_jax.pipeline import MNIST_MEAN, MNIST_STD
 
 
 def _conv_blocks(widths, per_block: int, batch_norm: bool, dropout: float) -> list[nn.Module]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from mnist_jax import data as data_lib, frozen_features, pretrained
+from mnist_jax import data as data_lib
+from mnist_jax import frozen_features, pretrained
 from mnist_jax.cli import (
     build_parser,
     config_from_args,
@@ -19,8 +20,8 @@ from mnist_jax.cli import (
     training_errors,
 )
 from mnist_jax.config import TrainConfig
-from mnist_jax.reference import Reference
 from mnist_jax.models.vgg_alexnet import ARCHITECTURES, TransferNet
+from mnist_jax.reference import Reference
 from mnist_jax.train import train_and_evaluate
 
 

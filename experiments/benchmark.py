@@ -42,13 +42,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _overhead as overhead, _vs_torch as vs_torch
-from mnist_jax import data as data_lib, models, optim, parallel, pipeline
-from mnist_jax import sources
-from mnist_jax.steps import create_train_state, make_device_train_steps, make_train_step, run_keys
-from mnist_jax.config import TrainConfig
+from experiments import _overhead as overhead
+from experiments import _vs_torch as vs_torch
+from mnist_jax import data as data_lib
+from mnist_jax import models, optim, parallel, pipeline, sources
 from mnist_jax.cli import NOISE_LEVEL_HELP, ShowDefaults, setup
+from mnist_jax.config import TrainConfig
 from mnist_jax.pipeline import NoiseConfig
+from mnist_jax.steps import create_train_state, make_device_train_steps, make_train_step, run_keys
 
 
 def time_steps(step, state, batches, steps: int) -> tuple[float, object]:

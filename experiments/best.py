@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import statistics
 
@@ -34,12 +33,16 @@ import numpy as np
 
 from mnist_jax import (
     checkpoints,
-    data as data_lib,
-    metrics as metrics_lib,
     parallel,
     predict,
     rundir,
     timing,
+)
+from mnist_jax import (
+    data as data_lib,
+)
+from mnist_jax import (
+    metrics as metrics_lib,
 )
 from mnist_jax.augment import AugmentConfig
 from mnist_jax.cli import (
@@ -196,7 +199,9 @@ def seed_row(summary: dict) -> dict:
 
 
 def format_table(result: dict) -> str:
-    percent = lambda v: f"{100 * v:.2f} %"
+    def percent(v):
+        return f"{100 * v:.2f} %"
+
     rows = [
         (
             f"report 004 ({REFERENCE.source.split(': ')[1]})",
@@ -237,7 +242,10 @@ def format_table(result: dict) -> str:
         )
     header = ("", "what", "test accuracy", "train s")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
     return "\n".join(
         [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
     )

@@ -10,8 +10,8 @@ what `experiments.few_labels` starts from.
 """
 
 from mnist_jax.cli import run_experiment
-from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
+from mnist_jax.reference import Reference
 
 CONFIG = TrainConfig(
     model="conv_ae",

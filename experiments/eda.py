@@ -19,7 +19,8 @@ import pathlib
 
 import numpy as np
 
-from mnist_jax import data as data_lib, data_stats, summaries, viz
+from mnist_jax import data as data_lib
+from mnist_jax import data_stats, summaries, viz
 from mnist_jax.cli import (
     DEFAULT_RUNS_DIR,
     ShowDefaults,

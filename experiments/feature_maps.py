@@ -25,11 +25,11 @@ import sys
 import jax
 import numpy as np
 
-from mnist_jax import data as data_lib, digits, inspection, tasks, viz
-from mnist_jax import sources
+from mnist_jax import data as data_lib
+from mnist_jax import digits, inspection, sources, tasks, viz
 from mnist_jax.cli import ShowDefaults, add_data_flags, setup
-from mnist_jax.rundir import RunError, load_run
 from mnist_jax.files import write_json
+from mnist_jax.rundir import RunError, load_run
 from mnist_jax.steps import infer
 
 

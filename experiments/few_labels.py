@@ -29,7 +29,8 @@ import argparse
 import dataclasses
 import pathlib
 
-from mnist_jax import data as data_lib, parallel, rundir, summaries, viz
+from mnist_jax import data as data_lib
+from mnist_jax import parallel, rundir, summaries, viz
 from mnist_jax.cli import (
     ShowDefaults,
     add_run_flags,
@@ -41,10 +42,10 @@ from mnist_jax.cli import (
     start,
     training_errors,
 )
-from mnist_jax.models import get_model
-from mnist_jax.pipeline import num_batches
 from mnist_jax.config import TrainConfig
 from mnist_jax.files import write_json
+from mnist_jax.models import get_model
+from mnist_jax.pipeline import num_batches
 from mnist_jax.train import train_and_evaluate
 
 

@@ -36,7 +36,8 @@ import pathlib
 import numpy as np
 
 from experiments import simple_cnn
-from mnist_jax import data as data_lib, denoising, parallel, pipeline, rundir, summaries, viz
+from mnist_jax import data as data_lib
+from mnist_jax import denoising, parallel, pipeline, rundir, summaries, viz
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.cli import (
     NOISE_LEVEL_HELP,
@@ -50,11 +51,11 @@ from mnist_jax.cli import (
     start,
     training_errors,
 )
+from mnist_jax.config import ResumeError, TrainConfig
+from mnist_jax.files import write_atomically, write_json
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
-from mnist_jax.config import ResumeError, TrainConfig
-from mnist_jax.files import write_atomically, write_json
 from mnist_jax.rundir import restore_best_state
 from mnist_jax.steps import score_split
 from mnist_jax.train import train_and_evaluate
@@ -261,7 +262,10 @@ def robustness_curve(
     denoise_spec = config.stage("2_denoiser").step_config()
     batch = config.classifier.eval_batch_size
     key = pipeline.fixed_noise_key(config.seed, "test")
-    accuracy = lambda stage, split: score_split(states[stage], split, batch, classify)["accuracy"]
+
+    def accuracy(stage, split):
+        return score_split(states[stage], split, batch, classify)["accuracy"]
+
     points = []
     for sigma in config.curve_levels:
         noisy = denoising.noisy_copy(test, NoiseConfig("gaussian", sigma), key)
@@ -429,16 +433,19 @@ def run(
         )
     workdir.mkdir(parents=True, exist_ok=True)
     noisy = denoising.noisy_splits(splits, config.noise, config.seed)
-    stage = lambda name, data: run_stage(
-        name,
-        config,
-        data,
-        workdir,
-        resume=resume,
-        progress=progress,
-        source=source,
-        clean_run=clean_run,
-    )
+
+    def stage(name, data):
+        return run_stage(
+            name,
+            config,
+            data,
+            workdir,
+            resume=resume,
+            progress=progress,
+            source=source,
+            clean_run=clean_run,
+        )
+
     summaries_, states = {}, {}
     if clean_run:  # Checked first: a wrong --clean-run fails before any training.
         summaries_["5_clean_cnn"], states["5_clean_cnn"] = stage("5_clean_cnn", splits)

@@ -9,8 +9,8 @@ Our results are in docs/results.md.
 """
 
 from mnist_jax.cli import run_experiment
-from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
+from mnist_jax.reference import Reference
 
 CONFIG = TrainConfig(
     model="simple_cnn", epochs=10, batch_size=64, learning_rate=1e-3, weight_decay=0.0

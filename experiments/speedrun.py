@@ -32,7 +32,8 @@ import time
 
 import jax
 
-from mnist_jax import data as data_lib, loop, models, parallel, steps
+from mnist_jax import data as data_lib
+from mnist_jax import loop, models, parallel, steps
 from mnist_jax.cli import ShowDefaults, add_data_flags, load_mnist_or_exit, start
 from mnist_jax.config import TrainConfig
 

@@ -32,7 +32,6 @@ import json
 import pathlib
 
 from mnist_jax import sweep as sweep_lib
-from mnist_jax.files import write_json
 from mnist_jax.cli import (
     build_parser,
     config_from_args,
@@ -43,6 +42,8 @@ from mnist_jax.cli import (
     start,
     training_errors,
 )
+from mnist_jax.config import ResumeError, TrainConfig
+from mnist_jax.files import write_json
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import MODELS, dropout_fields
 from mnist_jax.reference import Reference, comparison_table
@@ -57,7 +58,6 @@ from mnist_jax.search_space import (
 )
 from mnist_jax.sweep_report import format_table
 from mnist_jax.trial_group import STRATEGIES
-from mnist_jax.config import ResumeError, TrainConfig
 
 NAME = "sweep"
 

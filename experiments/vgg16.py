@@ -12,9 +12,9 @@ frozen layers are deterministic); both wall times are printed.
 Report: 99.08 % test accuracy, F1 0.9908, 996.34 s on a GPU at 224x224.
 """
 
+from experiments import _vgg_alexnet
 from mnist_jax.config import TrainConfig
 from mnist_jax.reference import Reference
-from experiments import _vgg_alexnet
 
 CONFIG = TrainConfig(
     model="vgg16",

@@ -11,8 +11,8 @@ maps. Our results are in docs/results.md.
 """
 
 from mnist_jax.cli import run_experiment
-from mnist_jax.reference import Reference
 from mnist_jax.config import TrainConfig
+from mnist_jax.reference import Reference
 
 CONFIG = TrainConfig(
     model="vit",

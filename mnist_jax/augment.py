@@ -56,11 +56,11 @@ class AugmentConfig:
             raise ValueError(f"shift must be a fraction of the image in [0, 1), got {self.shift}")
         if not 0 <= self.zoom < 1:
             raise ValueError(f"zoom must be in [0, 1) (the scale is 1 +- zoom), got {self.zoom}")
-        if not 0 <= self.elastic:
+        if not self.elastic >= 0:
             raise ValueError(
                 f"elastic must be a strength in pixels >= 0 (0: none), got {self.elastic}"
             )
-        if not 0 < self.elastic_sigma:
+        if not self.elastic_sigma > 0:
             raise ValueError(
                 f"elastic_sigma must be a Gaussian's width in pixels > 0, got {self.elastic_sigma}"
             )

@@ -68,7 +68,7 @@ class CheckpointPolicy:
     mode: str  # "max" or "min".
 
     @classmethod
-    def of(cls, config) -> "CheckpointPolicy":
+    def of(cls, config) -> CheckpointPolicy:
         """The policy of a TrainConfig (its checkpoint fields and its task's selection)."""
         metric, mode = config.step_config().selection
         return cls(
@@ -81,7 +81,7 @@ class CheckpointPolicy:
         value = record[self.metric]
         return value > best[self.metric] if self.mode == "max" else value < best[self.metric]
 
-    def open(self, workdir: str | pathlib.Path) -> "RunCheckpoints":
+    def open(self, workdir: str | pathlib.Path) -> RunCheckpoints:
         """The run's checkpoint managers, keeping what this policy keeps."""
         return RunCheckpoints(workdir, keep_latest=self.keep_latest, keep_best=self.keep_best)
 
@@ -230,7 +230,7 @@ class RunCheckpoints:
         self.latest = _Manager(root / "latest", keep_latest)
         self.best = _Manager(root / "best", keep_best)
 
-    def __enter__(self) -> "RunCheckpoints":
+    def __enter__(self) -> RunCheckpoints:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

@@ -22,17 +22,12 @@ import pathlib
 import re
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from mnist_jax import data as data_lib, onednn, parallel
-from mnist_jax import rundir, sources, timing
+from mnist_jax import data as data_lib
+from mnist_jax import onednn, parallel, rundir, sources, timing
 from mnist_jax.checkpoints import has_checkpoints
-from mnist_jax.figures import FILES as FIGURE_FILES
-from mnist_jax.metrics import format_classification_report
-from mnist_jax.models import get_model
-from mnist_jax.reference import Reference, comparison_table
-from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
-from mnist_jax.precision import DTYPES
 from mnist_jax.config import DATA_PLACEMENTS, SCHEDULES, ResumeError, TrainConfig
 from mnist_jax.faults import (
     AFTER_FAILED_SAVE,
@@ -42,6 +37,12 @@ from mnist_jax.faults import (
     io_failure,
     quiet_background_failures,
 )
+from mnist_jax.figures import FILES as FIGURE_FILES
+from mnist_jax.metrics import format_classification_report
+from mnist_jax.models import get_model
+from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
+from mnist_jax.precision import DTYPES
+from mnist_jax.reference import Reference, comparison_table
 from mnist_jax.train import train_and_evaluate
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs")

@@ -200,9 +200,10 @@ RESUMABLE_CHANGES = (
 
 def config_differences(saved: dict, config: TrainConfig) -> str:
     """ "field: saved X, now Y" for each field that changes a run's numbers; "" if none."""
-    as_json = lambda c: flatten(
-        json.loads(json.dumps(c))
-    )  # Tuples as lists, nested settings one key each.
+
+    def as_json(c):
+        return flatten(json.loads(json.dumps(c)))  # Tuples as lists, nested settings one key each.
+
     current = as_json(config.to_dict())
     # Fields added since the checkpoint was written, nested ones too
     # (augment.elastic), read as their defaults.

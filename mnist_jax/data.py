@@ -83,7 +83,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def take(self, indices: np.ndarray) -> "Split":
+    def take(self, indices: np.ndarray) -> Split:
         targets = None if self.targets is None else self.targets[indices]
         return Split(self.images[indices], self.labels[indices], targets)
 

@@ -19,8 +19,8 @@ import numpy as np
 from mnist_jax import parallel, pipeline, tasks
 from mnist_jax.data import Split, Splits
 from mnist_jax.pipeline import NoiseConfig
-from mnist_jax.tasks import StepConfig
 from mnist_jax.steps import TrainState, infer
+from mnist_jax.tasks import StepConfig
 
 
 def clean_images(split: Split) -> np.ndarray:
@@ -50,7 +50,7 @@ def _denoise_batch(state: TrainState, images: jax.Array, *, spec: StepConfig) ->
     return pipeline.to_uint8(tasks.reconstruction(infer(state, inputs, spec.dtype), spec))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _make_denoise_step(spec: StepConfig, mesh: jax.sharding.Mesh):
     replicated = parallel.replicated(mesh)
     return jax.jit(

@@ -6,7 +6,8 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def write_atomically(

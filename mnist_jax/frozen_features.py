@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import data as data_lib, parallel, pipeline, pretrained, rundir
+from mnist_jax import data as data_lib
+from mnist_jax import parallel, pipeline, pretrained, rundir
 from mnist_jax.config import TrainConfig
 from mnist_jax.models.vgg_alexnet import TransferNet, head_for
 from mnist_jax.train import train_and_evaluate

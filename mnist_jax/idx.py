@@ -15,7 +15,6 @@ import importlib.resources
 import logging
 import os
 import pathlib
-import socket
 import urllib.error
 import urllib.request
 import zlib
@@ -195,7 +194,7 @@ def fetch_url(url: str, dest: pathlib.Path, *, timeout: float, hint: str) -> Non
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
         dest.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise DownloadError(

@@ -23,14 +23,14 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from mnist_jax import checkpoints, parallel, pipeline, steps, summaries
-from mnist_jax.progress import EpochProgress
 from mnist_jax.checkpoints import CheckpointPolicy
 from mnist_jax.config import ResumeError, TrainConfig, check_resumable
 from mnist_jax.data import Splits
@@ -43,6 +43,7 @@ from mnist_jax.faults import (
 )
 from mnist_jax.optim import current_learning_rate, make_optimizer
 from mnist_jax.placement import DeviceSteps, HostSteps, chunks, resolve_data_placement
+from mnist_jax.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 

@@ -102,7 +102,9 @@ def set_hyperparams(opt_state, **values: float):
             hyperparams[name] = jnp.asarray(value, jnp.result_type(hyperparams[name]))
         return node._replace(hyperparams=hyperparams)
 
-    is_injected = lambda node: isinstance(getattr(node, "hyperparams", None), dict)
+    def is_injected(node):
+        return isinstance(getattr(node, "hyperparams", None), dict)
+
     return jax.tree.map(
         lambda node: replace(node) if is_injected(node) else node, opt_state, is_leaf=is_injected
     )

@@ -14,7 +14,7 @@ step functions, their extra arguments and how batches are sharded.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

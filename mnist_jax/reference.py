@@ -67,7 +67,10 @@ def comparison_table(reference: Reference, summary: dict, title: str = "this run
     ]
     header = ("", f"report ({reference.source})", title)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    def line(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
     return "\n".join(
         [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
     )

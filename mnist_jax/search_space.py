@@ -25,12 +25,13 @@ import dataclasses
 import itertools
 import json
 import math
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from mnist_jax.models import dropout_fields, model_class
 from mnist_jax.config import TrainConfig
+from mnist_jax.models import dropout_fields, model_class
 
 METHODS = ("grid", "random")
 MODEL_PREFIX = "model."
@@ -99,7 +100,7 @@ class LogUniform:
         return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
 
 
-Distribution = Union[Choice, Uniform, LogUniform]
+Distribution = Choice | Uniform | LogUniform
 
 
 @dataclasses.dataclass(frozen=True)

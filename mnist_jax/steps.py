@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,7 +28,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mnist_jax import metrics as metrics_lib, parallel, pipeline, precision, tasks
+from mnist_jax import metrics as metrics_lib
+from mnist_jax import parallel, pipeline, precision, tasks
 from mnist_jax.data import Split
 from mnist_jax.tasks import StepConfig
 
@@ -297,7 +299,7 @@ def metric_means(sums: dict) -> dict:
     return {names[k]: float(v) / count for k, v in sums.items() if k in names}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_eval_step(spec: StepConfig, mesh: jax.sharding.Mesh) -> Callable:
     """The jitted eval step over `mesh`; results replicated on every device."""
     replicated = parallel.replicated(mesh)

@@ -11,11 +11,12 @@ type in its annotations), which costs seconds of every run's start-up.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pathlib
 import shutil
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -63,17 +64,16 @@ class MetricWriter:
         self.logdir = pathlib.Path(logdir)
         self._writer = _tensorboardx().SummaryWriter(str(self.logdir)) if enabled else None
 
-    def __enter__(self) -> "MetricWriter":
+    def __enter__(self) -> MetricWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is None:
             self.close()
             return
-        try:  # Already failing (a full disk, say): the first error is the one to tell.
+        # Already failing (a full disk, say): the first error is the one to tell.
+        with contextlib.suppress(OSError):
             self.close()
-        except OSError:
-            pass
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self._writer is None:

@@ -18,7 +18,7 @@ import json
 import pathlib
 import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

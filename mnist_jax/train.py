@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from mnist_jax import checkpoints, figures, parallel, rundir, summaries, timing
+from mnist_jax.checkpoints import CheckpointPolicy
 from mnist_jax.config import ResumeError, TrainConfig, flat_hparams
 from mnist_jax.data import Splits
-from mnist_jax.checkpoints import CheckpointPolicy
 from mnist_jax.loop import fit
 from mnist_jax.steps import averaged, score_split
 

@@ -18,7 +18,8 @@ for a sweep's group, as `loop.Single` is for a plain run.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,7 +34,6 @@ from mnist_jax.optim import make_optimizer, set_hyperparams
 from mnist_jax.search_space import MODEL_PREFIX, Trial, batched_fields
 from mnist_jax.steps import TrainState, create_train_state, run_keys, train_step
 from mnist_jax.tasks import StepConfig
-
 
 STRATEGIES = ("auto", "vmap", "unroll")
 

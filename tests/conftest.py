@@ -69,8 +69,8 @@ def assert_weights_agree(a, b, *, max_move: float) -> None:
 def small_run_config(**overrides):
     """The CNN settings of the tests' short runs on 300 synthetic examples:
     10 steps an epoch (the last one padded), a checkpoint every 4, a log every 3."""
-    from mnist_jax.pipeline import NoiseConfig
     from mnist_jax.config import TrainConfig
+    from mnist_jax.pipeline import NoiseConfig
 
     defaults = dict(
         epochs=3,
@@ -139,7 +139,9 @@ def _groups_ignored() -> bool:
     --dist=loadgroup does not set, so it runs every group's tests anywhere."""
     from importlib.metadata import version
 
-    release = lambda name: tuple(int(part) for part in version(name).split(".")[:2])
+    def release(name):
+        return tuple(int(part) for part in version(name).split(".")[:2])
+
     return release("pytest") >= (9, 2) and release("pytest-xdist") <= (3, 8)
 
 

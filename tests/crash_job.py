@@ -23,8 +23,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from mnist_jax import models, train
-    from mnist_jax.data import Splits
     from mnist_jax.cli import training_errors
+    from mnist_jax.data import Splits
     from tests.conftest import small_run_config, synthetic_split
 
     config = small_run_config(checkpoint_every_steps=2, data_placement="host")

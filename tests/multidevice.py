@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 
 
@@ -46,7 +47,9 @@ def step_job(job: dict) -> dict:
     full, padded = batches[0], batches[-1]
     assert full["mask"].all() and 0 < padded["mask"].sum() < config.batch_size
 
-    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
+    def flat(tree):
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
+
     step = steps.make_train_step(spec, mesh)
     result = {"steps": []}
     for batch in (full, padded):
@@ -101,7 +104,7 @@ def main(jobs_path: str, results_path: str) -> None:
     from mnist_jax import parallel
 
     parallel.initialize_distributed()  # Where the test starts several processes.
-    jobs = json.loads(open(jobs_path).read())
+    jobs = json.loads(pathlib.Path(jobs_path).read_text())
     results = [run_job(job) for job in jobs]
     with open(results_path, "w") as f:  # One file per process.
         json.dump(results, f)

@@ -40,7 +40,7 @@ def test_the_average_starts_at_the_initial_weights_and_follows_every_step():
         state, _ = step(state, batch)
         rate = min(0.9, (1 + expected_step) / (10 + expected_step))  # The warm-up of the decay.
         expected = jax.tree.map(
-            lambda old, new: rate * old + (1 - rate) * new, before, weights(state)
+            lambda old, new, rate=rate: rate * old + (1 - rate) * new, before, weights(state)
         )
         chex.assert_trees_all_close(jax.device_get(state.ema), expected, rtol=1e-6, atol=1e-7)
     pairs = zip(jax.tree.leaves(state.ema["params"]), jax.tree.leaves(state.params))
@@ -117,6 +117,6 @@ def test_trials_stepped_together_each_keep_their_own_average():
     for k in range(2):
         member = trial_group.take(states, k)
         expected = jax.tree.map(
-            lambda old, new: rate * old[k] + (1 - rate) * new, before, weights(member)
+            lambda old, new, k=k: rate * old[k] + (1 - rate) * new, before, weights(member)
         )
         chex.assert_trees_all_close(jax.device_get(member.ema), expected, rtol=1e-6, atol=1e-7)

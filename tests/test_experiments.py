@@ -5,7 +5,6 @@ import json
 import pkgutil
 
 import numpy as np
-
 import pytest
 
 import experiments
@@ -300,6 +299,7 @@ def test_frozen_features_are_the_same_in_full_batches_and_the_short_last_one():
 def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path, real_mnist):
     """A torchvision-layout file loads; cached features give the run the frozen network gives."""
     import torch
+
     from tests import torch_reference
 
     torch.manual_seed(0)

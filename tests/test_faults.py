@@ -151,9 +151,11 @@ def test_when_every_checkpoint_is_damaged_resume_says_so_and_keeps_them(tmp_path
 def test_a_checkpoint_of_another_model_is_refused_not_set_aside(tmp_path):
     with checkpoints.RunCheckpoints(tmp_path) as ckpts:
         ckpts.save_latest(4, fresh_state("cnn"), {})
-    with checkpoints.RunCheckpoints(tmp_path) as ckpts:
-        with pytest.raises(checkpoints.CheckpointError, match="another model"):
-            ckpts.restore_latest(fresh_state("simple_cnn"))
+    with (
+        checkpoints.RunCheckpoints(tmp_path) as ckpts,
+        pytest.raises(checkpoints.CheckpointError, match="another model"),
+    ):
+        ckpts.restore_latest(fresh_state("simple_cnn"))
     assert latest_steps(tmp_path) == [4]
     assert not (tmp_path / "checkpoints" / checkpoints.DAMAGED_DIR).exists()
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_jax import data, digits
-from mnist_jax import idx
+from mnist_jax import data, digits, idx
 
 FUZZ = settings(
     max_examples=400,

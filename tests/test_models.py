@@ -8,10 +8,17 @@ import pytest
 
 from mnist_jax import models, steps
 
+
 # name -> (constructor kwargs, output shapes for a batch of B, parameter count,
 #          embedding width: what the model feeds its last layer, or its latent code)
-LOGITS = lambda b: (b, 10)
-IMAGES = lambda b: (b, 28, 28, 1)
+def LOGITS(b):
+    return (b, 10)
+
+
+def IMAGES(b):
+    return (b, 28, 28, 1)
+
+
 MODELS = {
     "cnn": ({}, LOGITS, 422_474, 128),
     "simple_cnn": ({}, LOGITS, 50_186, 7 * 7 * 64),
@@ -150,7 +157,9 @@ def test_transfer_nets_refuse_images_too_small(arch, size):
     model = models.get_model(arch, image_size=size)
     with pytest.raises(ValueError, match="needs image_size >="):
         jax.eval_shape(
-            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
+            lambda model=model: model.init(
+                jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False
+            )
         )
 
 
@@ -159,9 +168,8 @@ def test_encoder_groups_are_shared_between_autoencoder_and_classifiers():
     shapes = {}
     for name in ("conv_ae", "encoder_classifier", "classifier_decoding"):
         model = models.get_model(name)
-        params = jax.eval_shape(
-            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False)
-        )["params"]
+        sample = jnp.zeros((1, 28, 28, 1))
+        params = jax.eval_shape(model.init, jax.random.PRNGKey(0), sample, train=False)["params"]
         shapes[name] = jax.tree.map(lambda p: p.shape, params["encoder"])
     assert shapes["conv_ae"] == shapes["encoder_classifier"] == shapes["classifier_decoding"]
 
@@ -223,10 +231,13 @@ def test_our_max_pool_matches_reduce_window(shape):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     expected = nn.max_pool(x, (2, 2), strides=(2, 2))
     chex.assert_trees_all_equal(max_pool(x, 2), expected)
+
     # Without ties, the gradient goes where reduce_window's does.
-    grad = lambda pool: jax.grad(
-        lambda x: jnp.sum(pool(x) * jnp.arange(expected.size).reshape(expected.shape))
-    )(x)
+    def grad(pool):
+        return jax.grad(
+            lambda x: jnp.sum(pool(x) * jnp.arange(expected.size).reshape(expected.shape))
+        )(x)
+
     chex.assert_trees_all_close(
         grad(lambda x: max_pool(x, 2)), grad(lambda x: nn.max_pool(x, (2, 2), (2, 2)))
     )
@@ -254,7 +265,10 @@ def test_our_convolutions_match_flax_in_values_and_gradients(features):
         variables = theirs.init(jax.random.PRNGKey(1), x)
         variables = jax.tree.map(lambda v: v + 0.1, variables)  # A non-zero bias.
         chex.assert_trees_all_equal_shapes(ours.init(jax.random.PRNGKey(1), x), variables)
-        loss = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+        def loss(module):
+            return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
         chex.assert_trees_all_close(ours.apply(variables, x), theirs.apply(variables, x), atol=1e-5)
         chex.assert_trees_all_close(
             jax.grad(loss(ours), argnums=(0, 1))(variables, x),

@@ -185,7 +185,9 @@ def test_a_model_step_agrees_with_xla(name, turned_on, monkeypatch):
     variables = model.init(jax.random.key(0), x, train=False)
 
     def grad():
-        loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=False) ** 2)
+        def loss(p):
+            return jnp.sum(model.apply({**variables, "params": p}, x, train=False) ** 2)
+
         return jax.jit(jax.grad(loss))(variables["params"])
 
     ours = grad()

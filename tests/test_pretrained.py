@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_jax import data, models, optim, pretrained, steps
-from mnist_jax import idx
+from mnist_jax import data, idx, models, optim, pretrained, steps
 from mnist_jax.config import TrainConfig
 from mnist_jax.models import autoencoders, vgg_alexnet
 from tests import torch_reference

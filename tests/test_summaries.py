@@ -105,7 +105,8 @@ def synthetic_test_labels():
 
 
 def test_load_run_rebuilds_the_model_and_its_best_checkpoint(finished_run, synthetic_splits):
-    from mnist_jax import config as config_lib, rundir
+    from mnist_jax import config as config_lib
+    from mnist_jax import rundir
 
     run = rundir.load_run(finished_run)
     summary = json.loads((finished_run / "metrics.json").read_text())
@@ -120,7 +121,8 @@ def test_load_run_rebuilds_the_model_and_its_best_checkpoint(finished_run, synth
 
 
 def test_load_run_says_what_is_wrong(finished_run, tmp_path):
-    from mnist_jax import config as config_lib, rundir
+    from mnist_jax import config as config_lib
+    from mnist_jax import rundir
 
     with pytest.raises(rundir.RunError, match="no metrics.json"):
         rundir.load_run(tmp_path)

@@ -474,14 +474,17 @@ def test_wandb_log_makes_one_run_per_trained_trial_with_its_history(tmp_path, mo
         {"epoch": 1, "step": 5, "val_accuracy": 0.5},
         {"epoch": 2, "step": 10, "val_accuracy": 0.75},
     ]
-    trial = lambda i: {
-        "trial": i,
-        "params": {"learning_rate": 0.1 * (i + 1)},
-        "config": {"seed": i},
-        "model_kwargs": {},
-        "history": history,
-        "best": {"epoch": 2, "val_accuracy": 0.75},
-    }
+
+    def trial(i):
+        return {
+            "trial": i,
+            "params": {"learning_rate": 0.1 * (i + 1)},
+            "config": {"seed": i},
+            "model_kwargs": {},
+            "history": history,
+            "best": {"epoch": 2, "val_accuracy": 0.75},
+        }
+
     summary = {
         "trials": [trial(0), trial(1), {"trial": 2, "status": "skipped (budget)"}],
         "best_trial": 1,

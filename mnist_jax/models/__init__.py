@@ -16,7 +16,7 @@ that differ only in them train together (models.layers.Dropout).
 import functools
 import importlib
 import pkgutil
-from typing import Callable
+from collections.abc import Callable
 
 MODELS: dict[str, Callable] = {}  # name -> the linen Module class (or a partial of one)
 

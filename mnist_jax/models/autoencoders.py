@@ -2,7 +2,7 @@
 report 003's encoder. Images are (B, 28, 28, 1) in [0, 1]; reconstructions
 come out of a sigmoid, in [0, 1] too."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -39,7 +39,7 @@ def torch_conv_transpose(
     output_padding: int,
     name: str | None = None,
     kernel_init=torch_kernel_init,
-    bias_init=nn.initializers.zeros_init(),
+    bias_init=nn.initializers.zeros,
 ) -> ConvTranspose:
     """A transposed convolution (layers.ConvTranspose) with PyTorch's ConvTranspose2d geometry.
 

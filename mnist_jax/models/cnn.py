@@ -1,6 +1,7 @@
 """The 3-conv CNN of report 004 ("Lab 2", Part 1)."""
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax

@@ -1,6 +1,7 @@
 """The deep CNN of report 004 ("Faster R-CNN adapted" to classification)."""
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax

@@ -1,6 +1,6 @@
 """A small CNN for `python -m experiments.speedrun`: 99 % on MNIST in one epoch."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

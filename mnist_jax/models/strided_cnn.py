@@ -1,6 +1,7 @@
 """The CNN of `python -m experiments.best`: strided 5x5 convolutions in place of pooling."""
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax

@@ -60,7 +60,7 @@ class Architecture:
 
 def _vgg16_layers() -> tuple:
     layers, index = [], 0
-    for block, (width, convs) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]):
+    for width, convs in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]:
         for _ in range(convs):
             layers.append(Conv(width, 3, 1, 1, index))
             index += 2  # Conv2d, ReLU
