@@ -32,7 +32,7 @@ import numpy as np
 
 from mnist_jax import checkpoints, parallel, pipeline, steps, summaries
 from mnist_jax.checkpoints import CheckpointPolicy
-from mnist_jax.config import ResumeError, TrainConfig, check_resumable
+from mnist_jax.config import ResumeError, TrainConfig
 from mnist_jax.data import Splits
 from mnist_jax.faults import (
     NonFiniteLossError,
@@ -41,86 +41,12 @@ from mnist_jax.faults import (
     nonfinite_message,
     stop_signals_caught,
 )
-from mnist_jax.optim import current_learning_rate, make_optimizer
+from mnist_jax.members import Single
+from mnist_jax.optim import current_learning_rate
 from mnist_jax.placement import DeviceSteps, HostSteps, chunks, resolve_data_placement
 from mnist_jax.progress import EpochProgress
 
 log = logging.getLogger(__name__)
-
-
-class Single:
-    """The members of a plain run: one model trained from one config, its
-    train state as it is (unstacked). The interface the loop asks of every
-    members object (mnist_jax.trial_group.TrialGroup is the other)."""
-
-    count = 1
-    leading = 1  # Axes before the batch axis in the step index arrays: (steps, B).
-    step_args = ()  # Extra arguments of the step functions, after the state.
-
-    def __init__(self, config: TrainConfig, model: nn.Module, pretrained: dict | None = None):
-        self.config, self.model, self.pretrained = config, model, pretrained
-
-    def initial_state(self, steps_per_epoch: int, sample: jax.Array) -> steps.TrainState:
-        state = steps.create_train_state(
-            self.model,
-            make_optimizer(self.config, steps_per_epoch),
-            self.config.seed,
-            sample,
-            ema=self.config.ema_decay > 0,
-        )
-        return steps.load_pretrained(state, self.pretrained) if self.pretrained else state
-
-    def host_step(self, spec, mesh) -> Callable:
-        return steps.make_train_step(spec, mesh)
-
-    def device_steps(self, spec, mesh) -> Callable:
-        return steps.make_device_train_steps(spec, mesh)
-
-    def shard_batch(self, batch: dict, mesh) -> dict:
-        return parallel.shard_batch(batch, mesh)
-
-    def index_arrays(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Placeholder (indices, masks) of `length` steps, to compile with."""
-        size = self.config.batch_size
-        return pipeline.batch_indices(np.zeros(length * size, np.int64), size)
-
-    def epoch_batches(self, epoch: int, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, masks) (steps, B) of `epoch`, shuffled from the run's seed."""
-        order = pipeline.epoch_order(steps.run_keys(self.config.seed)[2], epoch, num_examples)
-        return pipeline.batch_indices(order, self.config.batch_size)
-
-    def member(self, state, k: int):
-        return state
-
-    def split(self, sums: dict) -> list[dict]:
-        """A step's metric sums, one dict per member."""
-        return [sums]
-
-    def best_to_save(self, kept, state, improved: list[bool]):
-        """(the state to save as "best", what to keep of it in memory)."""
-        return state, None
-
-    def to_meta(self, histories, bests, epoch_sums, train_seconds: float) -> dict:
-        """A checkpoint's meta: enough to resume exactly, mid-epoch too."""
-        return {
-            "history": histories[0],
-            "best": bests[0],
-            "epoch_sums": epoch_sums[0],
-            "train_seconds": train_seconds,
-            "config": self.config.to_dict(),
-        }
-
-    def from_meta(self, saved: dict) -> tuple[list, list, list, float]:
-        check_resumable(saved["config"], self.config)
-        return [saved["history"]], [saved["best"]], [saved["epoch_sums"]], saved["train_seconds"]
-
-    def epoch_line(self, epoch: int, records: list[dict]) -> str:
-        shown = "  ".join(
-            f"{k.replace('_', ' ')} {v:.4f}"
-            for k, v in records[0].items()
-            if k.startswith(("train_", "val_")) and not k.endswith(("cross_entropy", "psnr"))
-        )
-        return f"epoch {epoch + 1:>3}/{self.config.epochs}  {shown}"
 
 
 def _check_can_resume(ckpts: checkpoints.RunCheckpoints | None) -> None:

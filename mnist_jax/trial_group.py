@@ -12,7 +12,7 @@ How the K trials run inside that step:
 Per-trial dropout rates enter the step as arrays: each trial's model is the
 group's model cloned with its traced rates (models.layers.Dropout).
 `TrialGroup` is what the epoch loop (mnist_jax.loop.train_members) trains
-for a sweep's group, as `loop.Single` is for a plain run.
+for a sweep's group, as `members.Single` is for a plain run.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def _keep_improved(best: TrainState | None, states: TrainState, improved: np.nda
 
 
 class TrialGroup:
-    """A group's trials as the epoch loop's members (see mnist_jax.loop.Single):
+    """A group's trials as the epoch loop's members (mnist_jax.members.Members):
     their states stacked (K, ...), their batches (steps, K, B), one step for all."""
 
     leading = 2

@@ -58,6 +58,7 @@ LAYERS = [
         "loop",
         {
             "mnist_jax.placement",
+            "mnist_jax.members",
             "mnist_jax.loop",
             "mnist_jax.rundir",
             "mnist_jax.figures",
