@@ -10,16 +10,16 @@ from collections.abc import Sequence
 from mnist_jax import data as data_lib
 from mnist_jax import frozen_features, pretrained
 from mnist_jax.cli import (
-    build_parser,
-    config_from_args,
     finished_run,
     load_splits,
     print_results,
     resolve_workdir,
+    run_options,
     start,
     training_errors,
 )
 from mnist_jax.config import TrainConfig
+from mnist_jax.flags import build_parser, config_from_args
 from mnist_jax.models.vgg_alexnet import ARCHITECTURES, TransferNet
 from mnist_jax.reference import Reference
 from mnist_jax.train import train_and_evaluate
@@ -112,7 +112,6 @@ def main(
         "classifier_hidden": model.hidden,
         "cached_features": cache,
     }
-    run_options = dict(experiment=name, resume=args.resume, progress=not args.no_progress)
     with training_errors(parser, args):
         if cache:
             summary = frozen_features.train_on_cached_features(
@@ -120,21 +119,14 @@ def main(
                 model,
                 splits,
                 workdir,
+                run_options(name, args, extra=extra),
                 weights=weights,
                 feature_params=feature_params,
-                extra=extra,
-                **run_options,
             )
         else:
-            summary = train_and_evaluate(
-                config,
-                model,
-                splits,
-                workdir,
-                extra=extra,
-                pretrained=weights or {"features": feature_params},
-                **run_options,
-            )
+            initial = weights or {"features": feature_params}
+            options = run_options(name, args, extra=extra, pretrained=initial)
+            summary = train_and_evaluate(config, model, splits, workdir, options)
     print_results(
         name, summary, reference, workdir, "this run" if weights else "this run (random init)"
     )

@@ -46,8 +46,9 @@ from experiments import _overhead as overhead
 from experiments import _vs_torch as vs_torch
 from mnist_jax import data as data_lib
 from mnist_jax import models, optim, parallel, pipeline, sources
-from mnist_jax.cli import NOISE_LEVEL_HELP, ShowDefaults, setup
+from mnist_jax.cli import setup
 from mnist_jax.config import TrainConfig
+from mnist_jax.flags import ShowDefaults
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.steps import create_train_state, make_device_train_steps, make_train_step, run_keys
 
@@ -308,7 +309,12 @@ def main(argv=None) -> dict:
         default="gaussian",
         help="noise added inside the step, to time the whole pipeline",
     )
-    parser.add_argument("--noise-level", type=float, default=0.2, help=NOISE_LEVEL_HELP)
+    parser.add_argument(
+        "--noise-level",
+        type=float,
+        default=0.2,
+        help="Gaussian or speckle sigma, or salt-and-pepper probability",
+    )
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype"
     )

@@ -45,20 +45,19 @@ from mnist_jax import (
     metrics as metrics_lib,
 )
 from mnist_jax.augment import AugmentConfig
-from mnist_jax.cli import (
+from mnist_jax.cli import load_mnist_or_exit, start, training_errors
+from mnist_jax.config import TrainConfig, check_resumable
+from mnist_jax.files import write_json
+from mnist_jax.flags import (
     DEFAULT_RUNS_DIR,
     ShowDefaults,
     add_data_flags,
     add_recipe_flags,
     check_at_least_one,
     config_from_args,
-    load_mnist_or_exit,
-    start,
-    training_errors,
 )
-from mnist_jax.config import TrainConfig, check_resumable
-from mnist_jax.files import write_json
 from mnist_jax.models import get_model
+from mnist_jax.options import RunOptions
 from mnist_jax.reference import Reference
 from mnist_jax.train import train_and_evaluate
 
@@ -154,17 +153,14 @@ def train_seed(
         f"test {len(splits.test)}; run dir {workdir}",
         flush=True,
     )
-    summary = train_and_evaluate(
-        config,
-        get_model(config.model),
-        splits,
-        workdir,
+    options = RunOptions(
         experiment="best",
         resume=checkpoints.has_checkpoints(workdir),
         progress=progress,
         phases=timing.Phases(),
         extra={"data_source": mnist.source, "reference": dataclasses.asdict(REFERENCE)},
     )
+    summary = train_and_evaluate(config, get_model(config.model), splits, workdir, options)
     return {k: v for k, v in summary.items() if k not in ("state", "best_state")}
 
 

@@ -33,9 +33,10 @@ import numpy as np
 
 from experiments import classifier_experiments
 from mnist_jax import viz
-from mnist_jax.cli import DEFAULT_RUNS_DIR, ShowDefaults, setup
+from mnist_jax.cli import setup
 from mnist_jax.config import TrainConfig, flatten
 from mnist_jax.files import write_json
+from mnist_jax.flags import DEFAULT_RUNS_DIR, ShowDefaults
 from mnist_jax.rundir import find_summaries
 
 # The classifier experiments (experiments.classifier_experiments), which

@@ -21,15 +21,9 @@ import numpy as np
 
 from mnist_jax import data as data_lib
 from mnist_jax import data_stats, summaries, viz
-from mnist_jax.cli import (
-    DEFAULT_RUNS_DIR,
-    ShowDefaults,
-    add_data_flags,
-    load_mnist_or_exit,
-    resolve_workdir,
-    setup,
-)
+from mnist_jax.cli import load_mnist_or_exit, resolve_workdir, setup
 from mnist_jax.files import write_json
+from mnist_jax.flags import DEFAULT_RUNS_DIR, ShowDefaults, add_data_flags
 
 # (what, the report's number, its source)
 REFERENCE = {

@@ -27,8 +27,9 @@ import numpy as np
 
 from mnist_jax import data as data_lib
 from mnist_jax import digits, inspection, sources, tasks, viz
-from mnist_jax.cli import ShowDefaults, add_data_flags, setup
+from mnist_jax.cli import setup
 from mnist_jax.files import write_json
+from mnist_jax.flags import ShowDefaults, add_data_flags
 from mnist_jax.rundir import RunError, load_run
 from mnist_jax.steps import infer
 

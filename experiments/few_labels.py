@@ -31,20 +31,12 @@ import pathlib
 
 from mnist_jax import data as data_lib
 from mnist_jax import parallel, rundir, summaries, viz
-from mnist_jax.cli import (
-    ShowDefaults,
-    add_run_flags,
-    check_at_least_one,
-    finished_run,
-    load_mnist_or_exit,
-    resolve_workdir,
-    shown,
-    start,
-    training_errors,
-)
+from mnist_jax.cli import finished_run, load_mnist_or_exit, resolve_workdir, start, training_errors
 from mnist_jax.config import TrainConfig
 from mnist_jax.files import write_json
+from mnist_jax.flags import ShowDefaults, add_run_flags, check_at_least_one, shown
 from mnist_jax.models import get_model
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import num_batches
 from mnist_jax.train import train_and_evaluate
 
@@ -135,15 +127,10 @@ def run(
         flush=True,
     )
     pretrain_dir = workdir / "pretrain"
-    pre = train_and_evaluate(
-        config.pretrain,
-        get_model("conv_ae"),
-        splits,
-        pretrain_dir,
-        experiment="few_labels/pretrain",
-        resume=resume and pretrain_dir.exists(),
-        progress=progress,
+    options = RunOptions(
+        experiment="few_labels/pretrain", resume=resume and pretrain_dir.exists(), progress=progress
     )
+    pre = train_and_evaluate(config.pretrain, get_model("conv_ae"), splits, pretrain_dir, options)
     ae_params = pre["best_state"].params
     val = splits.val.take(
         data_lib.stratified_subset(splits.val.labels, config.val_size, config.seed)
@@ -166,17 +153,14 @@ def run(
                     flush=True,
                 )
                 cfg = method_config(config.classifier, method, epochs)
-                summary = train_and_evaluate(
-                    cfg,
-                    get_model(cfg.model),
-                    few,
-                    run_dir,
+                options = RunOptions(
                     experiment=f"few_labels/n{n}/{method}",
                     resume=resume and run_dir.exists(),
                     progress=progress,
                     pretrained=pretrained_groups(method, ae_params),
                     extra={"labels": n, "method": method, "data_source": source},
                 )
+                summary = train_and_evaluate(cfg, get_model(cfg.model), few, run_dir, options)
             results["runs"].append(
                 {
                     "labels": n,

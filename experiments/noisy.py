@@ -40,21 +40,19 @@ from mnist_jax import data as data_lib
 from mnist_jax import denoising, parallel, pipeline, rundir, summaries, viz
 from mnist_jax.checkpoints import has_checkpoints
 from mnist_jax.cli import (
-    NOISE_LEVEL_HELP,
-    ShowDefaults,
-    add_run_flags,
-    check_at_least_one,
     finished_run,
     load_mnist_or_exit,
     resolve_workdir,
-    shown,
     start,
     training_errors,
 )
 from mnist_jax.config import ResumeError, TrainConfig
+from mnist_jax.fields import help_of
 from mnist_jax.files import write_atomically, write_json
+from mnist_jax.flags import ShowDefaults, add_run_flags, check_at_least_one, shown
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import get_model
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
 from mnist_jax.rundir import restore_best_state
 from mnist_jax.steps import score_split
@@ -177,16 +175,13 @@ def run_stage(
             "run experiments.simple_cnn to the end first, or leave --clean-run out"
         )
     print(f"\n{name}: {STAGES[name]} ({stage_config.epochs} epochs)", flush=True)
-    summary = train_and_evaluate(
-        stage_config,
-        model,
-        splits,
-        run_dir,
+    options = RunOptions(
         experiment=f"noisy/{name}",
         resume=resume and has_checkpoints(run_dir),
         progress=progress,
         extra={"data_source": source, "stage": name},
     )
+    summary = train_and_evaluate(stage_config, model, splits, run_dir, options)
     return summary, summary["best_state"]
 
 
@@ -513,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[k for k in NOISE_KINDS if k != "none"],
         help=f"noise kind {shown(CONFIG.noise.kind)}",
     )
-    add("--noise-level", type=float, help=f"{NOISE_LEVEL_HELP} {shown(CONFIG.noise.level)}")
+    add(
+        "--noise-level",
+        type=float,
+        help=f"{help_of(NoiseConfig, 'level')} {shown(CONFIG.noise.level)}",
+    )
     add("--epochs", type=int, help=f"epochs of each CNN {shown(CONFIG.classifier.epochs)}")
     add(
         "--denoiser-epochs",

@@ -34,8 +34,10 @@ import jax
 
 from mnist_jax import data as data_lib
 from mnist_jax import loop, models, parallel, steps
-from mnist_jax.cli import ShowDefaults, add_data_flags, load_mnist_or_exit, start
+from mnist_jax.cli import load_mnist_or_exit, start
 from mnist_jax.config import TrainConfig
+from mnist_jax.flags import ShowDefaults, add_data_flags
+from mnist_jax.options import RunOptions
 
 # No checkpoints are saved; checkpoint_every_steps only sets how many steps
 # one lax.scan call runs where the data live on the device: a whole epoch.
@@ -76,9 +78,8 @@ def train_one(config: TrainConfig, mnist: data_lib.MNIST, mesh) -> dict:
             data_lib.stratified_subset(test_split.labels, config.test_size, config.seed)
         )
     splits = data_lib.Splits(train=train_split, val=None, test=test_split)
-    result = loop.fit(
-        config, models.get_model(config.model), splits, None, progress=False, mesh=mesh
-    )
+    options = RunOptions(progress=False, mesh=mesh)
+    result = loop.fit(config, models.get_model(config.model), splits, options=options)
     start = time.perf_counter()
     accuracy = steps.evaluate(
         result["state"], test_split, config.eval_batch_size, config.step_config(), mesh

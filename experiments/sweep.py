@@ -32,18 +32,10 @@ import json
 import pathlib
 
 from mnist_jax import sweep as sweep_lib
-from mnist_jax.cli import (
-    build_parser,
-    config_from_args,
-    describe_quick,
-    finished_run,
-    load_splits,
-    resolve_workdir,
-    start,
-    training_errors,
-)
+from mnist_jax.cli import finished_run, load_splits, resolve_workdir, start, training_errors
 from mnist_jax.config import ResumeError, TrainConfig
 from mnist_jax.files import write_json
+from mnist_jax.flags import build_parser, config_from_args, describe_quick
 from mnist_jax.metrics import format_classification_report
 from mnist_jax.models import MODELS, dropout_fields
 from mnist_jax.reference import Reference, comparison_table
@@ -247,11 +239,13 @@ def main(argv=None) -> dict:
             sweep,
             splits,
             workdir,
-            strategy=args.parallel,
-            max_group_size=args.max_group_size,
-            budget_seconds=None if args.budget_minutes is None else 60 * args.budget_minutes,
-            resume=args.resume,
-            progress=not args.no_progress,
+            sweep_lib.SweepOptions(
+                strategy=args.parallel,
+                max_group_size=args.max_group_size,
+                budget_seconds=None if args.budget_minutes is None else 60 * args.budget_minutes,
+                resume=args.resume,
+                progress=not args.no_progress,
+            ),
         )
     if args.wandb:
         from mnist_jax import wandb_log

@@ -26,28 +26,46 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
+from mnist_jax.fields import setting
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Ranges of the random affine transform, each drawn uniformly per image.
-
-    rotation: degrees, the angle is in [-rotation, rotation].
-    shift: a fraction of the image size, each axis in [-shift, shift]
-      (0.1 of 28 pixels: up to 2.8 pixels).
-    zoom: the scale is in [1 - zoom, 1 + zoom], the same on both axes.
-    elastic: the elastic distortion's strength alpha, in pixels: each pixel
-      moves by alpha times a field of uniform [-1, 1] noise blurred by a
-      Gaussian of `elastic_sigma` pixels (Simard et al.: alpha 34, sigma 4,
-      which moves a pixel by about one pixel on average); 0: none.
-    elastic_sigma: the field's smoothness, in pixels.
-    All zero (the default): no augmentation, the step is unchanged.
+    """Ranges of the random affine transform, each drawn uniformly per image
+    (the angle in [-rotation, rotation], each axis's shift in [-shift,
+    shift] of the image's size, the scale in [1 - zoom, 1 + zoom], the same
+    on both axes), then the elastic distortion: each pixel moved by
+    `elastic` times a field of uniform [-1, 1] noise blurred by a Gaussian
+    of `elastic_sigma` pixels (Simard et al.'s alpha 34, sigma 4 move a
+    pixel by about one pixel on average). All zero (the default): no
+    augmentation, the step is unchanged.
     """
 
-    rotation: float = 0.0
-    shift: float = 0.0
-    zoom: float = 0.0
-    elastic: float = 0.0
-    elastic_sigma: float = 4.0
+    rotation: float = setting(
+        0.0,
+        "augmentation: rotate each training image by up to this angle",
+        group="recipe",
+        metavar="DEGREES",
+    )
+    shift: float = setting(
+        0.0,
+        "augmentation: shift it by up to this fraction of its size (0.1 of 28 pixels: 2.8)",
+        group="recipe",
+        metavar="FRACTION",
+    )
+    zoom: float = setting(
+        0.0, "augmentation: scale it by 1 +- up to this", group="recipe", metavar="FRACTION"
+    )
+    elastic: float = setting(
+        0.0,
+        "augmentation: then distort it elastically with this strength in pixels, e.g. 34 "
+        "(Simard et al. 2003); 0: none",
+        group="recipe",
+        metavar="ALPHA",
+    )
+    elastic_sigma: float = setting(
+        4.0, "the elastic distortion's smoothness", group="recipe", metavar="PIXELS"
+    )
 
     def __post_init__(self):
         if not 0 <= self.rotation <= 180:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 from mnist_jax.augment import AugmentConfig
+from mnist_jax.fields import setting
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 
@@ -26,66 +27,77 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run's numbers.
+class TrainConfig(StepConfig):
+    """Everything that decides a training run's numbers: the step's settings
+    (tasks.StepConfig: the task, input scaling, noise, augmentation, dtype,
+    the weights' moving average, label smoothing) and the rest of the run's.
 
-    Defaults are report 004's CNN settings.
+    Defaults are report 004's CNN settings. Each field carries its help
+    (mnist_jax.fields.setting); the fields of a flag group are the
+    experiments' flags.
     """
 
-    model: str = "cnn"
-    task: str = "classify"  # See mnist_jax.tasks.
-    input_norm: str = "mnist"  # "mnist" statistics, or "unit": pixels in [0, 1].
-    epochs: int = 10
-    batch_size: int = 64
-    # Validation and test batches: on a CPU, batches that stay in its caches
-    # evaluate fastest (docs/performance.md, time to first result).
-    eval_batch_size: int = 256
-    learning_rate: float = 1e-3
-    # "adam": torch.optim.Adam, weight decay as L2 added to the gradient;
-    # "adamw": decoupled weight decay (torch.optim.AdamW);
-    # "sgd": torch.optim.SGD with `momentum`, L2 as Adam's.
-    optimizer: str = "adam"
-    weight_decay: float = 1e-5
-    momentum: float = 0.9
-    # "cosine": from learning_rate to 0 over the run, per step; "onecycle":
-    # up to learning_rate over the first 25 % of the steps, then down to ~0
-    # (torch.optim.lr_scheduler.OneCycleLR's cosine form).
-    schedule: str = "constant"
-    # Top-level parameter groups that train; the others stay frozen
-    # (optax.set_to_zero). Empty: everything trains.
-    trainable: tuple[str, ...] = ()
-    recon_weight: float = 1.0  # "classify_decode": CE + recon_weight * MSE.
-    # Compute dtype: "float32", or "bfloat16" with float32 parameters,
-    # optimizer state and loss (mnist_jax.precision).
-    dtype: str = "float32"
-    data_placement: str = "auto"  # One of DATA_PLACEMENTS.
-    seed: int = 0
-    # Seed of the train/validation split; None: `seed`. A sweep fixes it, so
-    # that trials with other seeds are all scored on one validation set.
-    split_seed: int | None = None
-    val_fraction: float = 0.1
-    noise: NoiseConfig = NoiseConfig()
-    # A random rotation, shift, zoom and elastic distortion of every
-    # training image, on the device (mnist_jax.augment); all zero: none.
-    augment: AugmentConfig = AugmentConfig()
-    # The weights' exponential moving average (mnist_jax.steps.averaged):
-    # with a decay > 0 it is what is validated, selected, tested and
-    # predicted with; the raw weights' validation is recorded beside it.
-    ema_decay: float = 0.0
-    # Training targets put this much mass evenly on all classes
-    # (tasks.StepConfig.label_smoothing); 0: none.
-    label_smoothing: float = 0.0
-    # Stratified subsets for quick runs and tests; None = the whole split.
-    train_size: int | None = None
-    test_size: int | None = None
-    log_every_steps: int = 100
-    # The checkpoint policy (mnist_jax.loop.CheckpointPolicy): a latest
-    # checkpoint every `checkpoint_every_steps` steps and at each epoch's
-    # end, the newest `keep_checkpoints` kept; the best `keep_best` by the
-    # task's validation metric (tasks.StepConfig.selection).
-    checkpoint_every_steps: int = 500
-    keep_checkpoints: int = 3
-    keep_best: int = 1
+    model: str = setting("cnn", "the model's name in the registry (mnist_jax.models)")
+    epochs: int = setting(10, "training epochs", group="recipe")
+    batch_size: int = setting(64, "training batch size", group="recipe")
+    eval_batch_size: int = setting(
+        256,
+        "validation and test batch size (on a CPU, batches that stay in its caches evaluate "
+        "fastest: docs/performance.md, time to first result)",
+    )
+    learning_rate: float = setting(
+        1e-3, "peak learning rate", group="recipe", flags=("--learning-rate", "--lr")
+    )
+    optimizer: str = setting(
+        "adam",
+        '"adam": torch.optim.Adam, weight decay as L2 added to the gradient; "adamw": '
+        'decoupled weight decay (torch.optim.AdamW); "sgd": torch.optim.SGD with `momentum`, '
+        "L2 as Adam's",
+    )
+    weight_decay: float = setting(1e-5, "L2 weight decay", group="recipe")
+    momentum: float = setting(0.9, '"sgd"\'s momentum')
+    schedule: str = setting(
+        "constant",
+        "learning rate over the run: constant, cosine decay to 0, or onecycle (warm-up over "
+        "25 % of it, then cosine: torch.optim.lr_scheduler.OneCycleLR's cosine form)",
+        group="recipe",
+        choices=SCHEDULES,
+    )
+    trainable: tuple[str, ...] = setting(
+        (),
+        "top-level parameter groups that train; the others stay frozen (optax.set_to_zero); "
+        "empty: everything trains",
+    )
+    data_placement: str = setting(
+        "auto",
+        "where the training set lives: on the devices, epochs as lax.scan ('device'), or on "
+        "the host, one call per step ('host'); 'auto': device on a GPU or TPU where it fits, "
+        "else host",
+        group="run",
+        choices=DATA_PLACEMENTS,
+    )
+    seed: int = setting(0, "seed for init, split, shuffling, dropout and noise", group="experiment")
+    split_seed: int | None = setting(
+        None,
+        "seed of the train/validation split only (default: --seed); a sweep fixes it, so that "
+        "trials with other seeds are all scored on one validation set",
+        group="experiment",
+    )
+    val_fraction: float = setting(0.1, "the share of the training set held out for validation")
+    train_size: int | None = setting(
+        None, "a stratified subset of the training split, for quick runs and tests; None: all"
+    )
+    test_size: int | None = setting(None, "a stratified subset of the test split; None: all")
+    log_every_steps: int = setting(100, "the training loss is logged every this many steps")
+    checkpoint_every_steps: int = setting(
+        500,
+        "a latest checkpoint every this many steps into an epoch, and at each epoch's end "
+        "(checkpoints.CheckpointPolicy)",
+    )
+    keep_checkpoints: int = setting(3, "the newest latest checkpoints kept")
+    keep_best: int = setting(
+        1, "the best checkpoints kept, by the task's validation metric (StepConfig.selection)"
+    )
 
     def __post_init__(self):
         positive = (
@@ -117,7 +129,7 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
-        self.step_config()  # Validates task, input_norm, recon_weight, ema_decay, label_smoothing.
+        super().__post_init__()  # The step's settings.
 
     @property
     def data_seed(self) -> int:
@@ -125,16 +137,8 @@ class TrainConfig:
         return self.seed if self.split_seed is None else self.split_seed
 
     def step_config(self) -> StepConfig:
-        return StepConfig(
-            task=self.task,
-            input_norm=self.input_norm,
-            noise=self.noise,
-            recon_weight=self.recon_weight,
-            dtype=self.dtype,
-            augment=self.augment,
-            ema_decay=self.ema_decay,
-            label_smoothing=self.label_smoothing,
-        )
+        """The step's settings alone (what the jitted steps are compiled for)."""
+        return StepConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StepConfig)})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

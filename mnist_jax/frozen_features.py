@@ -24,6 +24,7 @@ from mnist_jax import data as data_lib
 from mnist_jax import parallel, pipeline, pretrained, rundir
 from mnist_jax.config import TrainConfig
 from mnist_jax.models.vgg_alexnet import TransferNet, head_for
+from mnist_jax.options import RunOptions
 from mnist_jax.train import train_and_evaluate
 
 
@@ -122,15 +123,29 @@ def train_on_cached_features(
     model: TransferNet,
     splits: data_lib.Splits,
     workdir: pathlib.Path,
+    options: RunOptions,
     *,
     weights: dict | None,
     feature_params: dict,
-    extra: dict,
-    **run_options,
 ) -> dict:
     """The frozen layers' features computed once, then the classifier alone
     trained on them (train_and_evaluate). metrics.json adds the feature
-    time: "train_seconds" is features plus classifier."""
+    time: "train_seconds" is features plus classifier.
+
+    Args:
+      config: the run's settings (its `trainable` is ignored: only the
+        classifier trains here).
+      model: the transfer network whose frozen layers give the features.
+      splits: the images.
+      workdir: the run directory.
+      options: how to run and record it (its `pretrained` is ignored).
+      weights: pretrained weights ({"features", "classifier"}), or None.
+      feature_params: the frozen layers' parameters.
+
+    Returns:
+      metrics.json's contents with the final and scored states, as
+      train_and_evaluate returns them.
+    """
     start = time.perf_counter()
     extractor = make_feature_extractor(model)
     feature_splits = data_lib.Splits(
@@ -151,10 +166,12 @@ def train_on_cached_features(
         head_for(model),
         feature_splits,
         workdir,
-        pretrained={"classifier": weights["classifier"]} if weights else None,
-        extra={**extra, "feature_seconds": feature_seconds},
-        test_pictures=splits.test.images,
-        **run_options,
+        dataclasses.replace(
+            options,
+            pretrained={"classifier": weights["classifier"]} if weights else None,
+            extra={**(options.extra or {}), "feature_seconds": feature_seconds},
+            test_pictures=splits.test.images,
+        ),
     )
     states = {k: result.pop(k) for k in ("state", "best_state")}
     summary = rundir.add_to_summary(

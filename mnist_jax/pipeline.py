@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax.fields import setting
+
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -30,15 +32,24 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class NoiseConfig:
-    """Noise added to training images, in [0, 1] pixel units.
+    """Noise added to training images, in [0, 1] pixel units: "gaussian"
+    (level = sigma), "salt_pepper" (level = the probability that a pixel is
+    replaced, half by 0 and half by 1) or "speckle" (multiplicative:
+    x + x * sigma * N(0, 1), level = sigma)."""
 
-    kind: "none", "gaussian" (level = sigma), "salt_pepper" (level = the
-      probability that a pixel is replaced, half by 0 and half by 1) or
-      "speckle" (multiplicative: x + x * sigma * N(0, 1), level = sigma).
-    """
-
-    kind: str = "none"
-    level: float = 0.0
+    kind: str = setting(
+        "none",
+        "noise added to training images on the fly",
+        group="experiment",
+        flags=("--noise",),
+        choices=NOISE_KINDS,
+    )
+    level: float = setting(
+        0.0,
+        "Gaussian or speckle sigma, or salt-and-pepper probability",
+        group="experiment",
+        flags=("--noise-level",),
+    )
 
     def __post_init__(self):
         if self.kind not in NOISE_KINDS:

@@ -14,6 +14,7 @@ test, is saved as an ordinary run in `best/` and scored on the test set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -32,11 +33,37 @@ from mnist_jax.files import write_json
 from mnist_jax.loop import train_members
 from mnist_jax.models import get_model
 from mnist_jax.optim import make_optimizer
+from mnist_jax.options import RunOptions
 from mnist_jax.search_space import SweepConfig, Trial, group_trials, make_trials
 from mnist_jax.steps import TrainState, averaged, score_split
 from mnist_jax.sweep_report import trial_rows, write_csv
 from mnist_jax.tasks import StepConfig
 from mnist_jax.trial_group import TrialGroup, group_model, init_trial_states, resolve_strategy, take
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs, besides its config, data and folder (none of it
+    changes a trial's numbers beyond float rounding).
+
+    strategy: how a group's trials share one step (trial_group.STRATEGIES).
+    max_group_size: at most this many trials train together (None: as many
+      as group_trials puts together).
+    budget_seconds: no group but the first starts once this much time has
+      passed (the trials of groups not run are listed as skipped).
+    resume: continue an interrupted sweep; finished groups are not trained again.
+    progress: a progress bar on a terminal.
+    mesh: the devices (default: all).
+    on_group: called with each finished group's trials and result (W&B).
+    """
+
+    strategy: str = "auto"
+    max_group_size: int | None = None
+    budget_seconds: float | None = None
+    resume: bool = False
+    progress: bool = True
+    mesh: jax.sharding.Mesh | None = None
+    on_group: Callable[[list[Trial], dict], None] | None = None
 
 
 def _trial_hparams(trial: Trial) -> dict:
@@ -54,25 +81,22 @@ def train_group(
     splits: Splits,
     group_dir: pathlib.Path,
     tensorboard_dir: pathlib.Path,
-    *,
-    strategy: str = "auto",
-    mesh: jax.sharding.Mesh | None = None,
-    resume: bool = False,
-    progress: bool = True,
+    options: SweepOptions = SweepOptions(),
 ) -> dict:
     """Trains one group's trials together (the epoch loop with a TrialGroup);
     returns their histories and bests.
 
-    Checkpoints into `group_dir`; with `resume`, continues from there.
-    Writes each trial's TensorBoard run.
+    Checkpoints into `group_dir`; with `options.resume`, continues from
+    there. Writes each trial's TensorBoard run, in `tensorboard_dir`.
+    Uses `options`' strategy, resume, progress and mesh.
 
     Returns {"histories": [[epoch records] per trial], "best": [{"epoch",
     "step", key} per trial], "train_seconds", "strategy", "data_placement",
     "states": the final stacked state}.
     """
-    mesh = mesh or parallel.data_mesh()
+    mesh, resume = options.mesh or parallel.data_mesh(), options.resume
     parallel.check_batch_size(trials[0].config.batch_size, mesh, "training batch size")
-    group = TrialGroup(trials, strategy, mesh)
+    group = TrialGroup(trials, options.strategy, mesh)
     policy = CheckpointPolicy.of(group.config)
     with policy.open(group_dir) as ckpts:
         if ckpts.latest_step() is not None and not resume:
@@ -82,15 +106,9 @@ def train_group(
             for t in trials
         ]
         try:
-            result = train_members(
-                group,
-                splits,
-                ckpts,
-                writers,
-                resume=resume and ckpts.latest_step() is not None,
-                progress=progress,
-                mesh=mesh,
-            )
+            resumed = resume and ckpts.latest_step() is not None
+            run_options = RunOptions(resume=resumed, progress=options.progress, mesh=mesh)
+            result = train_members(group, splits, ckpts, writers, run_options)
             for trial, writer, history, best in zip(
                 trials, writers, result["histories"], result["bests"]
             ):
@@ -158,23 +176,17 @@ def _run_groups(
     groups: list[list[Trial]],
     splits: Splits,
     workdir: pathlib.Path,
-    *,
-    strategy: str,
-    budget_seconds: float | None,
-    resume: bool,
-    progress: bool,
-    mesh,
-    on_group: Callable | None,
+    options: SweepOptions,
 ) -> tuple[dict[int, dict], list[dict]]:
     """Trains (or, resumed, reuses) each group in order until the budget is
     spent; returns each trained trial's results and each group's status."""
-    clock = time.perf_counter()
+    clock, budget_seconds = time.perf_counter(), options.budget_seconds
     results: dict[int, dict] = {}
     groups_info = []
     for g, group in enumerate(groups):
         group_dir = workdir / "groups" / f"group_{g:02d}"
         done_file = group_dir / "result.json"
-        if resume and done_file.is_file():
+        if options.resume and done_file.is_file():
             result = json.loads(done_file.read_text())
             print(f"group {g}: finished before, reused ({done_file})", flush=True)
         elif (
@@ -191,21 +203,12 @@ def _run_groups(
                 f"batch {group[0].config.batch_size}, {group[0].config.optimizer}",
                 flush=True,
             )
-            result = train_group(
-                group,
-                splits,
-                group_dir,
-                workdir / "tensorboard",
-                strategy=strategy,
-                mesh=mesh,
-                resume=resume,
-                progress=progress,
-            )
+            result = train_group(group, splits, group_dir, workdir / "tensorboard", options)
             result.pop("states")
             if parallel.is_main_process():
                 write_json(done_file, result)
-            if on_group is not None:
-                on_group(group, result)
+            if options.on_group is not None:
+                options.on_group(group, result)
         groups_info.append(
             {
                 "group": g,
@@ -228,72 +231,91 @@ def run_sweep(
     sweep: SweepConfig,
     splits: Splits,
     workdir: pathlib.Path,
-    *,
-    strategy: str = "auto",
-    max_group_size: int | None = None,
-    budget_seconds: float | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    mesh: jax.sharding.Mesh | None = None,
-    on_group: Callable[[list[Trial], dict], None] | None = None,
+    options: SweepOptions = SweepOptions(),
 ) -> dict:
     """Runs the sweep's groups in order, picks the best trial by validation,
     saves it as a run in `workdir/best` and scores it on the test set.
 
-    budget_seconds: no group but the first starts once this much time has
-    passed (the trials of groups not run are listed as skipped).
-    on_group: called with each finished group's trials and result (W&B).
+    Args:
+      sweep: the base config, the space searched and how (search_space.SweepConfig).
+      splits: train, val (what picks the best trial) and test.
+      workdir: the sweep's folder: groups/, best/, tensorboard/, sweep.json, trials.csv.
+      options: how it runs (SweepOptions).
 
-    Returns the contents of sweep.json (trials, results, best trial, test scores).
+    Returns:
+      The contents of sweep.json (trials, results, best trial, test scores)
+      and "state", the best trial's scored state.
     """
     workdir = pathlib.Path(workdir).expanduser()
-    mesh = mesh or parallel.data_mesh()
+    mesh = options.mesh or parallel.data_mesh()
+    options = dataclasses.replace(options, mesh=mesh)
     trials = make_trials(sweep)
-    groups = group_trials(trials, max_group_size)
+    groups = group_trials(trials, options.max_group_size)
     spec = sweep.base.step_config()
     select_key, mode = spec.selection
-    if not resume and (workdir / "groups").exists():
+    if not options.resume and (workdir / "groups").exists():
         raise ResumeError(
             f"{workdir} already holds a sweep. Pass --resume to continue it, or choose "
             "another --workdir; nothing was changed."
         )
+    sizes = ", ".join(str(len(g)) for g in groups)
+    together = f"trials in a group train together ({resolve_strategy(options.strategy, mesh)})"
     print(
-        f"sweep: {len(trials)} trials in {len(groups)} group(s) of "
-        f"{', '.join(str(len(g)) for g in groups)}; trials in a group train together "
-        f"({resolve_strategy(strategy, mesh)})",
-        flush=True,
+        f"sweep: {len(trials)} trials in {len(groups)} group(s) of {sizes}; {together}", flush=True
     )
     clock = time.perf_counter()
-    results, groups_info = _run_groups(
-        groups,
-        splits,
-        workdir,
-        strategy=strategy,
-        budget_seconds=budget_seconds,
-        resume=resume,
-        progress=progress,
-        mesh=mesh,
-        on_group=on_group,
-    )
+    results, groups_info = _run_groups(groups, splits, workdir, options)
     sign = 1 if mode == "max" else -1
     best_index = max(results, key=lambda i: (sign * results[i]["best"][select_key], -i))
-    best_trial, g = trials[best_index], results[best_index]["group"]
-    state = restore_trial_best(
-        groups[g], groups[g].index(best_trial), splits, workdir / "groups" / f"group_{g:02d}", mesh
-    )
+    best_trial = trials[best_index]
+    state = _save_best_trial(best_trial, groups, results[best_index], splits, workdir, mesh)
     test = score_split(averaged(state), splits.test, best_trial.config.eval_batch_size, spec, mesh)
-    best_meta = {
-        "config": best_trial.config.to_dict(),
-        "model_kwargs": dict(best_trial.model_kwargs),
-        "trial": best_index,
-        "history": results[best_index]["history"],
-        "best": results[best_index]["best"],
-        "epoch_sums": {},
-        "train_seconds": results[best_index]["group_seconds"],
-    }
-    save_best_run(workdir / "best", state, best_meta)
     summary = {
         "sweep": sweep.to_dict(),
+        **_trials_summary(trials, results, groups_info, best_index, select_key),
+        "test": test,
+        "data": {
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+            "split_seed": sweep.base.data_seed,
+        },
+        "train_seconds": sum(gi.get("train_seconds", 0.0) for gi in groups_info),
+        "wall_seconds": time.perf_counter() - clock,
+        "devices": parallel.describe(mesh),
+    }
+    summary["rows"] = rows = trial_rows(trials, results, select_key)
+    _write_sweep_files(workdir, summary, rows, spec)
+    return {**summary, "state": state}
+
+
+def _save_best_trial(
+    trial: Trial, groups: list, result: dict, splits: Splits, workdir: pathlib.Path, mesh
+) -> TrainState:
+    """The best trial's best state, restored from its group and saved as an
+    ordinary run in `workdir/best`."""
+    group = groups[result["group"]]
+    group_dir = workdir / "groups" / f"group_{result['group']:02d}"
+    state = restore_trial_best(group, group.index(trial), splits, group_dir, mesh)
+    meta = {
+        "config": trial.config.to_dict(),
+        "model_kwargs": dict(trial.model_kwargs),
+        "trial": trial.index,
+        "history": result["history"],
+        "best": result["best"],
+        "epoch_sums": {},
+        "train_seconds": result["group_seconds"],
+    }
+    save_best_run(workdir / "best", state, meta)
+    return state
+
+
+def _trials_summary(
+    trials: list[Trial], results: dict, groups_info: list, best_index: int, select_key: str
+) -> dict:
+    """sweep.json's trials (skipped ones too), groups and best trial."""
+    best_trial = trials[best_index]
+    return {
         "trials": [
             {
                 "trial": t.index,
@@ -313,20 +335,7 @@ def run_sweep(
             "config": best_trial.config.to_dict(),
             **results[best_index]["best"],
         },
-        "test": test,
-        "data": {
-            "train": len(splits.train),
-            "val": len(splits.val),
-            "test": len(splits.test),
-            "split_seed": sweep.base.data_seed,
-        },
-        "train_seconds": sum(gi.get("train_seconds", 0.0) for gi in groups_info),
-        "wall_seconds": time.perf_counter() - clock,
-        "devices": parallel.describe(mesh),
     }
-    summary["rows"] = rows = trial_rows(trials, results, select_key)
-    _write_sweep_files(workdir, summary, rows, spec)
-    return {**summary, "state": state}
 
 
 def _write_sweep_files(

@@ -23,6 +23,7 @@ import optax
 
 from mnist_jax import augment, pipeline, precision
 from mnist_jax.augment import AugmentConfig
+from mnist_jax.fields import setting
 from mnist_jax.pipeline import NoiseConfig
 
 TASKS = ("classify", "reconstruct", "classify_decode")
@@ -34,33 +35,49 @@ _MIN_MSE = 1e-10
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """What the jitted steps need to know (static, hashable).
-
-    task: one of TASKS.
-    input_norm: "mnist" (zero mean, unit variance with MNIST's statistics,
-      as the classifiers of reports 000 and 004) or "unit" (pixels in [0, 1],
-      as the autoencoders, whose sigmoid outputs live there).
-    noise: added to the training inputs (never to the reconstruction target).
-    augment: the random affine transform and elastic distortion of each
-      training image (before the noise; the reconstruction target is the
-      transformed clean image).
-    recon_weight: weight of the MSE term of "classify_decode".
-    dtype: the compute dtype, "float32" or "bfloat16" (see mnist_jax.precision).
-    ema_decay: the decay of the weights' moving average (mnist_jax.steps);
-      0: none.
-    label_smoothing: the training loss's targets put this much of their mass
-      evenly on all ten classes (Szegedy et al. 2016); 0: none. Validation
-      and test losses stay plain cross-entropy, comparable across runs.
+    """What the jitted steps need to know (static, hashable): the settings
+    of a run that its train and evaluation steps read. `TrainConfig`
+    (mnist_jax.config) is a StepConfig with the rest of a run's settings;
+    `TrainConfig.step_config()` is this part of it alone, so that two runs
+    that differ only elsewhere (a learning rate, the epochs) share a step.
     """
 
-    task: str = "classify"
-    input_norm: str = "mnist"
-    noise: NoiseConfig = NoiseConfig()
-    recon_weight: float = 1.0
-    dtype: str = "float32"
-    augment: AugmentConfig = AugmentConfig()
-    ema_decay: float = 0.0
-    label_smoothing: float = 0.0
+    task: str = setting("classify", f"what the model is trained to do: one of {TASKS}")
+    input_norm: str = setting(
+        "mnist",
+        '"mnist": zero mean, unit variance with MNIST\'s statistics (the classifiers of '
+        'reports 000 and 004); "unit": pixels in [0, 1] (the autoencoders, whose sigmoid '
+        "outputs live there)",
+    )
+    noise: NoiseConfig = setting(
+        NoiseConfig(), "added to the training inputs (never to the reconstruction target)"
+    )
+    recon_weight: float = setting(1.0, '"classify_decode": the loss is CE + recon_weight * MSE')
+    dtype: str = setting(
+        "float32",
+        "compute dtype; bfloat16 keeps parameters, optimizer state and loss in float32",
+        group="run",
+        choices=tuple(precision.DTYPES),
+    )
+    augment: AugmentConfig = setting(
+        AugmentConfig(),
+        "the random affine transform and elastic distortion of each training image "
+        "(before the noise; the reconstruction target is the transformed clean image)",
+    )
+    ema_decay: float = setting(
+        0.0,
+        "validate, select and test a moving average of the weights with this decay, e.g. 0.999 "
+        "(it warms up as (1 + step) / (10 + step), reaching the decay after about "
+        "9 / (1 - decay) steps); 0: none",
+        group="recipe",
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "train against labels smoothed by this much, e.g. 0.1 (Szegedy et al. 2016; validation "
+        "and test losses stay plain cross-entropy, comparable across runs); 0: none",
+        group="recipe",
+        metavar="ALPHA",
+    )
 
     def __post_init__(self):
         precision.check_dtype(self.dtype)

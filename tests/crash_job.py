@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from mnist_jax.options import RunOptions
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.crash_job")
@@ -39,10 +41,12 @@ def main(argv=None) -> None:
             models.get_model("cnn"),
             splits,
             args.workdir,
-            experiment="crash_job",
-            resume=args.resume,
-            progress=False,
-            on_step=lambda step: print(f"step {step}", flush=True),
+            RunOptions(
+                experiment="crash_job",
+                resume=args.resume,
+                progress=False,
+                on_step=lambda step: print(f"step {step}", flush=True),
+            ),
         )
     print("done", flush=True)
 

@@ -77,6 +77,7 @@ def run_job(job: dict) -> dict:
 
     from mnist_jax import models, parallel, train
     from mnist_jax.data import Splits
+    from mnist_jax.options import RunOptions
     from tests.conftest import synthetic_split
 
     splits = Splits(
@@ -88,10 +89,9 @@ def run_job(job: dict) -> dict:
         models.get_model("cnn"),
         splits,
         job["workdir"],
-        experiment="multidevice",
-        resume=job.get("resume", False),
-        progress=False,
-        mesh=mesh,
+        RunOptions(
+            experiment="multidevice", resume=job.get("resume", False), progress=False, mesh=mesh
+        ),
     )
     return {
         "history": result["history"],

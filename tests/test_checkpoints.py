@@ -11,6 +11,7 @@ import pytest
 from mnist_jax import checkpoints, loop, models, optim, steps, train
 from mnist_jax.augment import AugmentConfig
 from mnist_jax.config import ResumeError, TrainConfig, check_resumable
+from mnist_jax.options import RunOptions
 from tests.conftest import small_run_config
 
 CONFIG = small_run_config()  # 300 train examples: 10 steps an epoch, the last one padded.
@@ -52,10 +53,7 @@ def run(config, splits, workdir, *, resume=False, stop_at=None):
         models.get_model("cnn"),
         splits,
         workdir,
-        experiment="test",
-        resume=resume,
-        on_step=on_step,
-        progress=False,
+        RunOptions(experiment="test", resume=resume, on_step=on_step, progress=False),
     )
 
 
@@ -156,7 +154,9 @@ def test_resume_without_checkpoint_starts_from_the_beginning(tmp_path, synthetic
 
 def test_resume_of_a_run_that_keeps_no_checkpoints_is_refused(synthetic_splits):
     with pytest.raises(ResumeError, match="keeps no checkpoints"):
-        loop.fit(CONFIG, models.get_model("cnn"), synthetic_splits, None, resume=True)
+        loop.fit(
+            CONFIG, models.get_model("cnn"), synthetic_splits, None, options=RunOptions(resume=True)
+        )
 
 
 def test_leftover_tmp_folder_of_killed_save_is_cleared(tmp_path):

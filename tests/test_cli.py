@@ -3,6 +3,7 @@ is safe to repeat, and a full disk told in one line."""
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import importlib
 import io
@@ -16,9 +17,13 @@ import pytest
 
 import experiments
 from experiments import cnn, few_labels, noisy, sweep
-from mnist_jax import checkpoints, cli, models, progress, train
+from mnist_jax import checkpoints, cli, fields, flags, models, progress, tasks, train
+from mnist_jax.augment import AugmentConfig
 from mnist_jax.checkpoints import RunCheckpoints
+from mnist_jax.config import TrainConfig
 from mnist_jax.faults import SaveError, io_failure
+from mnist_jax.options import RunOptions
+from mnist_jax.pipeline import NoiseConfig
 from tests.conftest import small_run_config
 from tests.test_faults import Interrupt, run, stop_at
 
@@ -126,9 +131,9 @@ def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
 
     from experiments import best
 
-    def config(*flags):
-        return cli.config_from_args(
-            best.build_parser().parse_args(list(flags)), best.CONFIG, best.QUICK
+    def config(*given):
+        return flags.config_from_args(
+            best.build_parser().parse_args(list(given)), best.CONFIG, best.QUICK
         )
 
     assert config() == best.CONFIG
@@ -173,6 +178,65 @@ def test_best_takes_the_recipe_flags_of_the_other_experiments(capsys):
     ) as exit_info:  # A bad value is refused, naming its flag, before any data.
         best.main(["--label-smoothing", "1.5", "--no-progress", "--data-dir", "/nonexistent"])
     assert exit_info.value.code == 2 and "--label-smoothing" in capsys.readouterr().err
+
+
+def test_every_config_field_carries_its_help():
+    """Each field of TrainConfig and of the settings nested in it says what it is."""
+    for cls in (TrainConfig, tasks.StepConfig, AugmentConfig, NoiseConfig):
+        for field in dataclasses.fields(cls):
+            assert len(field.metadata.get("help", "")) > 10, (cls.__name__, field.name)
+
+
+def test_the_flags_are_the_config_fields_of_a_flag_group():
+    names = {name for flag in fields.flags(TrainConfig) for name in flag.names}
+    assert names == {
+        *("--epochs", "--batch-size", "--learning-rate", "--lr", "--weight-decay", "--schedule"),
+        *("--rotation", "--shift", "--zoom", "--elastic", "--elastic-sigma", "--ema-decay"),
+        *("--label-smoothing", "--seed", "--split-seed", "--noise", "--noise-level"),
+        *("--dtype", "--data-placement"),
+    }
+    paths = {flag.dest: flag.path for flag in fields.flags(TrainConfig)}
+    assert paths["noise"] == "noise.kind" and paths["elastic_sigma"] == "augment.elastic_sigma"
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithMixup(TrainConfig):
+    mixup: float = fields.setting(
+        0.0, "mix pairs of training images with this alpha", group="recipe"
+    )
+
+
+def test_a_field_declared_with_a_flag_group_needs_nothing_else_to_be_a_flag(capsys):
+    """Adding a setting that a flag sets is one definition: its flag, its
+    help with the default, and the config it makes follow."""
+    config = _WithMixup(epochs=3)
+    parser = flags.build_parser("cnn", "", config, dataclasses.replace(config, epochs=1))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    assert "mix pairs of training images with this alpha (default: 0.0)" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    given = parser.parse_args(["--mixup", "0.2", "--rotation", "10", "--noise-level", "0.3"])
+    made = flags.config_from_args(given, config, config)
+    assert made == dataclasses.replace(
+        config,
+        mixup=0.2,
+        augment=AugmentConfig(rotation=10.0),
+        noise=NoiseConfig(level=0.3),
+    )
+    quick = flags.config_from_args(parser.parse_args(["--quick"]), config, _WithMixup(epochs=1))
+    assert quick.epochs == 1 and quick.mixup == 0.0
+
+
+def test_a_bad_flag_value_is_refused_by_its_field_and_named_as_its_flag():
+    parser = flags.build_parser("cnn", "", TrainConfig(), TrainConfig())
+    for given, flag in (
+        (["--shift", "1.5"], "--shift"),
+        (["--noise-level", "-1"], "--noise-level"),
+    ):
+        with pytest.raises(ValueError) as error:
+            flags.config_from_args(parser.parse_args(given), TrainConfig(), TrainConfig())
+        assert flag in flags.as_flags(str(error.value), parser), error.value
 
 
 # --- --resume: safe to repeat -------------------------------------------------
@@ -297,7 +361,7 @@ def test_a_full_disk_mid_run_ends_the_command_with_one_line_and_resume_finishes_
         real_save(self, step, state, meta)
 
     monkeypatch.setattr(checkpoints._Manager, "save", save_until_full)
-    parser = cli.build_parser("cnn", "", config, config)
+    parser = flags.build_parser("cnn", "", config, config)
     args = parser.parse_args([])
     with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser, args):
         run(config, synthetic_splits, workdir)
@@ -315,7 +379,7 @@ def test_a_full_disk_mid_run_ends_the_command_with_one_line_and_resume_finishes_
 
 
 def test_debug_shows_the_traceback_of_a_failed_save(capsys):
-    parser = cli.build_parser("cnn", "", small_run_config(), small_run_config())
+    parser = flags.build_parser("cnn", "", small_run_config(), small_run_config())
     with pytest.raises(SaveError), cli.training_errors(parser, parser.parse_args(["--debug"])):
         raise SaveError("could not save the checkpoint of step 3")
 
@@ -344,8 +408,7 @@ def test_a_run_into_a_pipe_logs_a_line_per_epoch_without_bar_frames(
         models.get_model("cnn"),
         synthetic_splits,
         tmp_path,
-        experiment="test",
-        progress=True,
+        RunOptions(experiment="test", progress=True),
     )
     captured = capsys.readouterr()
     assert "\r" not in captured.out + captured.err

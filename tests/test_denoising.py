@@ -13,6 +13,7 @@ import pytest
 from mnist_jax import data, denoising, optim, pipeline, rundir, steps, train
 from mnist_jax.config import ResumeError, TrainConfig
 from mnist_jax.models import get_model
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NoiseConfig
 from tests.conftest import ROOT, small_run_config, synthetic_split
 
@@ -140,7 +141,11 @@ def test_denoiser_is_scored_against_clean_targets_and_learns(synthetic_splits, t
         learning_rate=3e-3,
     )
     result = train.train_and_evaluate(
-        config, get_model("denoising_ae"), noisy, tmp_path, experiment="denoise", progress=False
+        config,
+        get_model("denoising_ae"),
+        noisy,
+        tmp_path,
+        RunOptions(experiment="denoise", progress=False),
     )
     best = result["best_state"]
     denoised = denoising.denoise_split(best, noisy.test, config.step_config())
@@ -158,7 +163,11 @@ def test_denoiser_is_scored_against_clean_targets_and_learns(synthetic_splits, t
 def test_restore_best_state_refuses_another_config(synthetic_splits, tmp_path):
     config = small_run_config(epochs=1)
     result = train.train_and_evaluate(
-        config, get_model("cnn"), synthetic_splits, tmp_path, experiment="restore", progress=False
+        config,
+        get_model("cnn"),
+        synthetic_splits,
+        tmp_path,
+        RunOptions(experiment="restore", progress=False),
     )
     restored = rundir.restore_best_state(config, get_model("cnn"), tmp_path)
     chex.assert_trees_all_equal(restored.params, result["best_state"].params)

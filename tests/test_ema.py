@@ -8,6 +8,7 @@ import pytest
 
 from mnist_jax import checkpoints, models, optim, parallel, rundir, steps, train, trial_group
 from mnist_jax.config import TrainConfig
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.search_space import Choice, SweepConfig, make_trials
 from tests.conftest import small_run_config, synthetic_split
@@ -78,8 +79,7 @@ def test_a_run_with_an_average_validates_selects_tests_and_predicts_with_it(
         models.get_model("cnn"),
         synthetic_splits,
         tmp_path,
-        experiment="test",
-        progress=False,
+        RunOptions(experiment="test", progress=False),
     )
     history = result["history"]
     assert all("val_raw_accuracy" in h and "val_raw_loss" in h for h in history)

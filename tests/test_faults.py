@@ -17,8 +17,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, cli, faults, models, optim, parallel, placement, steps, train
+from mnist_jax import (
+    checkpoints,
+    cli,
+    faults,
+    flags,
+    models,
+    optim,
+    parallel,
+    placement,
+    steps,
+    train,
+)
 from mnist_jax.config import ResumeError, TrainConfig
+from mnist_jax.options import RunOptions
 from tests.conftest import small_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,10 +51,7 @@ def run(config, splits, workdir, *, resume=False, on_step=None):
         models.get_model("cnn"),
         splits,
         workdir,
-        experiment="test",
-        resume=resume,
-        on_step=on_step,
-        progress=False,
+        RunOptions(experiment="test", resume=resume, on_step=on_step, progress=False),
     )
 
 
@@ -211,7 +220,7 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_intact_checkpoint(
 
 
 def test_training_errors_end_a_command_line_run_with_a_message(capsys):
-    parser = cli.build_parser("cnn", "", TrainConfig(), TrainConfig())
+    parser = flags.build_parser("cnn", "", TrainConfig(), TrainConfig())
     args = parser.parse_args([])
     with pytest.raises(SystemExit) as exit_info, cli.training_errors(parser, args):
         raise faults.NonFiniteLossError("the training loss became nan at step 3")

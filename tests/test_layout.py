@@ -19,6 +19,7 @@ LAYERS = [
             "mnist_jax",
             "mnist_jax.xla_defaults",
             "mnist_jax.files",
+            "mnist_jax.fields",
             "mnist_jax.precision",
             "mnist_jax.parallel",
             "mnist_jax.metrics",
@@ -49,7 +50,7 @@ LAYERS = [
             "mnist_jax.pretrained",
         },
     ),
-    ("config", {"mnist_jax.config"}),
+    ("config", {"mnist_jax.config", "mnist_jax.options"}),
     (
         "steps",
         {"mnist_jax.optim", "mnist_jax.steps", "mnist_jax.search_space", "mnist_jax.inspection"},
@@ -59,6 +60,7 @@ LAYERS = [
         {
             "mnist_jax.placement",
             "mnist_jax.members",
+            "mnist_jax.records",
             "mnist_jax.loop",
             "mnist_jax.rundir",
             "mnist_jax.figures",
@@ -71,9 +73,9 @@ LAYERS = [
         "runs",
         {"mnist_jax.train", "mnist_jax.sweep", "mnist_jax.frozen_features", "mnist_jax.predict"},
     ),
-    ("command line", {"mnist_jax.cli", "experiments"}),
+    ("command line", {"mnist_jax.flags", "mnist_jax.cli", "experiments"}),
 ]
-COMMAND_LINE = {"mnist_jax.cli", "mnist_jax.predict"}  # And every experiments.* module.
+COMMAND_LINE = {"mnist_jax.flags", "mnist_jax.cli", "mnist_jax.predict"}  # And every experiments.* module.
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 

@@ -15,6 +15,7 @@ import pytest
 
 from mnist_jax import models, parallel, train
 from mnist_jax.config import TrainConfig
+from mnist_jax.options import RunOptions
 from tests import multidevice
 from tests.conftest import assert_runs_agree
 
@@ -81,8 +82,7 @@ def test_fit_refuses_a_batch_that_does_not_split(synthetic_splits, tmp_path, mon
             models.get_model("cnn"),
             synthetic_splits,
             tmp_path,
-            experiment="test",
-            progress=False,
+            RunOptions(experiment="test", progress=False),
         )
     assert not (tmp_path / "checkpoints").exists()  # Refused before anything was written.
 

@@ -8,6 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_jax import models, steps, train
 from mnist_jax.config import TrainConfig
+from mnist_jax.options import RunOptions
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,7 @@ def finished_run(tmp_path_factory, synthetic_splits):
         models.get_model("cnn"),
         synthetic_splits,
         workdir,
-        experiment="unit",
-        progress=False,
+        RunOptions(experiment="unit", progress=False),
     )
     return workdir
 

@@ -32,6 +32,7 @@ from mnist_jax.config import ResumeError, TrainConfig
 from mnist_jax.data import Split, Splits
 from mnist_jax.models import get_model
 from mnist_jax.models.layers import Dropout
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.search_space import (
     Choice,
@@ -254,7 +255,7 @@ def trained_alone(three_trials, synthetic_splits, tmp_path_factory):
                     synthetic_splits,
                     ckpts,
                     writer,
-                    progress=False,
+                    options=RunOptions(progress=False),
                 )
             )
     return runs
@@ -279,8 +280,7 @@ def test_trials_trained_together_equal_each_trained_alone(
         synthetic_splits,
         tmp_path / "group",
         tmp_path / "tb",
-        strategy=strategy,
-        progress=False,
+        sweep.SweepOptions(strategy=strategy, progress=False),
     )
     assert together["strategy"] == strategy and together["data_placement"] == placement
     for k, alone in enumerate(trained_alone):
@@ -299,7 +299,11 @@ def test_an_interrupted_group_resumes_to_the_same_result(
     three_trials, synthetic_splits, tmp_path, monkeypatch
 ):
     whole = sweep.train_group(
-        three_trials, synthetic_splits, tmp_path / "whole", tmp_path / "tb1", progress=False
+        three_trials,
+        synthetic_splits,
+        tmp_path / "whole",
+        tmp_path / "tb1",
+        sweep.SweepOptions(progress=False),
     )
     calls = []
     real_evaluate = steps.evaluate
@@ -313,20 +317,27 @@ def test_an_interrupted_group_resumes_to_the_same_result(
     monkeypatch.setattr(steps, "evaluate", evaluate_then_fail)
     with pytest.raises(KeyboardInterrupt):
         sweep.train_group(
-            three_trials, synthetic_splits, tmp_path / "cut", tmp_path / "tb2", progress=False
+            three_trials,
+            synthetic_splits,
+            tmp_path / "cut",
+            tmp_path / "tb2",
+            sweep.SweepOptions(progress=False),
         )
     monkeypatch.setattr(steps, "evaluate", real_evaluate)
     with pytest.raises(ResumeError, match="pass --resume"):
         sweep.train_group(
-            three_trials, synthetic_splits, tmp_path / "cut", tmp_path / "tb2", progress=False
+            three_trials,
+            synthetic_splits,
+            tmp_path / "cut",
+            tmp_path / "tb2",
+            sweep.SweepOptions(progress=False),
         )
     resumed = sweep.train_group(
         three_trials,
         synthetic_splits,
         tmp_path / "cut",
         tmp_path / "tb2",
-        resume=True,
-        progress=False,
+        sweep.SweepOptions(resume=True, progress=False),
     )
     assert resumed["histories"] == whole["histories"] and resumed["best"] == whole["best"]
 
@@ -353,7 +364,7 @@ def finished_sweep(tmp_path_factory, synthetic_splits):
     config = SweepConfig(
         small_run_config(model="simple_cnn", epochs=2, noise=NoiseConfig()), space, method="grid"
     )
-    summary = sweep.run_sweep(config, splits, workdir, progress=False)
+    summary = sweep.run_sweep(config, splits, workdir, sweep.SweepOptions(progress=False))
     return config, splits, workdir, summary
 
 
@@ -426,8 +437,10 @@ def test_a_finished_sweep_resumes_without_training_and_is_refused_without_resume
 ):
     config, splits, workdir, summary = finished_sweep
     with pytest.raises(ResumeError, match="already holds a sweep"):
-        sweep.run_sweep(config, splits, workdir, progress=False)
-    again = sweep.run_sweep(config, splits, workdir, resume=True, progress=False)
+        sweep.run_sweep(config, splits, workdir, sweep.SweepOptions(progress=False))
+    again = sweep.run_sweep(
+        config, splits, workdir, sweep.SweepOptions(resume=True, progress=False)
+    )
     assert capsys.readouterr().out.count("finished before, reused") == 2
     assert again["best_trial"] == summary["best_trial"] and again["test"] == summary["test"]
 
@@ -436,7 +449,10 @@ def test_a_finished_sweep_resumes_without_training_and_is_refused_without_resume
 def test_a_budget_skips_the_groups_it_cannot_start(synthetic_splits, tmp_path):
     space = {"batch_size": Choice((32, 64))}
     summary = sweep.run_sweep(
-        _sweep(space, method="grid"), synthetic_splits, tmp_path, budget_seconds=0.0, progress=False
+        _sweep(space, method="grid"),
+        synthetic_splits,
+        tmp_path,
+        sweep.SweepOptions(budget_seconds=0.0, progress=False),
     )  # The first group always runs.
     assert [g["status"] for g in summary["groups"]] == ["done", "skipped (budget)"]
     assert [r["status"] for r in summary["rows"]] == ["done", "skipped (budget)"]

@@ -10,6 +10,7 @@ import pytest
 
 from mnist_jax import models, optim, pipeline, steps, tasks, train
 from mnist_jax.config import OPTIMIZERS, TrainConfig
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import synthetic_split
@@ -192,8 +193,7 @@ def test_an_autoencoder_learns_on_synthetic_digits(tmp_path, synthetic_splits):
         models.get_model("conv_ae"),
         synthetic_splits,
         tmp_path,
-        experiment="ae",
-        progress=False,
+        RunOptions(experiment="ae", progress=False),
     )
     history = result["history"]
     assert history[-1]["val_loss"] < history[0]["train_loss"]

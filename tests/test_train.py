@@ -11,6 +11,7 @@ import pytest
 
 from mnist_jax import models, optim, parallel, pipeline, placement, steps, train
 from mnist_jax.config import TrainConfig
+from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NoiseConfig
 from mnist_jax.tasks import StepConfig
 from tests.conftest import (
@@ -220,8 +221,7 @@ def test_data_on_the_device_trains_like_data_on_the_host(synthetic_splits, tmp_p
             models.get_model("cnn"),
             synthetic_splits,
             tmp_path / where,
-            experiment="test",
-            progress=False,
+            RunOptions(experiment="test", progress=False),
         )
         assert results[where]["data_placement"] == where
     host, device = results["host"], results["device"]
