@@ -75,7 +75,11 @@ LAYERS = [
     ),
     ("command line", {"mnist_jax.flags", "mnist_jax.cli", "experiments"}),
 ]
-COMMAND_LINE = {"mnist_jax.flags", "mnist_jax.cli", "mnist_jax.predict"}  # And every experiments.* module.
+COMMAND_LINE = {
+    "mnist_jax.flags",
+    "mnist_jax.cli",
+    "mnist_jax.predict",
+}  # And every experiments.* module.
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
