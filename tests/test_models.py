@@ -1,5 +1,7 @@
 """Shapes, dtypes, finiteness and parameter counts of every model."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -169,7 +171,8 @@ def test_encoder_groups_are_shared_between_autoencoder_and_classifiers():
     for name in ("conv_ae", "encoder_classifier", "classifier_decoding"):
         model = models.get_model(name)
         sample = jnp.zeros((1, 28, 28, 1))
-        params = jax.eval_shape(model.init, jax.random.PRNGKey(0), sample, train=False)["params"]
+        init = functools.partial(model.init, train=False)
+        params = jax.eval_shape(init, jax.random.PRNGKey(0), sample)["params"]
         shapes[name] = jax.tree.map(lambda p: p.shape, params["encoder"])
     assert shapes["conv_ae"] == shapes["encoder_classifier"] == shapes["classifier_decoding"]
 
