@@ -1,10 +1,11 @@
 """Our train step against a plain PyTorch loop, model by model, side by side.
 
-    python -m experiments.benchmark --vs-torch                # every model, 3 rounds of >= 3 s
-    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 --round-seconds 5
+    python -m experiments.benchmark --vs-torch     # every model, 3 rounds of >= 3 s
+    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 \\
+        --round-seconds 5
 
 Each model gets two worker processes, one JAX and one PyTorch
-(experiments._torch_baselines), each with its own copy of MNIST's training
+(benchmarks.torch_baselines), each with its own copy of MNIST's training
 set. They never run at once: the timed rounds alternate (JAX, then torch,
 then JAX, ...), so both see the same machine. A round runs `--steps` steps
 at a time until `--round-seconds` have passed, so fast models are timed
@@ -35,12 +36,12 @@ _REPLY = "@@ "  # Prefix of the workers' replies on stdout; other lines are pass
 
 
 def models() -> tuple[str, ...]:
-    """Every model with a PyTorch baseline (experiments._torch_baselines.MODELS; imports torch)."""
+    """Every model with a PyTorch baseline (benchmarks.torch_baselines.MODELS; imports torch)."""
     try:
-        from experiments import _torch_baselines
+        from benchmarks import torch_baselines
     except ImportError as e:
         raise ValueError(f"--vs-torch needs PyTorch ({e}): pip install -e '.[bench]'") from e
-    return tuple(_torch_baselines.MODELS)
+    return tuple(torch_baselines.MODELS)
 
 
 def experiment_config(model: str):
@@ -176,7 +177,7 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
     else:
         import torch
 
-        from experiments import _torch_baselines as torch_baselines
+        from benchmarks import torch_baselines
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         trainer = torch_baselines.TorchTrainer(config, images, labels, device)
@@ -224,7 +225,7 @@ class Worker:
             [
                 sys.executable,
                 "-m",
-                "experiments._vs_torch",
+                "benchmarks.vs_torch",
                 "--worker",
                 framework,
                 model,
@@ -313,7 +314,8 @@ def run(
     results = []
     for model in models:
         print(
-            f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, each side ...",
+            f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, "
+            "each side ...",
             flush=True,
         )
         results.append(compare_model(model, steps, rounds, data_args, round_seconds))
@@ -330,13 +332,14 @@ def run(
 def format_result(result: dict) -> str:
     first = result["models"][0]
     lines = [
-        f"Training throughput, ours (JAX) against plain PyTorch; median of {result['rounds']} alternating "
-        f"rounds (>= {result['round_seconds']} s each, {result['steps_per_call']} steps at a time)",
+        f"Training throughput, ours (JAX) against plain PyTorch; median of {result['rounds']} "
+        f"alternating rounds (>= {result['round_seconds']} s each, {result['steps_per_call']} "
+        "steps at a time)",
         f"JAX: {first['jax']['device']}, jax {result['jax']}; PyTorch: {first['torch']['device']}",
-        "| model        | batch | JAX ex/s | torch ex/s | JAX / torch | JAX compile s | peak RSS MiB JAX / torch "
-        "| device peak MiB JAX / torch |",
-        "|--------------|-------|----------|------------|-------------|---------------|--------------------------"
-        "|-----------------------------|",
+        "| model        | batch | JAX ex/s | torch ex/s | JAX / torch | JAX compile s "
+        "| peak RSS MiB JAX / torch | device peak MiB JAX / torch |",
+        "|--------------|-------|----------|------------|-------------|---------------"
+        "|--------------------------|-----------------------------|",
     ]
     for m in result["models"]:
         j, t = m["jax"], m["torch"]
@@ -347,7 +350,8 @@ def format_result(result: dict) -> str:
         )
         lines.append(
             f"| {m['model']:<12} | {m['batch_size']:5d} | {j['examples_per_second']:8.0f} | "
-            f"{t['examples_per_second']:10.0f} | {m['speedup']:10.2f}x | {j['compile_seconds']:13.1f} | "
+            f"{t['examples_per_second']:10.0f} | {m['speedup']:10.2f}x | "
+            f"{j['compile_seconds']:13.1f} | "
             f"{j['peak_rss_mib']:11.0f} / {t['peak_rss_mib']:<10.0f} | {device:<27} |"
         )
     return "\n".join(lines)
@@ -366,7 +370,7 @@ def parse_models(text: str) -> tuple[str, ...]:
 
 
 if __name__ == "__main__":
-    # python -m experiments._vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
+    # python -m benchmarks.vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
     args = sys.argv[1:]
     if len(args) < 4 or args[0] != "--worker" or args[1] not in FRAMEWORKS:
         sys.exit("internal: run `python -m experiments.benchmark --vs-torch` instead")
