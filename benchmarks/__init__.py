@@ -6,7 +6,9 @@
 - sweep_throughput: K sweep trials trained together against one after
   another (--sweep).
 - vs_torch: every model against a plain PyTorch loop, each side in a worker
-  process of its own (--vs-torch); torch_baselines is the PyTorch side.
+  process of its own (--vs-torch); jax_trainer is our side, built on a
+  training run's own pieces (mnist_jax.members, mnist_jax.placement),
+  torch_baselines the other.
 - overhead: whole commands timed as processes, phase by phase (--overhead).
 
 The library and the experiments never import this package;

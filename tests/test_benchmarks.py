@@ -3,6 +3,8 @@ each mode's --quick run on the real MNIST, its flags, its output files."""
 
 import json
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import benchmark
@@ -111,3 +113,49 @@ def test_benchmark_vs_torch_refuses_an_unknown_model(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main(["--vs-torch", "--models", "cnn,resnet"])
     assert exit_info.value.code == 2 and "resnet" in capsys.readouterr().err
+
+
+def small_trainer(steps: int, **fields):
+    """Our side of --vs-torch on 40 random images, batch 16 (3 steps an epoch, the
+    last one padded), and the members of a training run of the same config."""
+    from benchmarks.jax_trainer import JaxTrainer
+    from mnist_jax import models
+    from mnist_jax.config import TrainConfig
+    from mnist_jax.members import Single
+
+    config = TrainConfig(model="simple_cnn", batch_size=16, seed=3, **fields)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40).astype(np.int32)
+    return JaxTrainer(config, images, labels, steps), Single(config, models.get_model("simple_cnn"))
+
+
+def test_the_jax_side_of_the_comparison_shuffles_and_batches_as_a_training_run():
+    trainer, run = small_trainer(steps=2)
+    # A training run's first two epochs, each ending in its padded batch.
+    epochs = [run.epoch_batches(epoch, 40) for epoch in (0, 1)]
+    expected = [np.concatenate([e[k] for e in epochs]) for k in (0, 1)]  # (6, 16) each
+    calls = [trainer.batches(2) for _ in range(3)]  # The calls go on into the next epoch.
+    for k, what in enumerate(("indices", "masks")):
+        np.testing.assert_array_equal(np.concatenate([c[k] for c in calls]), expected[k], what)
+    assert expected[1].sum() == 2 * 40  # Every example once an epoch.
+
+
+def test_the_jax_side_trains_through_the_runner_of_its_data_placement():
+    """On the CPU the host runner (one call a step, batches gathered there);
+    on request the device runner, each call one scan compiled ahead of time;
+    both train alike on the same batches."""
+    trained = {}
+    for placement in ("auto", "device"):
+        trainer, _ = small_trainer(steps=2, data_placement=placement)
+        assert trainer.runner.name == {"auto": "host", "device": "device"}[placement]
+        assert trainer.compile() > 0
+        assert all(trainer.run(2) > 0 for _ in range(2))
+        assert len(trainer.runner.program.programs) == 1  # Nothing compiled while timed.
+        assert int(trainer.state.step) == 4 and (trainer.epoch, trainer.position) == (1, 1)
+        trained[placement] = jax.device_get(trainer.state.params)
+    jax.tree.map(
+        lambda h, d: np.testing.assert_allclose(h, d, rtol=1e-4, atol=1e-5),
+        trained["auto"],
+        trained["device"],
+    )
