@@ -8,7 +8,8 @@
         --round-seconds 5
     python -m experiments.benchmark --overhead   # what a user waits for: whole commands, by phase
 
-Prints (and writes as JSON) examples/s, on every device (data parallel), of
+Prints (and writes as JSON, each mode a file of its own in runs/benchmark/)
+examples/s, on every device (data parallel), of
   - the model step alone: one batch already on the device, stepped repeatedly;
   - data on the host: shuffled batches gathered from the uint8 arrays on the
     host and sent to the devices, one jitted call a step (noise and
@@ -47,12 +48,14 @@ from mnist_jax.cli import ShowDefaults, setup
 from mnist_jax.pipeline import NoiseConfig
 
 OUTPUT_DIR = pathlib.Path("runs/benchmark")
-OUTPUTS = {  # Each mode's JSON file in OUTPUT_DIR.
+# Each mode's JSON file in OUTPUT_DIR: one mode never overwrites another's.
+OUTPUTS = {
     "steps": "benchmark.json",
-    "sweep": "benchmark.json",
+    "sweep": "sweep.json",
     "vs_torch": "vs_torch.json",
     "overhead": "overhead.json",
 }
+MODE_FLAGS = {"sweep": "--sweep", "vs_torch": "--vs-torch", "overhead": "--overhead"}
 NOISE_LEVEL_HELP = "Gaussian or speckle sigma, or salt-and-pepper probability"
 
 
@@ -84,14 +87,18 @@ def add_step_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "--output",
         type=pathlib.Path,
-        help="JSON file (default: runs/benchmark/benchmark.json, or vs_torch.json with --vs-torch)",
+        help=f"the JSON file written (default: {OUTPUT_DIR / OUTPUTS['steps']}; "
+        + ", ".join(
+            f"with {flag} {OUTPUT_DIR / OUTPUTS[mode]}" for mode, flag in MODE_FLAGS.items()
+        )
+        + ")",
     )
     add("--quick", action="store_true", help="5 timed steps: a smoke test")
 
 
 def add_mode_flags(parser: argparse.ArgumentParser) -> None:
-    """--sweep, --vs-torch and --overhead, and their own flags."""
-    mode = parser
+    """--sweep, --vs-torch and --overhead (one at a time), and their own flags."""
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--sweep",
         action="store_true",
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def mode_of(args: argparse.Namespace) -> str:
     """The mode the flags ask for: a key of OUTPUTS."""
-    return next((m for m in ("overhead", "vs_torch", "sweep") if getattr(args, m)), "steps")
+    return next((m for m in MODE_FLAGS if getattr(args, m)), "steps")
 
 
 def data_flags(args: argparse.Namespace) -> list[str]:

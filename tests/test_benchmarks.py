@@ -57,25 +57,19 @@ def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(tmp_path, 
 
 @pytest.mark.slow
 def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(
-    tmp_path, real_mnist, capsys
+    tmp_path, real_mnist, capsys, monkeypatch
 ):
+    monkeypatch.chdir(tmp_path)  # Written to its own default file: not the plain benchmark's.
     result = benchmark.main(
-        [
-            "--sweep",
-            "--quick",
-            "--strategies",
-            "vmap",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
-            "--output",
-            str(tmp_path / "b.json"),
-        ]
+        ["--sweep", "--quick", "--strategies", "vmap", "--data-dir", str(REAL_TFDS_DIR)]
     )
     assert set(result["timings"]) == {"sequential", "vmap"} and result["trials"] == 2
     assert result["timings"]["sequential"]["speedup_vs_sequential"] == 1.0
     assert all(t["wall_seconds"] > t["compile_seconds"] > 0 for t in result["timings"].values())
-    assert json.loads((tmp_path / "b.json").read_text())["model"] == "simple_cnn"
-    assert "together, vmapped" in capsys.readouterr().out
+    assert json.loads((tmp_path / "runs/benchmark/sweep.json").read_text())["model"] == "simple_cnn"
+    assert [p.name for p in (tmp_path / "runs/benchmark").iterdir()] == ["sweep.json"]
+    out = capsys.readouterr().out
+    assert "together, vmapped" in out and "written to runs/benchmark/sweep.json" in out
 
 
 @pytest.mark.slow
@@ -113,6 +107,24 @@ def test_benchmark_vs_torch_refuses_an_unknown_model(capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main(["--vs-torch", "--models", "cnn,resnet"])
     assert exit_info.value.code == 2 and "resnet" in capsys.readouterr().err
+
+
+def test_each_mode_writes_a_file_of_its_own_and_the_help_names_each():
+    from benchmarks import cli
+
+    assert len(set(cli.OUTPUTS.values())) == len(cli.OUTPUTS) == len(cli.MODE_FLAGS) + 1
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert all(str(cli.OUTPUT_DIR / name) in help_text for name in cli.OUTPUTS.values())
+    for mode, flag in cli.MODE_FLAGS.items():
+        assert f"with {flag} {cli.OUTPUT_DIR / cli.OUTPUTS[mode]}" in help_text
+        assert cli.mode_of(cli.build_parser().parse_args([flag])) == mode
+    assert cli.mode_of(cli.build_parser().parse_args([])) == "steps"
+
+
+def test_the_modes_are_one_at_a_time(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--sweep", "--vs-torch"])
+    assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 def small_trainer(steps: int, **fields):
