@@ -218,7 +218,8 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: str) 
     if mode == "vs_torch" and importlib.util.find_spec("torch") is None:
         parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
     try:
-        vs_torch.parse_models(args.models)  # Before the data: a bad name fails at once.
+        if mode == "vs_torch":
+            vs_torch.parse_models(args.models)  # Before the data: a bad name fails at once.
         NoiseConfig(args.noise, args.noise_level)
         parallel.check_batch_size(args.batch_size, parallel.data_mesh())
         # First load decodes and fills the cache; the measured load is the second.

@@ -127,6 +127,30 @@ def test_the_modes_are_one_at_a_time(capsys):
     assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
+def test_only_vs_torch_needs_torch(monkeypatch, capsys):
+    """The other modes never ask for the PyTorch baselines (which import torch)."""
+    from benchmarks import vs_torch
+    from mnist_jax import sources
+
+    class Loading(Exception):
+        pass
+
+    def no_torch():
+        raise ValueError("--vs-torch needs PyTorch (No module named 'torch')")
+
+    def load_mnist(**kwargs):
+        raise Loading  # The flags are checked: the run would start here.
+
+    monkeypatch.setattr(vs_torch, "models", no_torch)
+    monkeypatch.setattr(sources, "load_mnist", load_mnist)
+    for flags in ([], ["--sweep"], ["--overhead"]):
+        with pytest.raises(Loading):
+            benchmark.main(flags)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--vs-torch"])
+    assert exit_info.value.code == 2 and "needs PyTorch" in capsys.readouterr().err
+
+
 def small_trainer(steps: int, **fields):
     """Our side of --vs-torch on 40 random images, batch 16 (3 steps an epoch, the
     last one padded), and the members of a training run of the same config."""
