@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import alexnet, benchmark, cnn
+from experiments import alexnet, cnn
 from mnist_jax import pretrained
 from tests.conftest import REAL_TFDS_DIR
 
@@ -99,110 +99,6 @@ def test_missing_data_gives_a_clear_error(tmp_path, capsys):
         )
     assert exit_info.value.code == 1
     assert "does not exist" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_benchmark_quick(tmp_path, real_mnist, capsys):
-    result = benchmark.main(
-        ["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "b.json")]
-    )
-    assert set(result["examples_per_second"]) == {"step_alone", "host_data", "device_data_scan"}
-    assert min(result["examples_per_second"].values()) > 0 and result["compile_seconds"] > 0
-    assert json.loads((tmp_path / "b.json").read_text())["model"] == "cnn"
-    assert "examples/s" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(tmp_path, real_mnist, capsys):
-    result = benchmark.main(
-        [
-            "--overhead",
-            "--quick",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
-            "--output",
-            str(tmp_path / "o.json"),
-        ]
-    )
-    commands, short = result["commands"], "cnn --quick --epochs 1"
-    assert set(commands) == {"import", short, "predict"} and result["repeats"] == 1
-    for which in ("first", "second"):
-        run = commands[short][which]
-        assert {"wall", "data", "init", "compile", "train", "test", "figures", "rest"} <= set(run)
-        assert (
-            run["wall"] > run["train"] > 0 and run["rest"] > 0
-        )  # The rest: imports, parsing, printing.
-        assert commands["predict"][which]["wall"] > 0
-    # The second run finds its programs in the compilation cache.
-    assert commands[short]["second"]["compile"] < commands[short]["first"]["compile"]
-    assert {g["goal"] for g in result["goals"]} == {
-        "predict one image: wall (first run)",
-        "predict one image: wall (second run)",
-    }
-    assert json.loads((tmp_path / "o.json").read_text())["commands"] == json.loads(
-        json.dumps(commands)
-    )
-    assert "| compile |" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(
-    tmp_path, real_mnist, capsys
-):
-    result = benchmark.main(
-        [
-            "--sweep",
-            "--quick",
-            "--strategies",
-            "vmap",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
-            "--output",
-            str(tmp_path / "b.json"),
-        ]
-    )
-    assert set(result["timings"]) == {"sequential", "vmap"} and result["trials"] == 2
-    assert result["timings"]["sequential"]["speedup_vs_sequential"] == 1.0
-    assert all(t["wall_seconds"] > t["compile_seconds"] > 0 for t in result["timings"].values())
-    assert json.loads((tmp_path / "b.json").read_text())["model"] == "simple_cnn"
-    assert "together, vmapped" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_processes(
-    tmp_path, real_mnist, capsys
-):
-    result = benchmark.main(
-        [
-            "--vs-torch",
-            "--quick",
-            "--models",
-            "linear_ae",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
-            "--output",
-            str(tmp_path / "vs.json"),
-        ]
-    )
-    (row,) = result["models"]
-    assert row["model"] == "linear_ae" and row["batch_size"] == 64
-    for side in ("jax", "torch"):
-        assert len(row[side]["rounds"]) == 1 and row[side]["examples_per_second"] > 0
-        assert (
-            row[side]["peak_rss_mib"] > 100
-        )  # A process of its own: its framework and data at least.
-    assert "torch" in row["torch"]["device"] and row["jax"]["compile_seconds"] > 0
-    assert row["speedup"] == pytest.approx(
-        row["jax"]["examples_per_second"] / row["torch"]["examples_per_second"]
-    )
-    assert json.loads((tmp_path / "vs.json").read_text())["kind"] == "vs_torch"
-    assert "| linear_ae" in capsys.readouterr().out
-
-
-def test_benchmark_vs_torch_refuses_an_unknown_model(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["--vs-torch", "--models", "cnn,resnet"])
-    assert exit_info.value.code == 2 and "resnet" in capsys.readouterr().err
 
 
 @pytest.mark.slow

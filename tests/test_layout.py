@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 
 # Bottom to top, as in docs/design.md. A module may import modules of its
 # own layer or below, never above; `mnist_jax.models.*` is one layer, every
-# `experiments.*` module the top one.
+# `experiments.*` and `benchmarks.*` module the top one (and nothing but
+# experiments.benchmark, the command's hand-over, imports `benchmarks`).
 LAYERS = [
     (
         "foundations",
@@ -73,13 +74,12 @@ LAYERS = [
         "runs",
         {"mnist_jax.train", "mnist_jax.sweep", "mnist_jax.frozen_features", "mnist_jax.predict"},
     ),
-    ("command line", {"mnist_jax.flags", "mnist_jax.cli", "experiments"}),
+    ("command line", {"mnist_jax.flags", "mnist_jax.cli", "experiments", "benchmarks"}),
 ]
-COMMAND_LINE = {
-    "mnist_jax.flags",
-    "mnist_jax.cli",
-    "mnist_jax.predict",
-}  # And every experiments.* module.
+PACKAGES = ("mnist_jax", "experiments", "benchmarks")
+# And every experiments.* module.
+COMMAND_LINE = {"mnist_jax.flags", "mnist_jax.cli", "mnist_jax.predict", "benchmarks.cli"}
+HAND_OVER = "experiments.benchmark"  # `python -m experiments.benchmark`: benchmarks.cli's main.
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
@@ -90,9 +90,7 @@ def module_name(path: pathlib.Path) -> str:
 
 
 MODULES = {
-    module_name(p): p
-    for package in ("mnist_jax", "experiments")
-    for p in sorted((ROOT / package).rglob("*.py"))
+    module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))
 }
 TREES = {name: ast.parse(path.read_text()) for name, path in MODULES.items()}
 
@@ -118,9 +116,7 @@ def project_imports(name: str) -> set[str]:
                 f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
                 for a in node.names
             ]
-        found |= {
-            t for t in targets if t.split(".")[0] in ("mnist_jax", "experiments") and t != name
-        }
+        found |= {t for t in targets if t.split(".")[0] in PACKAGES and t != name}
     return {t for t in found if t in MODULES}
 
 
@@ -197,6 +193,18 @@ def test_the_library_never_imports_the_experiments():
     } == {}
 
 
+def test_only_the_benchmark_command_imports_the_measuring_harness():
+    assert any(name.startswith("benchmarks.") for name in MODULES)
+    importers = {
+        name: sorted(t for t in project_imports(name) if t.split(".")[0] == "benchmarks")
+        for name in MODULES
+        if not name.startswith("benchmarks")
+    }
+    assert {name: found for name, found in importers.items() if found} == {
+        HAND_OVER: ["benchmarks.cli"]
+    }
+
+
 def test_a_command_imports_only_what_it_uses():
     """Start-up is part of every command's wait: training imports neither
     torch (installed here by the test extra; tensorboardX would import it),
@@ -210,9 +218,11 @@ def test_a_command_imports_only_what_it_uses():
         "the test extra installs torch; this test needs it"
     )
     code = (
-        "import sys, tempfile; import experiments.cnn, mnist_jax.predict; from mnist_jax import summaries; "
+        "import sys, tempfile; import experiments.cnn, mnist_jax.predict; "
+        "from mnist_jax import summaries; "
         "w = summaries.MetricWriter(tempfile.mkdtemp()); w.scalars(1, {'a': 1.0}); w.close(); "
-        "print([m for m in ('torch', 'matplotlib', 'tensorflow_datasets', 'wandb') if m in sys.modules])"
+        "print([m for m in ('torch', 'matplotlib', 'tensorflow_datasets', 'wandb') "
+        "if m in sys.modules])"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300

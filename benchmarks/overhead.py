@@ -62,13 +62,15 @@ def timed(argv: list[str], env: dict) -> float:
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            f"{' '.join(argv)} failed ({done.returncode}):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
     return seconds
 
 
 def phases_of(workdir: pathlib.Path) -> dict:
-    """A run's phase seconds (metrics.json); its train and compile seconds where it records no phases."""
+    """A run's phase seconds (metrics.json); its train and compile seconds where it
+    records no phases."""
     summary = json.loads((workdir / "metrics.json").read_text())
     return summary.get("phase_seconds") or {
         "compile": summary["compile_seconds"],

@@ -1,10 +1,11 @@
 """Our train step against a plain PyTorch loop, model by model, side by side.
 
-    python -m experiments.benchmark --vs-torch                # every model, 3 rounds of >= 3 s
-    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 --round-seconds 5
+    python -m experiments.benchmark --vs-torch     # every model, 3 rounds of >= 3 s
+    python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 \\
+        --round-seconds 5
 
 Each model gets two worker processes, one JAX and one PyTorch
-(experiments._torch_baselines), each with its own copy of MNIST's training
+(benchmarks.torch_baselines), each with its own copy of MNIST's training
 set. They never run at once: the timed rounds alternate (JAX, then torch,
 then JAX, ...), so both see the same machine. A round runs `--steps` steps
 at a time until `--round-seconds` have passed, so fast models are timed
@@ -14,10 +15,14 @@ own per framework and model also gives honest peak memory: the worker's
 peak resident set (framework, data and model included), and on a GPU the
 framework's peak device allocation.
 
-The JAX side trains as `fit` does by default: host batches, one jitted
-call a step, on the CPU; the epoch's steps as one `lax.scan` over data on
-the device on GPU and TPU (config.DATA_PLACEMENTS "auto"). Each model uses
-its experiment's configuration (optimizer, loss, input scaling, noise).
+The JAX side (benchmarks.jax_trainer) trains as `fit` does by default,
+with the training loop's own pieces: each epoch's batches shuffled as a
+run shuffles them (mnist_jax.members.Single), the data placement `fit`
+picks (config.DATA_PLACEMENTS "auto") and its step runner
+(mnist_jax.placement): host batches, one jitted call a step, on the CPU;
+the `--steps` steps of a call as one `lax.scan` over data on the device on
+GPU and TPU. Each model uses its experiment's configuration (optimizer,
+loss, input scaling, noise).
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ _REPLY = "@@ "  # Prefix of the workers' replies on stdout; other lines are pass
 
 
 def models() -> tuple[str, ...]:
-    """Every model with a PyTorch baseline (experiments._torch_baselines.MODELS; imports torch)."""
+    """Every model with a PyTorch baseline (benchmarks.torch_baselines.MODELS; imports torch)."""
     try:
-        from experiments import _torch_baselines
+        from benchmarks import torch_baselines
     except ImportError as e:
         raise ValueError(f"--vs-torch needs PyTorch ({e}): pip install -e '.[bench]'") from e
-    return tuple(_torch_baselines.MODELS)
+    return tuple(torch_baselines.MODELS)
 
 
 def experiment_config(model: str):
@@ -55,105 +60,6 @@ def experiment_config(model: str):
 
 
 # --- Workers: one framework, one model, steered over stdin/stdout. ---------
-
-
-class JaxTrainer:
-    """The JAX side: `fit`'s default path for `config` on all local devices."""
-
-    def __init__(self, config, images, labels):
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
-
-        from mnist_jax import models, optim, parallel, pipeline, placement, steps
-
-        self.jax, self.np, self.parallel, self.pipeline = jax, np, parallel, pipeline
-        self.config, self.images, self.labels = config, images, labels
-        self.mesh = parallel.data_mesh()
-        steps_per_epoch = -(-len(labels) // config.batch_size)
-        tx = optim.make_optimizer(config, steps_per_epoch)
-        model = models.get_model(config.model)
-        self.state = parallel.replicate(
-            steps.create_train_state(model, tx, config.seed, jnp.zeros((1, 28, 28, 1))), self.mesh
-        )
-        self.spec = config.step_config()
-        from mnist_jax.data import Split
-
-        self.on_device = (
-            placement.resolve_data_placement(config, Split(images, labels), self.mesh) == "device"
-        )
-        self.epoch, self.position, self._order = 0, 0, None
-        if self.on_device:
-            self.data = parallel.replicate({"image": images, "label": labels}, self.mesh)
-            self.step = steps.make_device_train_steps(self.spec, self.mesh)
-        else:
-            self.step = steps.make_train_step(self.spec, self.mesh)
-        self._compiled = {}
-
-    def _indices(self, steps: int):
-        """(steps, B) example indices and masks, continuing through shuffled
-        epochs; each epoch's order is drawn once, as fit draws it."""
-        size, count = self.config.batch_size, len(self.labels)
-        parts, needed = [], steps * size
-        while needed:
-            if self._order is None or self.position == count:
-                self._order = self.pipeline.epoch_order(
-                    self.jax.random.PRNGKey(self.config.seed), self.epoch, count
-                )
-                self.epoch, self.position = self.epoch + 1, 0
-            take = self._order[self.position : self.position + needed]
-            parts.append(take)
-            self.position, needed = self.position + len(take), needed - len(take)
-        return self.pipeline.batch_indices(self.np.concatenate(parts), size)
-
-    def compile(self, steps: int) -> float:
-        """Seconds to compile the program that `run(steps)` calls."""
-        start = time.perf_counter()
-        if self.on_device:
-            indices, masks = self.parallel.shard_steps(self._indices(steps), self.mesh)
-            self._compiled[steps] = self.step.lower(self.state, self.data, indices, masks).compile()
-        else:
-            batch = self._host_batches(1)[0]
-            self._compiled[1] = self.step.lower(self.state, batch).compile()
-        return time.perf_counter() - start
-
-    def _host_batches(self, steps: int):
-        indices, masks = self._indices(steps)
-        return [
-            self.parallel.shard_batch(
-                self.pipeline.gather_batch(self.images, self.labels, i, m), self.mesh
-            )
-            for i, m in zip(indices, masks)
-        ]
-
-    def run(self, steps: int) -> float:
-        """Seconds for `steps` steps, batches gathered (on the host: included)."""
-        jax = self.jax
-        jax.block_until_ready(self.state)
-        start = time.perf_counter()
-        if self.on_device:
-            if steps not in self._compiled:
-                raise ValueError(f"compile({steps}) first")
-            indices, masks = self.parallel.shard_steps(self._indices(steps), self.mesh)
-            self.state, metrics = self._compiled[steps](self.state, self.data, indices, masks)
-        else:
-            # Gathered one at a time as fit does, so the host work is timed too.
-            indices, masks = self._indices(steps)
-            step = self._compiled[1]
-            for i, m in zip(indices, masks):
-                batch = self.parallel.shard_batch(
-                    self.pipeline.gather_batch(self.images, self.labels, i, m), self.mesh
-                )
-                self.state, metrics = step(self.state, batch)
-        jax.block_until_ready((self.state, metrics))
-        return time.perf_counter() - start
-
-    def device_peak_bytes(self) -> int | None:
-        stats = self.jax.local_devices()[0].memory_stats()
-        return stats.get("peak_bytes_in_use") if stats else None
-
-    def describe(self) -> str:
-        return self.parallel.format_devices(self.parallel.describe(self.mesh))
 
 
 def _reply(message: dict) -> None:
@@ -171,12 +77,14 @@ def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) 
     images, labels = mnist.train.images, mnist.train.labels
     start = time.perf_counter()
     if framework == "jax":
-        trainer = JaxTrainer(config, images, labels)
-        setup = {"compile_seconds": trainer.compile(steps), "device": trainer.describe()}
+        from benchmarks.jax_trainer import JaxTrainer
+
+        trainer = JaxTrainer(config, images, labels, steps)
+        setup = {"compile_seconds": trainer.compile(), "device": trainer.describe()}
     else:
         import torch
 
-        from experiments import _torch_baselines as torch_baselines
+        from benchmarks import torch_baselines
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         trainer = torch_baselines.TorchTrainer(config, images, labels, device)
@@ -224,7 +132,7 @@ class Worker:
             [
                 sys.executable,
                 "-m",
-                "experiments._vs_torch",
+                "benchmarks.vs_torch",
                 "--worker",
                 framework,
                 model,
@@ -313,7 +221,8 @@ def run(
     results = []
     for model in models:
         print(
-            f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, each side ...",
+            f"{model}: {rounds} rounds of {steps} steps at a time, >= {round_seconds} s, "
+            "each side ...",
             flush=True,
         )
         results.append(compare_model(model, steps, rounds, data_args, round_seconds))
@@ -330,13 +239,14 @@ def run(
 def format_result(result: dict) -> str:
     first = result["models"][0]
     lines = [
-        f"Training throughput, ours (JAX) against plain PyTorch; median of {result['rounds']} alternating "
-        f"rounds (>= {result['round_seconds']} s each, {result['steps_per_call']} steps at a time)",
+        f"Training throughput, ours (JAX) against plain PyTorch; median of {result['rounds']} "
+        f"alternating rounds (>= {result['round_seconds']} s each, {result['steps_per_call']} "
+        "steps at a time)",
         f"JAX: {first['jax']['device']}, jax {result['jax']}; PyTorch: {first['torch']['device']}",
-        "| model        | batch | JAX ex/s | torch ex/s | JAX / torch | JAX compile s | peak RSS MiB JAX / torch "
-        "| device peak MiB JAX / torch |",
-        "|--------------|-------|----------|------------|-------------|---------------|--------------------------"
-        "|-----------------------------|",
+        "| model        | batch | JAX ex/s | torch ex/s | JAX / torch | JAX compile s "
+        "| peak RSS MiB JAX / torch | device peak MiB JAX / torch |",
+        "|--------------|-------|----------|------------|-------------|---------------"
+        "|--------------------------|-----------------------------|",
     ]
     for m in result["models"]:
         j, t = m["jax"], m["torch"]
@@ -347,7 +257,8 @@ def format_result(result: dict) -> str:
         )
         lines.append(
             f"| {m['model']:<12} | {m['batch_size']:5d} | {j['examples_per_second']:8.0f} | "
-            f"{t['examples_per_second']:10.0f} | {m['speedup']:10.2f}x | {j['compile_seconds']:13.1f} | "
+            f"{t['examples_per_second']:10.0f} | {m['speedup']:10.2f}x | "
+            f"{j['compile_seconds']:13.1f} | "
             f"{j['peak_rss_mib']:11.0f} / {t['peak_rss_mib']:<10.0f} | {device:<27} |"
         )
     return "\n".join(lines)
@@ -366,7 +277,7 @@ def parse_models(text: str) -> tuple[str, ...]:
 
 
 if __name__ == "__main__":
-    # python -m experiments._vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
+    # python -m benchmarks.vs_torch --worker FRAMEWORK MODEL STEPS [--data-dir D] [--idx-dir D]
     args = sys.argv[1:]
     if len(args) < 4 or args[0] != "--worker" or args[1] not in FRAMEWORKS:
         sys.exit("internal: run `python -m experiments.benchmark --vs-torch` instead")

@@ -1,0 +1,5 @@
+"""`python -m benchmarks`: the same as `python -m experiments.benchmark`."""
+
+from benchmarks.cli import main
+
+main()
