@@ -9,76 +9,13 @@ import pytest
 
 from tests.conftest import ROOT
 
-# Bottom to top, as in docs/design.md. A module may import modules of its
-# own layer or below, never above; `mnist_jax.models.*` is one layer, every
-# `experiments.*` and `benchmarks.*` module the top one (and nothing but
-# experiments.benchmark, the command's hand-over, imports `benchmarks`).
-LAYERS = [
-    (
-        "foundations",
-        {
-            "mnist_jax",
-            "mnist_jax.xla_defaults",
-            "mnist_jax.files",
-            "mnist_jax.fields",
-            "mnist_jax.precision",
-            "mnist_jax.parallel",
-            "mnist_jax.metrics",
-            "mnist_jax.digits",
-            "mnist_jax.viz",
-            "mnist_jax.summaries",
-            "mnist_jax.checkpoints",
-            "mnist_jax.wandb_log",
-            "mnist_jax.data",
-            "mnist_jax.pipeline",
-            "mnist_jax.faults",
-            "mnist_jax.progress",
-            "mnist_jax.caches",
-            "mnist_jax.timing",
-            "mnist_jax.augment",
-            "mnist_jax.reference",
-            "mnist_jax.onednn",
-        },
-    ),
-    (
-        "data and models",
-        {
-            "mnist_jax.idx",
-            "mnist_jax.sources",
-            "mnist_jax.data_stats",
-            "mnist_jax.tasks",
-            "mnist_jax.models",
-            "mnist_jax.pretrained",
-        },
-    ),
-    ("config", {"mnist_jax.config", "mnist_jax.options"}),
-    (
-        "steps",
-        {"mnist_jax.optim", "mnist_jax.steps", "mnist_jax.search_space", "mnist_jax.inspection"},
-    ),
-    (
-        "loop",
-        {
-            "mnist_jax.placement",
-            "mnist_jax.members",
-            "mnist_jax.records",
-            "mnist_jax.loop",
-            "mnist_jax.rundir",
-            "mnist_jax.figures",
-            "mnist_jax.denoising",
-            "mnist_jax.trial_group",
-            "mnist_jax.sweep_report",
-        },
-    ),
-    (
-        "runs",
-        {"mnist_jax.train", "mnist_jax.sweep", "mnist_jax.frozen_features", "mnist_jax.predict"},
-    ),
-    ("command line", {"mnist_jax.flags", "mnist_jax.cli", "experiments", "benchmarks"}),
-]
+DESIGN = ROOT / "docs" / "design.md"
+TABLE_HEADING = "## Layers and imports"
 PACKAGES = ("mnist_jax", "experiments", "benchmarks")
-# And every experiments.* module.
+GROUPS = ("mnist_jax.models", "experiments", "benchmarks")  # A row for the package and its files.
+ANY_BELOW = "(any module below)"
 COMMAND_LINE = {"mnist_jax.flags", "mnist_jax.cli", "mnist_jax.predict", "benchmarks.cli"}
+# And every experiments.* module.
 HAND_OVER = "experiments.benchmark"  # `python -m experiments.benchmark`: benchmarks.cli's main.
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
@@ -95,13 +32,57 @@ MODULES = {
 TREES = {name: ast.parse(path.read_text()) for name, path in MODULES.items()}
 
 
+def full_name(short: str) -> str:
+    """A module as docs/design.md's table names it -> its dotted name."""
+    short = short.strip("` ").removesuffix("/").removesuffix(".*")
+    return short if short.split(".")[0] in PACKAGES else f"mnist_jax.{short}"
+
+
+def group_of(name: str) -> str:
+    """The table's row of a module: its own, or its package's for the grouped packages."""
+    return next((g for g in GROUPS if name == g or name.startswith(f"{g}.")), name)
+
+
+def read_table() -> tuple[list[str], dict[str, tuple[int, str]]]:
+    """docs/design.md's table of layers: (the layers bottom to top,
+    {row's module: (layer index, what it imports)})."""
+    text = DESIGN.read_text()
+    assert TABLE_HEADING in text, f"docs/design.md has no '{TABLE_HEADING}' section"
+    layers, rows = [], {}
+    for line in text.split(TABLE_HEADING, 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("layer", "") or set(cells[0]) <= {"-"}:
+            continue
+        layer, module, imports = cells
+        if layer not in layers:
+            layers.append(layer)
+        rows[full_name(module)] = (layers.index(layer), imports)
+    return layers, rows
+
+
+LAYER_NAMES, TABLE = read_table()
+
+
 def layer_of(name: str) -> int:
-    for index, (_, members) in enumerate(LAYERS):
-        if name in members or any(name.startswith(f"{m}.") for m in members if m != "mnist_jax"):
-            return index
-    pytest.fail(
-        f"{name} is in no layer: place it in tests/test_layout.py LAYERS and docs/design.md"
-    )
+    row = group_of(name)
+    if row not in TABLE:
+        pytest.fail(f"{name} is in no layer: add its row to docs/design.md's '{TABLE_HEADING}'")
+    return TABLE[row][0]
+
+
+def documented_imports(row: str) -> set[str] | None:
+    """What docs/design.md says a row imports (None: any module below)."""
+    imports = TABLE[row][1]
+    if imports == ANY_BELOW:
+        return None
+    return {full_name(i) for i in imports.split(",") if i.strip() not in ("", "—")}
+
+
+def actual_imports(row: str) -> set[str]:
+    """The rows the modules of `row` import, outside the row itself."""
+    members = [name for name in MODULES if group_of(name) == row]
+    found = {group_of(t) for name in members for t in project_imports(name)}
+    return {t for t in found if t != row and not row.startswith(f"{t}.")}
 
 
 def project_imports(name: str) -> set[str]:
@@ -122,12 +103,27 @@ def project_imports(name: str) -> set[str]:
 
 def test_no_module_imports_one_above_it():
     upward = [
-        f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        f"{name} ({LAYER_NAMES[layer_of(name)]}) imports {target} ({LAYER_NAMES[layer_of(target)]})"
         for name in MODULES
         for target in project_imports(name)
         if layer_of(target) > layer_of(name)
     ]
     assert not upward
+
+
+def test_the_design_docs_table_says_what_each_module_imports():
+    """docs/design.md's table is the layout: every module has its row, and a
+    row lists exactly what its module imports (`python -m tests.test_layout`
+    prints the rows as the code has them)."""
+    assert {group_of(name) for name in MODULES} == set(TABLE), (
+        "rows without modules or modules without rows"
+    )
+    wrong = {
+        row: (sorted(documented_imports(row)), sorted(actual_imports(row)))
+        for row in TABLE
+        if documented_imports(row) is not None and documented_imports(row) != actual_imports(row)
+    }
+    assert wrong == {}, "docs/design.md (documented, actual): " + repr(wrong)
 
 
 def test_there_is_no_import_cycle():
@@ -229,3 +225,29 @@ def test_a_command_imports_only_what_it_uses():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def table_rows() -> str:
+    """The table's rows as the code has them, to paste into docs/design.md
+    (a module without a row yet gets layer "?")."""
+
+    def short(name: str) -> str:
+        return name.removeprefix("mnist_jax.") if name != "mnist_jax" else name
+
+    rows = sorted({group_of(name) for name in MODULES}, key=lambda r: (TABLE.get(r, (99,))[0], r))
+    lines = []
+    for row in rows:
+        layer, imports = TABLE.get(row, (None, ""))
+        shown = (
+            ANY_BELOW
+            if imports == ANY_BELOW
+            else ", ".join(sorted(map(short, actual_imports(row))))
+        )
+        lines.append(
+            f"| {'?' if layer is None else LAYER_NAMES[layer]} | {short(row)} | {shown or '—'} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table_rows())
