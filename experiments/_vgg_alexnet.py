@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from mnist_jax import data as data_lib
 from mnist_jax import frozen_features, pretrained
 from mnist_jax.cli import (
+    QUICK_NOTE,
     finished_run,
     load_splits,
     print_results,
@@ -130,6 +131,8 @@ def main(
     print_results(
         name, summary, reference, workdir, "this run" if weights else "this run (random init)"
     )
+    if args.quick:
+        print(QUICK_NOTE)
     if cache:
         print(
             f"wall time: features {summary['feature_seconds']:.1f} s + classifier "

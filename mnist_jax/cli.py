@@ -195,6 +195,13 @@ def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib
     return splits, mnist.source
 
 
+QUICK_NOTE = (
+    "--quick is a smoke test: a few epochs on a small subset check that the code runs end to "
+    "end; its accuracy says nothing about the model (the deeper models barely start to learn "
+    "in it). Run without --quick for the report's numbers."
+)
+
+
 def run_options(name: str, args: argparse.Namespace, **fields) -> RunOptions:
     """The RunOptions of experiment `name` from its flags (--resume, --no-progress), with `fields`."""
     return RunOptions(experiment=name, resume=args.resume, progress=not args.no_progress, **fields)
@@ -256,4 +263,6 @@ def run_experiment(
         options = run_options(name, args, phases=phases, extra=extra)
         summary = train_and_evaluate(config, model, splits, workdir, options)
     print_results(name, summary, reference, workdir)
+    if args.quick:
+        print(QUICK_NOTE)
     return summary

@@ -10,6 +10,7 @@ import pytest
 import experiments
 from experiments import alexnet, cnn
 from mnist_jax import pretrained
+from mnist_jax.cli import QUICK_NOTE
 from tests.conftest import REAL_TFDS_DIR
 
 
@@ -143,6 +144,7 @@ def test_quick_run_of_every_experiment(name, quick_runs):
     for figure in figures:
         assert (workdir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert "curves.png" in out  # Listed with the run's files.
+    assert QUICK_NOTE in out  # A smoke test's accuracy is not read as the model's.
     assert (workdir / "tensorboard" / "projector_config.pbtxt").is_file()
     assert all(np.isfinite(r["learning_rate"]) for r in saved["history"])
 
