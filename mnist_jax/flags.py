@@ -48,7 +48,20 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The flags of an experiment that trains `config` (`quick` with --quick):
     the recipe's, the seeds' and the noise's, and the run's; each flag's
-    help shows the value it overrides."""
+    help shows the value it overrides.
+
+    Args:
+      name: the experiment's module name under experiments/: the parser's
+        prog is `python -m experiments.<name>`, --workdir's default a new
+        runs/<name>/<date-time>.
+      description: the command's --help description, shown as written.
+      config: the experiment's config, whose values the flags override.
+      quick: the config --quick runs instead.
+      quick_help: --quick's help; None: what `quick` runs (describe_quick).
+
+    Returns:
+      The argparse parser.
+    """
     parser = argparse.ArgumentParser(
         prog=f"python -m experiments.{name}", description=description, formatter_class=ShowDefaults
     )
@@ -133,7 +146,17 @@ def add_run_flags(
     config: TrainConfig = TrainConfig(),
 ) -> None:
     """The run flags of `config` (--dtype, --data-placement), --workdir, the
-    data flags, --resume, --rescore, --quick, --no-progress and --debug."""
+    data flags, --resume, --rescore, --quick, --no-progress and --debug.
+
+    Args:
+      parser: the parser the flags are added to.
+      name: the experiment's name: --workdir's default is a new
+        runs/<name>/<date-time>.
+      quick_help: --quick's help.
+      resume_help: --resume's help.
+      config: the config whose "run" fields become flags; its values show
+        as their defaults.
+    """
     add_config_flags(parser, config, "run")
     add = parser.add_argument
     add(

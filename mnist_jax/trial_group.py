@@ -107,9 +107,17 @@ def trials_step(
 ) -> tuple[TrainState, dict]:
     """One train step of K trials: `train_step` for each, on its own batch.
 
-    states: stacked (K, ...); model_hparams: {field: (K,)} per-trial model
-    fields (dropout rates); batches: image (K, B, 28, 28, 1), label (K, B),
-    mask (K, B). Returns the stacked new states and metric sums (K,).
+    Args:
+      states: the trials' states, stacked (K, ...).
+      model_hparams: {field: (K,)} per-trial model fields (dropout rates).
+      batches: image (K, B, 28, 28, 1), label (K, B), mask (K, B).
+      model: the group's model, cloned with each trial's `model_hparams`.
+      spec: the step settings.
+      strategy: "vmap" (jax.vmap over the trials); else each trial's step
+        unrolled (resolve_strategy).
+
+    Returns:
+      The stacked new states and metric sums (K,).
     """
 
     def one_trial(state, hparams, batch):
