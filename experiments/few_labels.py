@@ -262,7 +262,8 @@ def main(argv=None) -> dict:
     if (results := finished_run(args, workdir, "few_labels.json")) is None:
         results = train_all(args, parser, config, seed, workdir)
     print(
-        f"\nTest accuracy ({results['test_images']} test images) after {config.steps} steps per run; "
+        f"\nTest accuracy ({results['test_images']} test images) after {config.steps} steps "
+        "per run; "
         f"autoencoder test MSE {results['pretrain']['test']['mse']:.5f}."
     )
     print("Report 003 publishes no number for this comparison.\n")

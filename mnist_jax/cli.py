@@ -169,7 +169,10 @@ def save_failed_message(error: OSError) -> str:
     if isinstance(error, SaveError):
         return str(error)
     where = f" {error.filename}" if error.filename else ""
-    return f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. {AFTER_FAILED_SAVE}"
+    return (
+        f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. "
+        f"{AFTER_FAILED_SAVE}"
+    )
 
 
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
@@ -196,7 +199,8 @@ def load_splits(args: argparse.Namespace, config: TrainConfig) -> tuple[data_lib
 
 
 def run_options(name: str, args: argparse.Namespace, **fields) -> RunOptions:
-    """The RunOptions of experiment `name` from its flags (--resume, --no-progress), with `fields`."""
+    """The RunOptions of experiment `name` from its flags (--resume,
+    --no-progress), with `fields`."""
     return RunOptions(experiment=name, resume=args.resume, progress=not args.no_progress, **fields)
 
 

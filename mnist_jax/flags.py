@@ -108,7 +108,8 @@ def describe_quick(config: TrainConfig, quick: TrainConfig) -> str:
     train = "all" if quick.train_size is None else f"a stratified {quick.train_size:,}"
     test = "all 10,000" if quick.test_size is None else f"{quick.test_size:,}"
     return (
-        f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} (of {config.epochs}) on "
+        f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} "
+        f"(of {config.epochs}) on "
         f"{train} training images ({100 * quick.val_fraction:.0f} %% of them for validation), "
         f"scored on {test} test images"
     )
@@ -120,7 +121,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "--data-dir",
         type=pathlib.Path,
-        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
+        help="tfds data dir holding mnist/3.0.1 "
+        "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
     )
     add(
         "--idx-dir",
@@ -170,8 +172,8 @@ def add_run_flags(
     add(
         "--rescore",
         action="store_true",
-        help="with --resume on a finished run: score its best checkpoint again and rewrite its results "
-        "(its training times are kept)",
+        help="with --resume on a finished run: score its best checkpoint again and rewrite its "
+        "results (its training times are kept)",
     )
     add("--quick", action="store_true", help=quick_help)
     add(
@@ -182,7 +184,8 @@ def add_run_flags(
     add(
         "--debug",
         action="store_true",
-        help="show the libraries' logs and the full traceback of an error (default: one line per error)",
+        help="show the libraries' logs and the full traceback of an error "
+        "(default: one line per error)",
     )
 
 

@@ -137,7 +137,8 @@ def trials_step(
 def make_trials_step(
     model: nn.Module, spec: StepConfig, strategy: str, mesh: jax.sharding.Mesh
 ) -> Callable:
-    """`trials_step` jitted: states replicated and donated, each trial's batch split across the mesh."""
+    """`trials_step` jitted: states replicated and donated, each trial's
+    batch split across the mesh."""
     replicated = parallel.replicated(mesh)
     return jax.jit(
         functools.partial(trials_step, model=model, spec=spec, strategy=strategy),
