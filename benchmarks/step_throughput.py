@@ -39,8 +39,21 @@ def time_steps(step, state, batches, steps: int) -> tuple[float, object]:
 
 
 def time_device_scan(fresh, spec, mesh, images, labels, steps: int, batch_size: int):
-    """(compile seconds, run seconds) of `steps` steps as one `lax.scan` over
-    data on the devices, as fit() runs with --data-placement device."""
+    """`steps` steps as one `lax.scan` over data on the devices, as fit()
+    runs with --data-placement device.
+
+    Args:
+      fresh: returns a new replicated train state at each call.
+      spec: the step settings.
+      mesh: the devices.
+      images: (N, 28, 28, 1) uint8, the training images.
+      labels: (N,) int32.
+      steps: the steps timed, in one scan.
+      batch_size: examples per step.
+
+    Returns:
+      (compile seconds, run seconds).
+    """
     data = parallel.replicate({"image": images, "label": labels}, mesh)
     order = pipeline.epoch_order(jax.random.PRNGKey(0), 0, len(labels))
     indices, masks = pipeline.batch_indices(np.resize(order, steps * batch_size), batch_size)
@@ -65,6 +78,20 @@ def run(
     data_dir=None,
     idx_dir=None,
 ) -> dict:
+    """The CNN train step's throughput: alone, with data on the host, with
+    data on the device (see the module docstring).
+
+    Args:
+      steps: the timed steps of each measure.
+      batch_size: examples per step, across the devices.
+      noise: added to the training inputs.
+      dtype: the compute dtype.
+      data_dir: the tfds data dir (sources.load_mnist); None: its default.
+      idx_dir: a folder of the four MNIST IDX files; None: none.
+
+    Returns:
+      The measures (format_result prints them), with the devices and jax's version.
+    """
     t0 = time.perf_counter()
     mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     load_seconds = time.perf_counter() - t0

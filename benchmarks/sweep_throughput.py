@@ -60,7 +60,20 @@ class TrialBatches:
 
 
 def one_after_another(trials: list, steps: int, batch, spec, mesh, sample) -> dict:
-    """As K ordinary runs: each builds its model and optimizer and compiles its own step."""
+    """As K ordinary runs: each builds its model and optimizer and compiles its own step.
+
+    Args:
+      trials: the K trials.
+      steps: the steps of each trial.
+      batch: trial k's batch of step s on the host, as batch(k, s) (TrialBatches).
+      spec: the step settings.
+      mesh: the devices.
+      sample: a float input batch (1, 28, 28, 1), to initialise each state.
+
+    Returns:
+      {"wall_seconds", "compile_seconds"}: in all, and of each trial's first
+      step, summed.
+    """
     start = time.perf_counter()
     compile_seconds = 0.0
     for k, trial in enumerate(trials):
@@ -79,7 +92,20 @@ def one_after_another(trials: list, steps: int, batch, spec, mesh, sample) -> di
 
 
 def together(trials: list, steps: int, batch, spec, mesh, sample, strategy: str) -> dict:
-    """The K trials stacked, one jitted step for all (`strategy`: unroll or vmap)."""
+    """The K trials stacked, one jitted step for all.
+
+    Args:
+      trials: the K trials.
+      steps: the steps of each trial.
+      batch: trial k's batch of step s on the host, as batch(k, s) (TrialBatches).
+      spec: the step settings.
+      mesh: the devices.
+      sample: a float input batch (1, 28, 28, 1), to initialise the states.
+      strategy: "unroll" or "vmap" (trial_group.trials_step).
+
+    Returns:
+      {"wall_seconds", "compile_seconds"}: in all, and of the first step.
+    """
     start = time.perf_counter()
     model, fields = trial_group.group_model(trials)
     states = parallel.replicate(trial_group.init_trial_states(trials, model, steps, sample), mesh)
@@ -111,7 +137,20 @@ def run(
     data_dir=None,
     idx_dir=None,
 ) -> dict:
-    """K trials one after another vs together: see the module docstring."""
+    """K trials one after another vs together: see the module docstring.
+
+    Args:
+      trial_count: the number of trials, K.
+      steps: the steps of each trial.
+      batch_size: examples per step, across the devices.
+      strategies: how the trials train together: "unroll", "vmap" or both.
+      data_dir: the tfds data dir (sources.load_mnist); None: its default.
+      idx_dir: a folder of the four MNIST IDX files; None: none.
+
+    Returns:
+      The timings of each way (format_result prints them), with the devices
+      and jax's version.
+    """
     mnist = sources.load_mnist(data_dir=data_dir, idx_dir=idx_dir)
     images, labels = mnist.train.images, mnist.train.labels
     mesh = parallel.data_mesh()

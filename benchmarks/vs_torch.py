@@ -69,7 +69,15 @@ def _reply(message: dict) -> None:
 def worker(framework: str, model: str, steps: int, data_dir=None, idx_dir=None) -> None:
     """Builds `framework`'s trainer for `model`, then answers commands on
     stdin until "quit": "run SECONDS" (times runs of `steps` steps until
-    SECONDS have passed, at least one run) and "stats" (memory)."""
+    SECONDS have passed, at least one run) and "stats" (memory).
+
+    Args:
+      framework: "jax" or "torch" (FRAMEWORKS).
+      model: the model's name (models()).
+      steps: the steps of each timed run.
+      data_dir: the tfds data dir (sources.load_mnist); None: its default.
+      idx_dir: a folder of the four MNIST IDX files; None: none.
+    """
     from mnist_jax import sources
 
     config = experiment_config(model)
@@ -174,8 +182,22 @@ class Worker:
 def compare_model(
     model: str, steps: int, rounds: int, data_args: list[str], round_seconds: float = 0.0
 ) -> dict:
-    """Both frameworks on `model`: setup, `rounds` alternating timed rounds
-    (each runs `steps` steps at a time for at least `round_seconds`), memory."""
+    """Both frameworks on `model`: setup, `rounds` alternating timed rounds,
+    memory.
+
+    Args:
+      model: the model's name (models()).
+      steps: the steps of each call.
+      rounds: the timed rounds of each framework.
+      data_args: the workers' data flags (--data-dir, --idx-dir).
+      round_seconds: each round runs `steps` steps at a time for at least
+        this long (at least once).
+
+    Returns:
+      The model's batch size and steps per call; each framework's setup,
+      examples/s of each round and their median, and peak memory; and
+      "speedup", JAX's examples/s over torch's.
+    """
     config = experiment_config(model)
     workers = {}
     try:
@@ -212,6 +234,20 @@ def run(
     idx_dir=None,
     round_seconds: float = 0.0,
 ) -> dict:
+    """Each of `models` compared in turn (compare_model).
+
+    Args:
+      models: the models' names (parse_models).
+      steps: the steps of each call.
+      rounds: the timed rounds of each framework.
+      data_dir: the tfds data dir (sources.load_mnist); None: its default.
+      idx_dir: a folder of the four MNIST IDX files; None: none.
+      round_seconds: the least time of each round.
+
+    Returns:
+      The settings, each model's comparison and jax's version (format_result
+      prints them).
+    """
     data_args = [
         *(["--data-dir", str(data_dir)] if data_dir else []),
         *(["--idx-dir", str(idx_dir)] if idx_dir else []),

@@ -34,6 +34,20 @@ def parser_for(
     quick: TrainConfig,
     quick_image_size: int,
 ):
+    """The experiment's flags (mnist_jax.flags.build_parser), with
+    --weights, --image-size and --no-cache-features.
+
+    Args:
+      name: the experiment's module name under experiments/.
+      arch: the architecture, a key of models.vgg_alexnet.ARCHITECTURES.
+      description: the command's --help description.
+      config: the experiment's config; the flags override it.
+      quick: the config --quick runs instead.
+      quick_image_size: the input size of --quick, named in the help.
+
+    Returns:
+      The argparse parser.
+    """
     parser = build_parser(name, description, config, quick)
     parser.add_argument(
         "--weights",
@@ -67,6 +81,23 @@ def main(
     quick_image_size: int,
     argv: Sequence[str] | None = None,
 ) -> dict:
+    """The experiment's main: parses the flags, trains the classifier on the
+    frozen features (computed once and cached, or run every step), prints
+    the report-vs-ours table, and both wall times where features are cached.
+
+    Args:
+      name: the experiment's module name under experiments/.
+      arch: the architecture, a key of models.vgg_alexnet.ARCHITECTURES.
+      description: the command's --help description.
+      config: the experiment's config; the flags override it.
+      quick: the config --quick runs instead.
+      reference: the report's published numbers.
+      quick_image_size: the input size of --quick (224 otherwise).
+      argv: the command-line arguments; None: sys.argv[1:].
+
+    Returns:
+      metrics.json's contents (and the states, for a run trained now).
+    """
     parser = parser_for(name, arch, description, config, quick, quick_image_size)
 
     def prepare(args):

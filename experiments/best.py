@@ -1,8 +1,14 @@
 """The best single model we train on a CPU, beyond the reports, and an ensemble of its seeds.
 
+<<<<<<< HEAD
     python -m experiments.best                  # seeds 0, 1, 2: each seed's test accuracy, their mean
     python -m experiments.best --ensemble 3     # and the softmax average of seeds 0-2's models
     python -m experiments.best --quick          # 2 seeds of 2 short epochs: a smoke test
+=======
+    python -m experiments.best               # seeds 0, 1, 2: each seed's test accuracy, their mean
+    python -m experiments.best --ensemble 3  # and the softmax average of seeds 0-2's models
+    python -m experiments.best --quick       # 2 short epochs, 2 seeds, ensemble of 2: a smoke test
+>>>>>>> docstrings
 
 The recipe: the strided CNN (mnist_jax.models.StridedCNN, after Chris
 Deotte's Kaggle CNN), random rotation, shift and zoom of every training
@@ -110,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="K",
-        help="also score the average of seeds 0..K-1's softmax outputs, training any missing (0: none)",
+        help="also score the average of seeds 0..K-1's softmax outputs, training any missing "
+        "(0: none)",
     )
     add_recipe_flags(parser, CONFIG)
     add(
@@ -297,7 +304,8 @@ def main(argv=None) -> dict:
         }
     machines = "; ".join(sorted({r["device"] for r in rows}))
     print(
-        f"\nMNIST test set ({len(mnist.test) if base.test_size is None else base.test_size} images); "
+        f"\nMNIST test set "
+        f"({len(mnist.test) if base.test_size is None else base.test_size} images); "
         f"each seed selected its checkpoint on its own validation split; trained on {machines}:\n"
     )
     print(format_table(result))

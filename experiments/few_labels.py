@@ -120,7 +120,21 @@ def run(
     progress: bool,
     source: str,
 ) -> dict:
-    """Pretrains, then trains every (n, method); returns the results table."""
+    """Pretrains, then trains every (n, method); finished runs are reused.
+
+    Args:
+      config: the experiment's settings.
+      splits: train (the pretraining's images, and the labelled subsets'),
+        val (the labelled validation subset's) and test.
+      workdir: the experiment's folder: pretrain/ and n<labels>/<method>/.
+      resume: continue the runs whose folders exist.
+      progress: a progress bar on a terminal.
+      source: where MNIST was read from, recorded in each labelled run.
+
+    Returns:
+      The results: {"pretrain": {"test", "train_seconds"}, "runs":
+      [{"labels", "method", "test_accuracy", "train_seconds"} per run]}.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     print(
         f"pretraining the convolutional autoencoder on {len(splits.train)} unlabelled images",
@@ -248,7 +262,8 @@ def main(argv=None) -> dict:
     if (results := finished_run(args, workdir, "few_labels.json")) is None:
         results = train_all(args, parser, config, seed, workdir)
     print(
-        f"\nTest accuracy ({results['test_images']} test images) after {config.steps} steps per run; "
+        f"\nTest accuracy ({results['test_images']} test images) after {config.steps} steps "
+        "per run; "
         f"autoencoder test MSE {results['pretrain']['test']['mse']:.5f}."
     )
     print("Report 003 publishes no number for this comparison.\n")
@@ -259,7 +274,18 @@ def main(argv=None) -> dict:
 
 def train_all(args, parser, config: FewLabelsConfig, seed: int, workdir: pathlib.Path) -> dict:
     """Pretrains and trains every labelled run (or, resumed, reuses the
-    finished ones); writes the plot, its TensorBoard image and few_labels.json."""
+    finished ones); writes the plot, its TensorBoard image and few_labels.json.
+
+    Args:
+      args: the parsed flags (the data flags, --resume, --no-progress).
+      parser: the parser, for a usage error (cli.training_errors).
+      config: the experiment's settings.
+      seed: the seed of the splits.
+      workdir: the experiment's folder.
+
+    Returns:
+      few_labels.json's contents: "config", "test_images" and `run`'s results.
+    """
     mnist = load_mnist_or_exit(args)
     p = config.pretrain
     splits = data_lib.make_splits(

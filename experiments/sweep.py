@@ -1,11 +1,11 @@
 """Report 000's hyperparameter sweep, with the trials of a group trained at once.
 
-    python -m experiments.sweep                       # 8 random trials of the simple CNN, 5 epochs
-    python -m experiments.sweep --quick               # 4 trials, 1 epoch on 2,000 images: a smoke test
+    python -m experiments.sweep               # 8 random trials of the simple CNN, 5 epochs
+    python -m experiments.sweep --quick       # 4 trials, 1 epoch on 2,000 images: a smoke test
     python -m experiments.sweep --method grid --param learning_rate=3e-4,1e-3,3e-3 \\
-        --param model.dropout=0.1,0.25,0.5            # 9 trials: one group of 9
+        --param model.dropout=0.1,0.25,0.5    # 9 trials: one group of 9
     python -m experiments.sweep --model cnn --trials 16 --budget-minutes 60
-    python -m experiments.sweep --wandb               # also log to Weights & Biases
+    python -m experiments.sweep --wandb       # also log to Weights & Biases
 
 Report 000 tunes its simple CNN with a W&B sweep (its space is not listed),
 keeps the best model by validation accuracy and scores it on the test set:
@@ -115,10 +115,10 @@ def build_sweep_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=SPEC",
-        help="a parameter and its values, replacing the default space: 'learning_rate=log:1e-4:1e-2', "
-        "'weight_decay=uniform:0:1e-4', 'batch_size=64,128', 'model.dropout=0.1,0.5'. Names: "
-        "learning_rate, weight_decay, batch_size, optimizer, epochs, seed, momentum, schedule, dtype, "
-        "model.<field>",
+        help="a parameter and its values, replacing the default space: "
+        "'learning_rate=log:1e-4:1e-2', 'weight_decay=uniform:0:1e-4', 'batch_size=64,128', "
+        "'model.dropout=0.1,0.5'. Names: learning_rate, weight_decay, batch_size, optimizer, "
+        "epochs, seed, momentum, schedule, dtype, model.<field>",
     )
     add(
         "--sample-seed",
@@ -135,7 +135,8 @@ def build_sweep_parser() -> argparse.ArgumentParser:
         "--parallel",
         choices=STRATEGIES,
         default="auto",
-        help="how a group's trials share one step: vmap (GPU/TPU), unroll (CPU); auto picks by platform",
+        help="how a group's trials share one step: vmap (GPU/TPU), unroll (CPU); "
+        "auto picks by platform",
     )
     add(
         "--max-group-size",

@@ -161,8 +161,8 @@ class _Manager:
             except Exception as e:  # noqa: BLE001
                 if self.readable(step):
                     raise CheckpointError(
-                        f"checkpoint {self.directory / str(step)} holds another model or optimizer than "
-                        f"the one asked for ({type(e).__name__}: {_first_line(e)})"
+                        f"checkpoint {self.directory / str(step)} holds another model or "
+                        f"optimizer than the one asked for ({type(e).__name__}: {_first_line(e)})"
                     ) from e
                 moved = self.set_aside(step)
                 log.warning(
@@ -299,8 +299,14 @@ class RunCheckpoints:
         elif good is None:
             intact = "no checkpoint was saved before it"
         else:
-            intact = f"the last good checkpoint, step {good}, is intact in {self.latest.directory / str(good)}"
-        return f"could not save {what} in {self.latest.directory.parent} ({reason}); {intact}. {AFTER_FAILED_SAVE}"
+            intact = (
+                f"the last good checkpoint, step {good}, is intact in "
+                f"{self.latest.directory / str(good)}"
+            )
+        return (
+            f"could not save {what} in {self.latest.directory.parent} ({reason}); {intact}. "
+            f"{AFTER_FAILED_SAVE}"
+        )
 
 
 def _first_line(error: Exception) -> str:

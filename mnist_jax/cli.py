@@ -169,7 +169,10 @@ def save_failed_message(error: OSError) -> str:
     if isinstance(error, SaveError):
         return str(error)
     where = f" {error.filename}" if error.filename else ""
-    return f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. {AFTER_FAILED_SAVE}"
+    return (
+        f"could not write{where} ({io_failure(error)}); the run's checkpoints are intact. "
+        f"{AFTER_FAILED_SAVE}"
+    )
 
 
 def load_mnist_or_exit(args: argparse.Namespace) -> data_lib.MNIST:
@@ -203,14 +206,24 @@ QUICK_NOTE = (
 
 
 def run_options(name: str, args: argparse.Namespace, **fields) -> RunOptions:
-    """The RunOptions of experiment `name` from its flags (--resume, --no-progress), with `fields`."""
+    """The RunOptions of experiment `name` from its flags (--resume,
+    --no-progress), with `fields`."""
     return RunOptions(experiment=name, resume=args.resume, progress=not args.no_progress, **fields)
 
 
 def print_results(
     name: str, summary: dict, reference: Reference, workdir: pathlib.Path, title: str = "this run"
 ) -> None:
-    """The per-class report (classifiers), then the report-vs-ours table."""
+    """The per-class report (classifiers), then the report-vs-ours table.
+
+    Args:
+      name: the experiment's name (not part of what is printed).
+      summary: the run's metrics.json contents (rundir.make_summary): its
+        "test" metrics, "evaluated_checkpoint" and "data" sizes are printed.
+      reference: the report's published numbers.
+      workdir: the run directory; the figures it holds are listed.
+      title: the heading of this run's column of the table.
+    """
     print()
     if "per_class" in summary["test"]:
         print(format_classification_report(summary["test"]))
@@ -235,7 +248,25 @@ def run_experiment(
     model_kwargs: dict | None = None,
     argv: Sequence[str] | None = None,
 ) -> dict:
-    """Parses flags, trains and evaluates, prints the report-vs-ours table."""
+    """Parses flags, trains and evaluates, prints the report-vs-ours table.
+
+    Args:
+      name: the experiment's module name under experiments/ (the command's
+        prog, runs/<name>/ and the run's "experiment").
+      description: the command's --help description.
+      config: the experiment's config; the flags override it.
+      quick: the config --quick runs instead.
+      reference: the report's published numbers, printed beside the run's
+        and saved in metrics.json.
+      model_kwargs: keyword arguments of models.get_model besides the
+        config's model name; None: none.
+      argv: the command-line arguments; None: sys.argv[1:].
+
+    Returns:
+      train.train_and_evaluate's result (metrics.json's contents plus
+      "state" and "best_state"); on --resume of a finished run, its
+      metrics.json as saved.
+    """
     parser = build_parser(name, description, config, quick)
 
     def prepare(args):

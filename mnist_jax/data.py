@@ -145,8 +145,19 @@ def make_splits(
 ) -> Splits:
     """Train/validation from MNIST's train split (stratified, seeded); test apart.
 
-    `train_size` / `test_size` take stratified subsets (of train before the
-    validation split) for quick runs and tests.
+    Args:
+      mnist: the full dataset.
+      val_fraction: the fraction of each class of the training images held
+        out for validation, in [0, 1).
+      seed: seeds the subsets and the validation split.
+      train_size: a stratified subset of MNIST's train split, taken before
+        the validation split (quick runs and tests); None: all of it.
+      test_size: a stratified subset of the test split (quick runs and
+        tests); None: all of it.
+
+    Returns:
+      The Splits: train and val, disjoint, from MNIST's train split; test
+      from its test split.
     """
     train = mnist.train
     if train_size is not None:

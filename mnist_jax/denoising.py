@@ -67,7 +67,19 @@ def denoise_images(
     batch_size: int = 1000,
     mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
-    """The denoiser's outputs (N, 28, 28, 1) uint8 for uint8 `images`, in batches over `mesh`."""
+    """The denoiser's outputs for uint8 `images`, in batches over `mesh`.
+
+    Args:
+      state: the trained denoising autoencoder.
+      images: (N, 28, 28, 1) uint8, noisy.
+      spec: its step settings; a task that reconstructs.
+      batch_size: images per batch, rounded up to a multiple of the mesh's
+        devices (the last batch is padded).
+      mesh: the devices the batches are split over; None: every device.
+
+    Returns:
+      (N, 28, 28, 1) uint8, the denoised images.
+    """
     if not spec.reconstructs:
         raise ValueError(f"denoising needs a model that reconstructs; task {spec.task!r} does not")
     if images.dtype != np.uint8:
@@ -88,7 +100,19 @@ def denoise_split(
     batch_size: int = 1000,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Split:
-    """`split` with its (noisy) images replaced by their denoised copies; targets kept."""
+    """`split` with its (noisy) images replaced by their denoised copies; targets kept.
+
+    Args:
+      state: the trained denoising autoencoder.
+      split: a split of uint8 images, noisy (its targets, if any, the clean ones).
+      spec: the denoiser's step settings; a task that reconstructs.
+      batch_size: images per batch (see denoise_images).
+      mesh: the devices the batches are split over; None: every device.
+
+    Returns:
+      A Split of the denoised images, the same labels, and as targets the
+      clean images (`split`'s targets, or its images where it has none).
+    """
     return Split(
         denoise_images(state, split.images, spec, batch_size, mesh),
         split.labels,

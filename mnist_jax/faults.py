@@ -96,7 +96,20 @@ def all_finite(tree) -> jax.Array:
 def nonfinite_message(
     what: str, value: str, step: int, steps_per_epoch: int, learning_rate: float, last_saved_path
 ) -> str:
-    """What became non-finite where, what is kept, and what to do."""
+    """What became non-finite where, what is kept, and what to do.
+
+    Args:
+      what: what became non-finite: "the training loss", "the parameters".
+      value: what it became, as printed: the loss's value, "NaN or infinite".
+      step: the step (from 1) at which it did.
+      steps_per_epoch: training steps per epoch, to name the epoch.
+      learning_rate: the run's learning rate, named in the advice.
+      last_saved_path: the directory of the last checkpoint saved (its
+        name is its step); None: none saved yet.
+
+    Returns:
+      The error's message, in a few sentences.
+    """
     kept = (
         f"The last good checkpoint, step {last_saved_path.name}, is intact in {last_saved_path}."
         if last_saved_path is not None

@@ -51,13 +51,28 @@ def write_run_figures(
     confusion_matrix: np.ndarray | None = None,
     test_pictures: np.ndarray | None = None,
 ) -> list[str]:
-    """Writes the run's figures; returns the names of the files written.
+    """Writes the run's figures (FILES) and their TensorBoard images and embedding.
 
-    state: the evaluated (best) state, of epoch `scored_epoch` (marked on
-    the curves). predictions, confusion_matrix: its test results, where the
-    task classifies. test_pictures: uint8 (N, 28, 28, 1)
-    pictures of the test split where `test.images` are not pictures (cached
-    transfer-learning features); None: `test.images` are the pictures.
+    Args:
+      workdir: the run directory the PNG files go to.
+      writer: the run's TensorBoard writer.
+      experiment: the experiment's name, in the figures' titles.
+      state: the evaluated (best) state, of epoch `scored_epoch`.
+      test: the test split, N examples.
+      spec: the run's step settings.
+      history: the per-epoch metrics, for the curves; empty: no curves.
+      step: the TensorBoard step the images and the embedding are logged at.
+      scored_epoch: the epoch marked on the curves.
+      predictions: (N,) the state's test predictions, where the task
+        classifies; None: none.
+      confusion_matrix: its test confusion matrix, where the task
+        classifies; None: none.
+      test_pictures: (N, 28, 28, 1) uint8 pictures of the test split where
+        `test.images` are not pictures (cached transfer-learning features);
+        None: `test.images` are the pictures.
+
+    Returns:
+      The names of the files written.
     """
     pictures = test_pictures if test_pictures is not None else test.images
     has_pictures = pictures.dtype == np.uint8 and pictures.ndim == 4

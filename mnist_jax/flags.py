@@ -48,7 +48,20 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The flags of an experiment that trains `config` (`quick` with --quick):
     the recipe's, the seeds' and the noise's, and the run's; each flag's
-    help shows the value it overrides."""
+    help shows the value it overrides.
+
+    Args:
+      name: the experiment's module name under experiments/: the parser's
+        prog is `python -m experiments.<name>`, --workdir's default a new
+        runs/<name>/<date-time>.
+      description: the command's --help description, shown as written.
+      config: the experiment's config, whose values the flags override.
+      quick: the config --quick runs instead.
+      quick_help: --quick's help; None: what `quick` runs (describe_quick).
+
+    Returns:
+      The argparse parser.
+    """
     parser = argparse.ArgumentParser(
         prog=f"python -m experiments.{name}", description=description, formatter_class=ShowDefaults
     )
@@ -95,7 +108,8 @@ def describe_quick(config: TrainConfig, quick: TrainConfig) -> str:
     train = "all" if quick.train_size is None else f"a stratified {quick.train_size:,}"
     test = "all 10,000" if quick.test_size is None else f"{quick.test_size:,}"
     return (
-        f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} (of {config.epochs}) on "
+        f"a smoke test: {quick.epochs} epoch{'s' if quick.epochs != 1 else ''} "
+        f"(of {config.epochs}) on "
         f"{train} training images ({100 * quick.val_fraction:.0f} %% of them for validation), "
         f"scored on {test} test images"
     )
@@ -107,7 +121,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "--data-dir",
         type=pathlib.Path,
-        help="tfds data dir holding mnist/3.0.1 (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
+        help="tfds data dir holding mnist/3.0.1 "
+        "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
     )
     add(
         "--idx-dir",
@@ -133,7 +148,17 @@ def add_run_flags(
     config: TrainConfig = TrainConfig(),
 ) -> None:
     """The run flags of `config` (--dtype, --data-placement), --workdir, the
-    data flags, --resume, --rescore, --quick, --no-progress and --debug."""
+    data flags, --resume, --rescore, --quick, --no-progress and --debug.
+
+    Args:
+      parser: the parser the flags are added to.
+      name: the experiment's name: --workdir's default is a new
+        runs/<name>/<date-time>.
+      quick_help: --quick's help.
+      resume_help: --resume's help.
+      config: the config whose "run" fields become flags; its values show
+        as their defaults.
+    """
     add_config_flags(parser, config, "run")
     add = parser.add_argument
     add(
@@ -147,8 +172,8 @@ def add_run_flags(
     add(
         "--rescore",
         action="store_true",
-        help="with --resume on a finished run: score its best checkpoint again and rewrite its results "
-        "(its training times are kept)",
+        help="with --resume on a finished run: score its best checkpoint again and rewrite its "
+        "results (its training times are kept)",
     )
     add("--quick", action="store_true", help=quick_help)
     add(
@@ -159,7 +184,8 @@ def add_run_flags(
     add(
         "--debug",
         action="store_true",
-        help="show the libraries' logs and the full traceback of an error (default: one line per error)",
+        help="show the libraries' logs and the full traceback of an error "
+        "(default: one line per error)",
     )
 
 

@@ -114,8 +114,8 @@ def wanted() -> bool:
     value = os.environ.get(SETTING, "1")
     if value not in ("0", "1"):
         raise ValueError(
-            f"{SETTING}={value!r}: set it to 1 (oneDNN's convolutions where installed, the default) "
-            "or 0 (XLA's)"
+            f"{SETTING}={value!r}: set it to 1 (oneDNN's convolutions where installed, "
+            "the default) or 0 (XLA's)"
         )
     return value == "1"
 
@@ -133,7 +133,10 @@ def _load() -> ctypes.CDLL | None:
     asked = SETTING in os.environ
     reason, level = None, logging.WARNING if asked else logging.INFO
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        reason = f"oneDNN's convolutions are built for x86-64 Linux, not {sys.platform} {platform.machine()}"
+        reason = (
+            "oneDNN's convolutions are built for x86-64 Linux, not "
+            f"{sys.platform} {platform.machine()}"
+        )
         level = logging.WARNING if asked else logging.DEBUG
     else:
         headers, libdnnl = _find("include/oneapi/dnnl/dnnl.hpp"), _find(f"lib/{LIBDNNL}")

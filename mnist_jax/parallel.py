@@ -114,7 +114,8 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> N
         valid = " or ".join(map(str, nearest_multiples(batch_size, devices)))
         raise BatchSizeError(
             f"the {what} {batch_size} does not split across {devices} devices: "
-            f"it must be a multiple of {devices}. Use {valid} (e.g. --batch-size {valid.split()[0]})."
+            f"it must be a multiple of {devices}. Use {valid} "
+            f"(e.g. --batch-size {valid.split()[0]})."
         )
 
 

@@ -191,8 +191,20 @@ def iterate_batches(
     start: int = 0,
     targets: np.ndarray | None = None,
 ) -> Iterator[Batch]:
-    """Yields padded, masked batches in `order` (default: as stored), from
-    batch `start`; with `targets` (clean images of noisy ones), a "target" too."""
+    """Yields padded, masked batches in `order`, from batch `start`.
+
+    Args:
+      images: (N, 28, 28, 1) uint8, or (N, H, W, C) features.
+      labels: (N,) int32.
+      batch_size: examples per batch, B; the last batch is padded.
+      order: (N,) the order of the examples; None: as stored.
+      start: the first batch yielded (batches before it are skipped).
+      targets: (N, 28, 28, 1) uint8 clean images of noisy `images`; None: none.
+
+    Yields:
+      Batch dicts (gather_batch): "image", "label", "mask" and, with
+      `targets`, a "target" too.
+    """
     if order is None:
         order = np.arange(labels.shape[0])
     indices, mask = batch_indices(order, batch_size)
@@ -207,7 +219,19 @@ def gather_batch(
     mask: np.ndarray,
     targets: np.ndarray | None = None,
 ) -> Batch:
-    """The batch of examples `indices` (B,), with its padding mask (B,)."""
+    """The batch of examples `indices`, with its padding mask.
+
+    Args:
+      images: (N, 28, 28, 1) uint8, or (N, H, W, C) features.
+      labels: (N,) int32.
+      indices: (B,) the examples of the batch.
+      mask: (B,) bool, False on padding.
+      targets: (N, 28, 28, 1) uint8 clean images of noisy `images`; None: none.
+
+    Returns:
+      A Batch: "image" (B, ...) and "label" (B,) of `indices`, "mask" (B,)
+      and, with `targets`, "target" (B, 28, 28, 1).
+    """
     batch = {"image": images[indices], "label": labels[indices], "mask": mask}
     if targets is not None:
         batch["target"] = targets[indices]

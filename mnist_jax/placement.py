@@ -24,7 +24,8 @@ from mnist_jax.data import Split
 
 
 def resolve_data_placement(config: TrainConfig, train: Split, mesh: jax.sharding.Mesh) -> str:
-    """ "device" or "host": where the training set lives during the run (see config.DATA_PLACEMENTS)."""
+    """ "device" or "host": where the training set lives during the run
+    (see config.DATA_PLACEMENTS)."""
     if config.data_placement != "auto":
         return config.data_placement
     if mesh.devices.flat[0].platform == "cpu":

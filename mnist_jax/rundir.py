@@ -72,8 +72,24 @@ def make_summary(
     devices: dict,
     extra: dict | None = None,
 ) -> dict:
-    """metrics.json's contents for a finished run: `fit_result` is what
-    `loop.fit` returned, `test` the best checkpoint's test scores."""
+    """metrics.json's contents for a finished run.
+
+    Args:
+      experiment: the experiment's name.
+      config: the run's settings.
+      model: the trained module; its fields rebuild it (load_run).
+      params: the trained parameters, counted; those of `config.trainable`
+        (all, where it is empty) as the trainable ones.
+      splits: the run's Splits; their sizes are recorded.
+      test: the best checkpoint's test scores.
+      fit_result: what `loop.fit` returned: its "best", "history",
+        "data_placement" and timings are recorded.
+      devices: the devices the run used (parallel.describe).
+      extra: more entries, added at the top level; None: none.
+
+    Returns:
+      The summary, JSON-ready.
+    """
     select_key = config.step_config().selection[0]
     trainable = {k: v for k, v in params.items() if not config.trainable or k in config.trainable}
     return {
@@ -138,11 +154,22 @@ def restore_best_state(
     sample_shape: tuple[int, ...] = (1, 28, 28, 1),
 ) -> TrainState:
     """The best checkpoint of a run in `workdir` that was trained with
-    `config`, as it was scored: its moving average in place of the raw
-    weights where the run kept one (steps.averaged).
+    `config`, as it was scored.
 
     Raises ResumeError when `workdir` holds no checkpoint, or one trained
     with other settings.
+
+    Args:
+      config: the settings the run was trained with.
+      model: the module it trained.
+      workdir: the run directory.
+      mesh: the devices the state is replicated over; None: every device.
+      sample_shape: the shape of the model's input, to trace the state's
+        structure (the default: one MNIST image).
+
+    Returns:
+      The best state, its moving average in place of the raw weights where
+      the run kept one (steps.averaged), replicated over `mesh`.
     """
     workdir = pathlib.Path(workdir).expanduser()
     if not checkpoints.has_checkpoints(workdir):

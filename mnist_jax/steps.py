@@ -64,14 +64,20 @@ def create_train_state(
     *,
     ema: bool = False,
 ) -> TrainState:
-    """Initialises parameters from `seed`; sample: a float input batch, e.g.
-    (1, 28, 28, 1). With `ema`, a moving average of the weights that starts
-    at the initial ones.
+    """Initialises parameters from `seed`, in one jitted program, which the
+    compilation cache keeps between runs (mnist_jax.caches): run eagerly,
+    the initialisers and the optimizer's zeros are each an operation to
+    compile, seconds in all. The values are the same bits either way.
 
-    One jitted program, which the compilation cache keeps between runs
-    (mnist_jax.caches): run eagerly, the initialisers and the optimizer's
-    zeros are each an operation to compile, seconds in all. The values are
-    the same bits either way.
+    Args:
+      model: the linen module.
+      tx: the optimizer.
+      seed: the run's seed (run_keys): the initial parameters and the state's key.
+      sample: a float input batch, e.g. (1, 28, 28, 1).
+      ema: also a moving average of the weights that starts at the initial ones.
+
+    Returns:
+      The TrainState at step 0.
     """
     init_key, train_key, _ = run_keys(seed)
 
@@ -226,11 +232,17 @@ def train_steps_on_device(
 ) -> tuple[TrainState, dict]:
     """K train steps as one `lax.scan`, gathering each batch on the device.
 
-    data: image (N, 28, 28, 1) uint8 (or float features), label (N,) int32,
-      replicated on every device.
-    indices, masks: (K, B) example indices and padding mask of each step's
-      batch, split along B.
-    Returns the state after K steps and each step's metric sums, stacked (K,).
+    Args:
+      state: the state before the K steps.
+      data: image (N, 28, 28, 1) uint8 (or float features), label (N,)
+        int32, replicated on every device.
+      indices: (K, B) example indices of each step's batch, split along B.
+      masks: (K, B) bool padding mask of each step's batch, split along B.
+      spec: the step settings.
+      mesh: the devices the batches are split over.
+
+    Returns:
+      The state after K steps and each step's metric sums, stacked (K,).
     """
     batch_sharding = parallel.batch_sharded(mesh)
 
@@ -317,11 +329,18 @@ def evaluate(
     spec: StepConfig = StepConfig(),
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
-    """Mean loss and task metrics over a whole split (no example dropped);
-    "predictions" (N,) too where the task classifies.
+    """Mean loss and task metrics over a whole split (no example dropped).
 
-    The batch size is rounded up to a multiple of the device count: batches
-    are padded and masked, so the numbers do not change.
+    Args:
+      state: the state evaluated.
+      split: N examples (its targets, if any, are what reconstructions are scored against).
+      batch_size: rounded up to a multiple of the device count: batches are
+        padded and masked, so the numbers do not change.
+      spec: the step settings.
+      mesh: the devices the batches are split over; None: every device.
+
+    Returns:
+      The means (metric_means); "predictions" (N,) too where the task classifies.
     """
     mesh = mesh or parallel.data_mesh()
     step = make_eval_step(spec, mesh)
@@ -347,9 +366,20 @@ def score_split(
     mesh: jax.sharding.Mesh | None = None,
     keep_predictions: bool = False,
 ) -> dict:
-    """evaluate(), plus macro F1, the per-class report and the confusion
-    matrix where the task classifies; the "predictions" (N,) too with
-    `keep_predictions`."""
+    """evaluate(), plus the classification report where the task classifies.
+
+    Args:
+      state: the state scored.
+      split: N examples.
+      batch_size: examples per batch (see evaluate).
+      spec: the step settings.
+      mesh: the devices the batches are split over; None: every device.
+      keep_predictions: keep the "predictions" (N,) in the result.
+
+    Returns:
+      evaluate's means; where the task classifies, "f1_macro" (macro F1),
+      "per_class" (the per-class report) and "confusion_matrix" too.
+    """
     result = evaluate(state, split, batch_size, spec, mesh)
     if not spec.classifies:
         return result

@@ -106,13 +106,17 @@ class MetricWriter:
         images: np.ndarray,
         metadata: Mapping[str, np.ndarray],
     ) -> None:
-        """Points (N, D) for TensorBoard's projector, each shown as its image.
-
-        images: uint8 (N, H, H, 1), drawn into the projector's sprite.
-        metadata: columns of N values each, e.g. {"label": ..., "predicted": ...}.
+        """Points for TensorBoard's projector, each shown as its image.
 
         Written again (a resumed run), the embedding replaces the old one
         instead of being listed twice.
+
+        Args:
+          tag: the embedding's name.
+          step: the step it is written at.
+          features: (N, D) the points.
+          images: (N, H, H, 1) uint8, drawn into the projector's sprite.
+          metadata: columns of N values each, e.g. {"label": ..., "predicted": ...}.
         """
         if self._writer is None:
             return

@@ -83,16 +83,20 @@ def train_group(
     tensorboard_dir: pathlib.Path,
     options: SweepOptions = SweepOptions(),
 ) -> dict:
-    """Trains one group's trials together (the epoch loop with a TrialGroup);
-    returns their histories and bests.
+    """Trains one group's trials together (the epoch loop with a TrialGroup).
 
-    Checkpoints into `group_dir`; with `options.resume`, continues from
-    there. Writes each trial's TensorBoard run, in `tensorboard_dir`.
-    Uses `options`' strategy, resume, progress and mesh.
+    Args:
+      trials: the group's trials.
+      splits: the sweep's data (see loop.train_members).
+      group_dir: the folder the group checkpoints into; with
+        `options.resume`, it continues from there.
+      tensorboard_dir: the folder of each trial's TensorBoard run.
+      options: its strategy, resume, progress and mesh are used.
 
-    Returns {"histories": [[epoch records] per trial], "best": [{"epoch",
-    "step", key} per trial], "train_seconds", "strategy", "data_placement",
-    "states": the final stacked state}.
+    Returns:
+      {"histories": [[epoch records] per trial], "best": [{"epoch", "step",
+      key} per trial], "train_seconds", "strategy", "data_placement",
+      "states": the final stacked state}.
     """
     mesh, resume = options.mesh or parallel.data_mesh(), options.resume
     parallel.check_batch_size(trials[0].config.batch_size, mesh, "training batch size")
@@ -139,7 +143,19 @@ def train_group(
 def restore_trial_best(
     trials: list[Trial], k: int, splits: Splits, group_dir: pathlib.Path, mesh: jax.sharding.Mesh
 ) -> TrainState:
-    """Trial k's best state, from its group's checkpoint of best states."""
+    """Trial k's best state, from its group's checkpoint of best states.
+
+    Args:
+      trials: the group's trials.
+      k: the trial's index in `trials`.
+      splits: the sweep's splits (the training split's size and input shape).
+      group_dir: the folder the group checkpointed into.
+      mesh: the devices the state is replicated over.
+
+    Returns:
+      The trial's best state, with its own model (its dropout rates) and
+      optimizer, as a run of its own.
+    """
     first = trials[0].config
     model, _ = group_model(trials)
     steps_per_epoch = pipeline.num_batches(len(splits.train), first.batch_size)

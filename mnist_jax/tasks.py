@@ -162,10 +162,20 @@ def per_example_terms(
 ) -> dict:
     """Per-example loss and metrics, each (B,).
 
-    Keys: "loss" always; "correct" (0/1) and "cross_entropy" when the task
-    classifies; "mse" (mean over pixels) when it reconstructs. With `train`,
-    the loss's cross-entropy is against smoothed labels
-    (spec.label_smoothing); "cross_entropy" is always the plain one.
+    Args:
+      outputs: the model's float32 outputs: logits (B, 10), a reconstruction
+        (B, 28, 28, 1), or both, as the task has them.
+      target: (B, 28, 28, 1) the clean [0, 1] images a reconstruction is
+        scored against; None for precomputed features.
+      labels: (B,) int32.
+      spec: the step settings (the task, recon_weight, label_smoothing).
+      train: a training step's terms: the loss's cross-entropy is then
+        against smoothed labels (spec.label_smoothing); "cross_entropy" is
+        always the plain one.
+
+    Returns:
+      "loss" always; "correct" (0/1) and "cross_entropy" when the task
+      classifies; "mse" (mean over pixels) when it reconstructs.
     """
     logits, reconstruction = _split_outputs(outputs, spec)
     terms = {}

@@ -107,9 +107,17 @@ def trials_step(
 ) -> tuple[TrainState, dict]:
     """One train step of K trials: `train_step` for each, on its own batch.
 
-    states: stacked (K, ...); model_hparams: {field: (K,)} per-trial model
-    fields (dropout rates); batches: image (K, B, 28, 28, 1), label (K, B),
-    mask (K, B). Returns the stacked new states and metric sums (K,).
+    Args:
+      states: the trials' states, stacked (K, ...).
+      model_hparams: {field: (K,)} per-trial model fields (dropout rates).
+      batches: image (K, B, 28, 28, 1), label (K, B), mask (K, B).
+      model: the group's model, cloned with each trial's `model_hparams`.
+      spec: the step settings.
+      strategy: "vmap" (jax.vmap over the trials); else each trial's step
+        unrolled (resolve_strategy).
+
+    Returns:
+      The stacked new states and metric sums (K,).
     """
 
     def one_trial(state, hparams, batch):
@@ -129,7 +137,8 @@ def trials_step(
 def make_trials_step(
     model: nn.Module, spec: StepConfig, strategy: str, mesh: jax.sharding.Mesh
 ) -> Callable:
-    """`trials_step` jitted: states replicated and donated, each trial's batch split across the mesh."""
+    """`trials_step` jitted: states replicated and donated, each trial's
+    batch split across the mesh."""
     replicated = parallel.replicated(mesh)
     return jax.jit(
         functools.partial(trials_step, model=model, spec=spec, strategy=strategy),

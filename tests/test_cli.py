@@ -121,8 +121,8 @@ def test_the_help_of_the_chains_shows_their_configs(monkeypatch):
     assert f"(default: {labels})" in text and f"(default: {few_labels.CONFIG.steps})" in text
     quick = quick_help("few_labels", monkeypatch)
     assert (
-        f"{few_labels.QUICK.steps} steps with {' and '.join(map(str, few_labels.QUICK.labels))} labels"
-        in quick
+        f"{few_labels.QUICK.steps} steps with "
+        f"{' and '.join(map(str, few_labels.QUICK.labels))} labels" in quick
     )
 
 
@@ -340,8 +340,8 @@ def test_a_save_on_a_full_disk_names_the_step_and_the_last_good_checkpoint(tmp_p
         and "(No space left on device)" in message
     )
     assert (
-        f"the last good checkpoint, step 4, is intact in {tmp_path.resolve() / 'checkpoints' / 'latest' / '4'}"
-        in message
+        "the last good checkpoint, step 4, is intact in "
+        f"{tmp_path.resolve() / 'checkpoints' / 'latest' / '4'}" in message
     )
     assert message.endswith("then run the same command with --resume.")
     assert checkpoints.has_checkpoints(tmp_path)  # What was saved is still there.

@@ -48,7 +48,9 @@ sys.path.insert(0, {root!r})
 from mnist_jax import pipeline
 from tests.conftest import synthetic_split
 images = synthetic_split(64, 2).images
-noisy = pipeline.fixed_noisy_images(images, pipeline.NoiseConfig("gaussian", 0.5), pipeline.fixed_noise_key(0, "test"))
+noisy = pipeline.fixed_noisy_images(
+    images, pipeline.NoiseConfig("gaussian", 0.5), pipeline.fixed_noise_key(0, "test")
+)
 print(hashlib.sha256(noisy.tobytes()).hexdigest())
 """
 

@@ -1,4 +1,5 @@
-"""The weights' moving average: its update, and a run that validates, selects, tests and predicts with it."""
+"""The weights' moving average: its update, and a run that validates,
+selects, tests and predicts with it."""
 
 import chex
 import jax
@@ -99,7 +100,8 @@ def test_a_run_with_an_average_validates_selects_tests_and_predicts_with_it(
 
 @pytest.mark.slow
 def test_trials_stepped_together_each_keep_their_own_average():
-    """A sweep's trials (vmapped, mnist_jax.trial_group) update each average from its own weights."""
+    """A sweep's trials (vmapped, mnist_jax.trial_group) update each average
+    from its own weights."""
     base = small_run_config(model="simple_cnn", noise=NoiseConfig(), ema_decay=0.9)
     trials = make_trials(SweepConfig(base, {"seed": Choice((0, 1))}, method="grid"))
     model, _ = trial_group.group_model(trials)

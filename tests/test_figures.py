@@ -181,8 +181,9 @@ def test_no_figure_code_imports_pyplot():
     import sys
 
     code = (
-        "import sys; from mnist_jax import figures, viz; import experiments.eda, experiments.compare, "
-        "experiments.feature_maps; viz.figure_to_array(viz.label_distribution_figure({'a': [1, 2]})); "
+        "import sys; from mnist_jax import figures, viz; "
+        "import experiments.eda, experiments.compare, experiments.feature_maps; "
+        "viz.figure_to_array(viz.label_distribution_figure({'a': [1, 2]})); "
         "print('matplotlib.pyplot' in sys.modules)"
     )
     done = subprocess.run(

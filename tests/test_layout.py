@@ -149,15 +149,23 @@ def test_there_is_no_import_cycle():
             visit(name, [])
 
 
+def function_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines, less its docstring's: documenting it never makes it too long."""
+    lines = node.end_lineno - node.lineno + 1
+    if ast.get_docstring(node, clean=False) is not None:
+        lines -= node.body[0].end_lineno - node.body[0].lineno + 1
+    return lines
+
+
 def test_modules_and_functions_fit_on_a_screen_or_a_few():
     long_modules = {name: len(MODULES[name].read_text().splitlines()) for name in MODULES}
     assert {n: lines for n, lines in long_modules.items() if lines > MAX_MODULE_LINES} == {}
     long_functions = {
-        f"{name}.{node.name}": node.end_lineno - node.lineno + 1
+        f"{name}.{node.name}": function_lines(node)
         for name, tree in TREES.items()
         for node in ast.walk(tree)
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+        and function_lines(node) > MAX_FUNCTION_LINES
     }
     assert long_functions == {}
 
@@ -225,6 +233,65 @@ def test_a_command_imports_only_what_it_uses():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _own_nodes(function: ast.FunctionDef | ast.AsyncFunctionDef):
+    """The nodes of `function`'s body, leaving out those of the functions,
+    lambdas and classes defined in it."""
+    stack = list(function.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _public_functions(tree: ast.Module):
+    """(name, node, parameter count) of a module's public functions and of
+    its public classes' public methods, self and cls not counted."""
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    found = [(n.name, n, False) for n in tree.body if isinstance(n, functions)]
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            found += [
+                (f"{node.name}.{m.name}", m, True) for m in node.body if isinstance(m, functions)
+            ]
+    for name, function, is_method in found:
+        if not name.split(".")[-1].startswith("_"):
+            a = function.args
+            parameters = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+            if is_method and parameters[:1] in (["self"], ["cls"]):
+                parameters = parameters[1:]
+            yield name, function, len(parameters)
+
+
+def _sections_needed(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    """Args:, and Yields: for a generator or Returns: where it returns a value."""
+    nodes = list(_own_nodes(function))
+    if any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in nodes):
+        return ["Args:", "Yields:"]
+    returns = any(
+        isinstance(n, ast.Return)
+        and n.value is not None
+        and not (isinstance(n.value, ast.Constant) and n.value.value is None)
+        for n in nodes
+    )
+    return ["Args:", "Returns:"] if returns else ["Args:"]
+
+
+def test_public_functions_of_more_than_four_parameters_document_them():
+    """A public function or method of more than four parameters (self and
+    cls aside; positional and keyword-only alike) says what each is in an
+    Args: section, and what it gives back in Returns: (Yields: for a
+    generator), unless it returns nothing."""
+    offenders = []
+    for module, tree in TREES.items():
+        for name, function, parameters in _public_functions(tree):
+            docstring = ast.get_docstring(function) or ""
+            missing = [s for s in _sections_needed(function) if s not in docstring]
+            if parameters > 4 and missing:
+                offenders.append(f"{module}.{name} lacks {' and '.join(missing)}")
+    assert not offenders, "\n".join(offenders)
 
 
 def table_rows() -> str:

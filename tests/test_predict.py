@@ -181,7 +181,8 @@ def test_a_run_that_is_not_a_classifier_or_holds_another_model_is_refused(
 
 @pytest.mark.slow
 def test_predict_is_the_models_inference(quick_runs, real_mnist):
-    """Probabilities are the softmax of the inference-mode logits (no dropout, running BN statistics)."""
+    """Probabilities are the softmax of the inference-mode logits (no
+    dropout, running BN statistics)."""
     run = predict.load_classifier(quick_runs.get("cnn")["workdir"])
     images = real_mnist.test.images[:8]
     logits = steps.infer(run.state, tasks.model_inputs(images, None, run.config.step_config())[0])

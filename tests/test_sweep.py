@@ -386,7 +386,8 @@ def test_the_best_trial_is_chosen_by_validation_not_test(finished_sweep):
             )["accuracy"]
     assert max(test_accuracy, key=test_accuracy.get) != summary["best_trial"]
     assert summary["test"]["accuracy"] == pytest.approx(test_accuracy[summary["best_trial"]])
-    # best/ is an ordinary run: its best checkpoint loads with the trial's settings and scores as recorded.
+    # best/ is an ordinary run: its best checkpoint loads with the trial's
+    # settings and scores as recorded.
     best = trials[summary["best_trial"]]
     state = rundir.restore_best_state(
         best.config, get_model("simple_cnn", **best.model_kwargs), workdir / "best"

@@ -54,7 +54,8 @@ def test_label_smoothing_spreads_the_training_targets_only():
     np.testing.assert_array_equal(train_terms["cross_entropy"], plain["cross_entropy"])
     eval_terms = tasks.per_example_terms(logits, None, labels, smoothed)
     np.testing.assert_array_equal(eval_terms["loss"], plain["loss"])
-    # Without smoothing the training loss is exactly the cross-entropy, as before the option existed.
+    # Without smoothing the training loss is exactly the cross-entropy, as
+    # before the option existed.
     np.testing.assert_array_equal(
         plain["loss"], optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     )

@@ -47,6 +47,19 @@ def torch_conv_transpose(
     output_padding. lax.conv_transpose pads the stride-dilated input by the
     given amounts, so the same size follows from padding (k - 1 - p) below and
     (k - 1 - p + output_padding) above.
+
+    Args:
+      features: output channels.
+      kernel: the square kernel's side, k.
+      stride: the stride in both dimensions.
+      padding: PyTorch's `padding`, p.
+      output_padding: PyTorch's `output_padding`, added to the padding above.
+      name: the layer's name; None: flax's.
+      kernel_init: the kernel's initializer (default: PyTorch's).
+      bias_init: the bias's initializer (default: zeros).
+
+    Returns:
+      The layers.ConvTranspose.
     """
     low = kernel - 1 - padding
     pads = ((low, low + output_padding),) * 2
