@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -71,6 +72,39 @@ def parser_for(
     return parser
 
 
+def _prepare(
+    args, *, name: str, arch: str, config: TrainConfig, quick: TrainConfig, quick_image_size: int
+):
+    """(the run's config, the model, the weights asked for, the run directory)
+    from the flags; ValueError for a bad value (cli.start makes it a usage error)."""
+    weights_choice = args.weights or ("none" if args.quick else "torchvision")
+    default_size = quick_image_size if args.quick else 224
+    image_size = default_size if args.image_size is None else args.image_size
+    # Quick runs shrink the classifier (unless real weights need its width).
+    hidden = 256 if args.quick and weights_choice == "none" else 4096
+    run_config = config_from_args(args, config, quick)
+    model = TransferNet(arch=arch, image_size=image_size, hidden=hidden)
+    if image_size < ARCHITECTURES[arch].min_image_size:
+        raise ValueError(
+            f"{arch} needs --image-size >= {ARCHITECTURES[arch].min_image_size}, got {image_size}"
+        )
+    return run_config, model, weights_choice, resolve_workdir(name, args.workdir, args.resume)
+
+
+def _train(config, model, splits, workdir, options, weights, cache: bool) -> dict:
+    """The classifier trained on the frozen layers' features: computed once
+    (`cache`), or run every step (from `weights`, else their random init)."""
+    feature_params = frozen_features.feature_params_of(model, weights, config.seed)
+    if cache:
+        return frozen_features.train_on_cached_features(
+            config, model, splits, workdir, options, weights=weights, feature_params=feature_params
+        )
+    initial = weights or {"features": feature_params}
+    return train_and_evaluate(
+        config, model, splits, workdir, dataclasses.replace(options, pretrained=initial)
+    )
+
+
 def main(
     name: str,
     arch: str,
@@ -100,24 +134,14 @@ def main(
     """
     parser = parser_for(name, arch, description, config, quick, quick_image_size)
 
-    def prepare(args):
-        weights_choice = args.weights or ("none" if args.quick else "torchvision")
-        image_size = (
-            (quick_image_size if args.quick else 224)
-            if args.image_size is None
-            else args.image_size
-        )
-        # Quick runs shrink the classifier (unless real weights need its width).
-        hidden = 256 if args.quick and weights_choice == "none" else 4096
-        run_config = config_from_args(args, config, quick)
-        model = TransferNet(arch=arch, image_size=image_size, hidden=hidden)
-        if image_size < ARCHITECTURES[arch].min_image_size:
-            raise ValueError(
-                f"{arch} needs --image-size >= {ARCHITECTURES[arch].min_image_size}, "
-                f"got {image_size}"
-            )
-        return run_config, model, weights_choice, resolve_workdir(name, args.workdir, args.resume)
-
+    prepare = functools.partial(
+        _prepare,
+        name=name,
+        arch=arch,
+        config=config,
+        quick=quick,
+        quick_image_size=quick_image_size,
+    )
     args, (config, model, weights_choice, workdir) = start(parser, argv, prepare)
     if (done := finished_run(args, workdir)) is not None:
         print_results(name, done, reference, workdir)
@@ -135,7 +159,6 @@ def main(
         f"{'cached features' if cache else 'frozen features run every step'}; run dir {workdir}",
         flush=True,
     )
-    feature_params = frozen_features.feature_params_of(model, weights, config.seed)
     extra = {
         "data_source": source,
         "reference": dataclasses.asdict(reference),
@@ -145,20 +168,9 @@ def main(
         "cached_features": cache,
     }
     with training_errors(parser, args):
-        if cache:
-            summary = frozen_features.train_on_cached_features(
-                config,
-                model,
-                splits,
-                workdir,
-                run_options(name, args, extra=extra),
-                weights=weights,
-                feature_params=feature_params,
-            )
-        else:
-            initial = weights or {"features": feature_params}
-            options = run_options(name, args, extra=extra, pretrained=initial)
-            summary = train_and_evaluate(config, model, splits, workdir, options)
+        summary = _train(
+            config, model, splits, workdir, run_options(name, args, extra=extra), weights, cache
+        )
     print_results(
         name, summary, reference, workdir, "this run" if weights else "this run (random init)"
     )

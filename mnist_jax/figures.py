@@ -85,13 +85,8 @@ def write_run_figures(
         written.append(name)
 
     if history:
-        save(
-            "curves.png",
-            viz.figure_to_array(
-                viz.training_curves_figure(history, f"{experiment}: training curves", scored_epoch)
-            ),
-            "train/curves",
-        )
+        curves = viz.training_curves_figure(history, f"{experiment}: training curves", scored_epoch)
+        save("curves.png", viz.figure_to_array(curves), "train/curves")
     if confusion_matrix is not None:
         save(
             "confusion_matrix.png",
@@ -111,17 +106,21 @@ def write_run_figures(
             "test/misclassified",
         )
     if spec.reconstructs and test.images.dtype == np.uint8:
-        originals, recon = reconstruction_examples(state, test, spec)
-        save(
-            "reconstructions.png",
-            viz.reconstruction_grid_image(originals, recon, f"{experiment}: test reconstructions"),
-            "test/reconstructions",
+        grid = viz.reconstruction_grid_image(
+            *reconstruction_examples(state, test, spec), f"{experiment}: test reconstructions"
         )
+        save("reconstructions.png", grid, "test/reconstructions")
     if has_pictures:
-        count = min(EMBEDDING_POINTS, len(test))
-        features = inspection.embeddings(state, test.images[:count], spec)
-        metadata = {"label": test.labels[:count]}
-        if predictions is not None:
-            metadata["predicted"] = np.asarray(predictions)[:count]
-        writer.embedding("test/embedding", step, features, pictures[:count], metadata)
+        _write_embedding(writer, step, state, test, spec, pictures, predictions)
     return written
+
+
+def _write_embedding(writer, step: int, state, test: Split, spec, pictures, predictions) -> None:
+    """The projector's embedding of the first EMBEDDING_POINTS test images,
+    labelled and, where the task classifies, with the predicted digit."""
+    count = min(EMBEDDING_POINTS, len(test))
+    features = inspection.embeddings(state, test.images[:count], spec)
+    metadata = {"label": test.labels[:count]}
+    if predictions is not None:
+        metadata["predicted"] = np.asarray(predictions)[:count]
+    writer.embedding("test/embedding", step, features, pictures[:count], metadata)
