@@ -3,7 +3,8 @@ settings and machine (seeds aside), each group's mean and spread over its
 seeds, and a row for each ensemble that experiments.best scored.
 
 A row's label says how its settings differ from its experiment's: nothing
-for the defaults, "quick" for --quick's, else the settings that differ.
+for the defaults; "quick" for a run on --quick's data subsets, then how it
+differs from --quick's settings; else how it differs from the defaults.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ IGNORED_FIELDS = {
     "eval_batch_size",
     "data_placement",
 }
+# The settings only --quick changes: the data subsets a label calls "quick".
+QUICK_SUBSETS = ("train_size", "test_size")
 # Transfer-learning settings kept in metrics.json beside the config, and their defaults.
 TRANSFER_DEFAULTS = {"image_size": 224, "weights": "ImageNet"}
 
@@ -51,7 +54,11 @@ def _as_json(value):
 
 
 def settings_label(name: str, summary: dict) -> str:
-    """How a run's settings differ from its experiment's defaults ("" when they don't)."""
+    """How a run's settings differ from its experiment's defaults ("" when
+    they don't), in the settings' alphabetical order: a run on --quick's data
+    subsets is "quick" and how it differs from --quick's settings, any other
+    run how it differs from the defaults. The label follows the settings
+    alone, never the flags that chose them."""
     module = experiment_module(name)
     config = run_settings(summary)
     if summary.get("cached_features"):  # Trained the classifier alone: "trainable" was dropped.
@@ -59,15 +66,12 @@ def settings_label(name: str, summary: dict) -> str:
 
     def differences(reference: TrainConfig) -> list[str]:
         defaults = flatten(_as_json(reference.to_dict()))
-        return [f"{k}={_short(v)}" for k, v in config.items() if defaults.get(k) != v]
+        return [f"{k}={_short(config[k])}" for k in sorted(config) if defaults.get(k) != config[k]]
 
-    parts = []
-    if not differences(module.CONFIG):
-        pass
-    elif not differences(module.QUICK):
-        parts.append("quick")
+    if on_quick_subsets(module, config):
+        parts = ["quick", *differences(module.QUICK)]
     else:
-        parts.extend(differences(module.CONFIG))
+        parts = differences(module.CONFIG)
     if "image_size" in summary and summary["image_size"] != TRANSFER_DEFAULTS["image_size"]:
         parts.append(f"{summary['image_size']}px")
     if "weights" in summary and not str(summary["weights"]).startswith(
@@ -75,6 +79,15 @@ def settings_label(name: str, summary: dict) -> str:
     ):
         parts.append("random init")
     return ", ".join(parts)
+
+
+def on_quick_subsets(module, config: dict) -> bool:
+    """Whether a run's flat settings hold the data subsets of `module`'s
+    --quick (QUICK's train_size and test_size, where they are not CONFIG's)."""
+    quick = {k: getattr(module.QUICK, k) for k in QUICK_SUBSETS}
+    if quick == {k: getattr(module.CONFIG, k) for k in QUICK_SUBSETS}:
+        return False
+    return all(config.get(k) == v for k, v in quick.items())
 
 
 def _short(value) -> str:

@@ -1,7 +1,7 @@
 """Report 004's comparison of every classifier: accuracy, F1, time, parameters, over seeds.
 
     python -m experiments.compare                      # collect the runs under runs/
-    python -m experiments.compare --train              # train each classifier with seeds 0-2 first
+    python -m experiments.compare --train              # train each model with seeds 0-2 first
     python -m experiments.compare --train --quick      # the same, each experiment's --quick
     python -m experiments.compare --train --models cnn,vit --seeds 5
     python -m experiments.compare --runs-dir results   # the summaries committed in results/
@@ -10,10 +10,15 @@ Runs are found by their summaries (metrics.json, or a copy of one under
 another name) anywhere under --runs-dir and grouped by
 experiment and settings (seed aside): a group gives mean +- std (sample
 standard deviation) over its seeds, each seed counted once. Rows whose settings are not the
-experiment's defaults say how they differ, e.g. "cnn (quick)". --train puts
-seed k of model m in runs/compare/<m>/seed<k> (runs/compare/<m>/e<N>_seed<k>
+experiment's defaults say how they differ, e.g. "cnn (epochs=1)"; a run on
+--quick's data subsets is "quick" and how it differs from --quick's
+settings, e.g. "cnn (quick)" or "cnn (quick, epochs=1)", however its
+settings were chosen. --train trains every model of --models: seed k of a
+classifier m in runs/compare/<m>/seed<k> (runs/compare/<m>/e<N>_seed<k>
 with --epochs N; skipped where that run is finished, resumed where it was
-interrupted). Writes comparison.json,
+interrupted), and best's seeds as `python -m experiments.best --seeds N`
+trains them, in runs/compare/best/seed<k> (runs/compare/best/e<N>/seed<k>
+with --epochs N). Writes comparison.json,
 comparison.csv and comparison.png (test accuracy against training time, the
 report's points hollow) into --out (default runs/compare), and prints the
 table with report 004's numbers beside ours.
@@ -33,8 +38,8 @@ from mnist_jax.flags import DEFAULT_RUNS_DIR, ShowDefaults
 from mnist_jax.rundir import find_summaries
 
 # The classifier experiments (experiments.classifier_experiments), which
-# --train runs seed by seed; then the experiments beyond the reports, whose
-# runs are collected but which train their own seeds (and their ensemble).
+# --train runs seed by seed; then the experiments beyond the reports, which
+# train their own seeds (and their ensemble): --train runs their command.
 CLASSIFIERS = classifier_experiments()
 BEYOND = ("best",)
 COLLECTED = CLASSIFIERS + BEYOND
@@ -54,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--out", type=pathlib.Path, help=f"output folder (default: {DEFAULT_RUNS_DIR}/compare)")
     add("--models", default=",".join(COLLECTED), help=f"comma-separated, of {','.join(COLLECTED)}")
-    add("--train", action="store_true", help="train the missing seeds of every model first")
+    add(
+        "--train",
+        action="store_true",
+        help="first train the missing seeds of every model of --models, best's through "
+        "python -m experiments.best --seeds N",
+    )
     add("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds 0..N-1 with --train")
     add(
         "--quick",
@@ -90,17 +100,18 @@ def train_missing(
     extra_args: list[str],
     epochs: int | None = None,
 ) -> dict[str, str]:
-    """Trains each model's seeds 0..seeds-1 into root/<model>/seed<k> (or
-    e<epochs>_seed<k>), unless finished.
+    """Trains the seeds 0..seeds-1 of each model that are not finished, each
+    through its experiment's command, run in this process.
 
     Args:
-      models: experiment names, of COLLECTED; best's seeds are not trained
-        here (python -m experiments.best trains them).
+      models: experiment names, of COLLECTED.
       seeds: how many seeds of each: 0..seeds-1.
       quick: each experiment's --quick settings.
-      root: where the runs go: seed k of a model in root/<model>/seed<k>
+      root: where the runs go: a classifier's seed k in root/<model>/seed<k>
         (root/<model>/e<epochs>_seed<k> with `epochs`), where a finished run
-        is skipped and an interrupted one resumed.
+        is skipped and an interrupted one resumed; best's seeds in
+        root/best/seed<k> (root/best/e<epochs>/seed<k>), as experiments.best
+        trains them (finished seeds read back, interrupted ones resumed).
       extra_args: flags for every command (--data-dir, --no-download).
       epochs: this many epochs instead of each experiment's.
 
@@ -111,11 +122,11 @@ def train_missing(
     if epochs is not None:
         extra_args = [*extra_args, "--epochs", str(epochs)]
     for name in models:
-        if name in BEYOND:
-            print(
-                f"{name}: not trained here; python -m experiments.{name} trains its seeds",
-                flush=True,
-            )
+        if name in BEYOND:  # Its own command trains its seeds, as experiments.best does.
+            workdir = root / name if epochs is None else root / name / f"e{epochs}"
+            argv = ["--seeds", str(seeds), "--workdir", str(workdir), "--no-progress", *extra_args]
+            run = f"{name} seeds 0-{seeds - 1}" if seeds > 1 else f"{name} seed 0"
+            failed |= _run_experiment(name, run, argv + (["--quick"] if quick else []))
             continue
         for seed in range(seeds):
             workdir = root / name / (f"seed{seed}" if epochs is None else f"e{epochs}_seed{seed}")
@@ -127,19 +138,19 @@ def train_missing(
                 argv.append("--resume")
             if quick:
                 argv.append("--quick")
-            print(
-                f"\n=== {name} seed {seed}: python -m experiments.{name} {' '.join(argv)}",
-                flush=True,
-            )
-            try:
-                experiment_module(name).main(argv)
-            except SystemExit as e:  # A model that cannot run (no weights offline) leaves the rest.
-                failed[f"{name} seed {seed}"] = f"exited with status {e.code}"
-                print(
-                    f"{name} seed {seed} failed (status {e.code}); going on with the others",
-                    flush=True,
-                )
+            failed |= _run_experiment(name, f"{name} seed {seed}", argv)
     return failed
+
+
+def _run_experiment(name: str, run: str, argv: list[str]) -> dict[str, str]:
+    """`python -m experiments.<name> argv`, in this process; {run: why} where it exits."""
+    print(f"\n=== {run}: python -m experiments.{name} {' '.join(argv)}", flush=True)
+    try:
+        experiment_module(name).main(argv)
+    except SystemExit as e:  # A model that cannot run (no weights offline) leaves the rest.
+        print(f"{run} failed (status {e.code}); going on with the others", flush=True)
+        return {run: f"exited with status {e.code}"}
+    return {}
 
 
 def main(argv=None) -> dict:
