@@ -81,31 +81,44 @@ def main(argv=None) -> dict:
         parser.error(f"--channels must be >= 1, got {args.channels}")
     try:
         run = load_run(args.checkpoint)
-        if args.image is not None:
-            # As MNIST's digits (mnist_jax.digits): grey, 20x20 box, centred by mass.
-            image = digits.load_digit(args.image, invert=True if args.invert else None)
-            label, name = None, args.image.stem
-        else:
-            index = 0 if args.index is None else args.index
-            test = sources.load_mnist(
-                data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download
-            ).test
-            if not 0 <= index < len(test):
-                raise ValueError(f"--index {index} is outside the test set (0 to {len(test) - 1})")
-            image, label, name = test.images[index], int(test.labels[index]), f"index_{index}"
+        image, label, name = chosen_image(args)
     except (RunError, ValueError) as e:
         parser.error(str(e))
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from e
 
-    spec = run.config.step_config()
-    images = image[None]  # (1, 28, 28, 1) uint8
     out = args.out or args.checkpoint / "feature_maps" / name
     out.mkdir(parents=True, exist_ok=True)
     viz.save_png(np.repeat(image, 3, axis=-1), out / "input.png")
-
     result = {"run": str(args.checkpoint), "model": run.config.model, "image": name, "label": label}
+    result.update(inspect_image(run, image, out, args.channels))
+    write_json(out / "feature_maps.json", result)
+    print_result(result, args.checkpoint, out)
+    return result
+
+
+def chosen_image(args: argparse.Namespace) -> tuple[np.ndarray, int | None, str]:
+    """(image (28, 28, 1) uint8, its label or None, its name) of --image or --index."""
+    if args.image is not None:
+        # As MNIST's digits (mnist_jax.digits): grey, 20x20 box, centred by mass.
+        image = digits.load_digit(args.image, invert=True if args.invert else None)
+        return image, None, args.image.stem
+    index = 0 if args.index is None else args.index
+    test = sources.load_mnist(
+        data_dir=args.data_dir, idx_dir=args.idx_dir, download=not args.no_download
+    ).test
+    if not 0 <= index < len(test):
+        raise ValueError(f"--index {index} is outside the test set (0 to {len(test) - 1})")
+    return test.images[index], int(test.labels[index]), f"index_{index}"
+
+
+def inspect_image(run, image: np.ndarray, out: pathlib.Path, channels: int) -> dict:
+    """The prediction (a classifier's), a PNG and statistics per convolution
+    (at most `channels` channels shown), and a ViT's attention.png, into `out`."""
+    spec = run.config.step_config()
+    images = image[None]  # (1, 28, 28, 1) uint8
+    result = {}
     if spec.classifies:
         inputs = inspection.clean_inputs(images, spec)
         logits = tasks.logits_of(infer(run.state, inputs, spec.dtype), spec)  # (1, 10)
@@ -116,9 +129,9 @@ def main(argv=None) -> dict:
     maps = inspection.feature_maps(run.state, images, spec)
     result["layers"] = {}
     for number, (layer, values) in enumerate(maps.items(), start=1):
-        shown = values[0, ..., : args.channels]  # (h, w, <= channels)
-        channels = f"{shown.shape[-1]} of {values.shape[-1]} channels"
-        title = f"{run.config.model} {layer}: {values.shape[1]}x{values.shape[2]}, {channels}"
+        shown = values[0, ..., :channels]  # (h, w, <= channels)
+        described = f"{shown.shape[-1]} of {values.shape[-1]} channels"
+        title = f"{run.config.model} {layer}: {values.shape[1]}x{values.shape[2]}, {described}"
         viz.save_png(
             viz.figure_to_array(viz.feature_maps_figure(shown, title)),
             out / f"{number:02d}_{layer.replace('/', '_')}.png",
@@ -143,10 +156,15 @@ def main(argv=None) -> dict:
             "heads": int(weights.shape[1]),
             "rollout_peak_patch": int(rollout.argmax()),
         }
-    write_json(out / "feature_maps.json", result)
+    return result
 
+
+def print_result(result: dict, checkpoint: pathlib.Path, out: pathlib.Path) -> None:
+    """The image, the prediction and a line per layer: its output's shape,
+    mean and fraction above 0."""
+    label = result["label"]
     print(
-        f"\n{run.config.model} (best checkpoint of {args.checkpoint}), image {name}"
+        f"\n{result['model']} (best checkpoint of {checkpoint}), image {result['image']}"
         + (f", true label {label}" if label is not None else "")
     )
     if "predicted" in result:
@@ -154,11 +172,9 @@ def main(argv=None) -> dict:
     print(f"\n{'layer':<28} {'output':>14} {'mean':>9} {'> 0':>7}")
     for layer, stats in result["layers"].items():
         shape = "x".join(map(str, stats["shape"]))
-        print(
-            f"{layer:<28} {shape:>14} {stats['mean']:>9.4f} {100 * stats['positive_fraction']:>6.1f}%"
-        )
+        positive = f"{100 * stats['positive_fraction']:>6.1f}%"
+        print(f"{layer:<28} {shape:>14} {stats['mean']:>9.4f} {positive}")
     print(f"\nfigures are in {out}")
-    return result
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ Report 000 gives 99.10 % test accuracy and test loss 0.0264 for the clean,
 noisy and denoised data alike (its three sections carry the same copied
 numbers) and does not say which noise it used. Our results are in
 docs/results.md.
+
+This module is the command and `run`, the chain from its first stage to
+noisy.json; the stages and their scoring are in experiments/_noisy_chain.py,
+the figures and tables in experiments/_noisy_report.py.
 """
 
 from __future__ import annotations
@@ -33,12 +37,21 @@ import argparse
 import dataclasses
 import pathlib
 
-import numpy as np
-
 from experiments import simple_cnn
+from experiments._noisy_chain import CLASSIFIERS as CLASSIFIERS  # Read as noisy.CLASSIFIERS.
+from experiments._noisy_chain import (
+    DENOISED_FILE,
+    STAGES,
+    TEST_SETS,
+    NoisyConfig,
+    robustness_curve,
+    score_classifiers,
+    stage_dir,
+    train_stages,
+)
+from experiments._noisy_report import OWN_MODEL, tables, write_figures
 from mnist_jax import data as data_lib
-from mnist_jax import denoising, parallel, pipeline, rundir, summaries, viz
-from mnist_jax.checkpoints import has_checkpoints
+from mnist_jax import denoising, parallel
 from mnist_jax.cli import (
     finished_run,
     load_mnist_or_exit,
@@ -46,79 +59,12 @@ from mnist_jax.cli import (
     start,
     training_errors,
 )
-from mnist_jax.config import ResumeError, TrainConfig
+from mnist_jax.config import ResumeError
 from mnist_jax.fields import help_of
-from mnist_jax.files import write_atomically, write_json
+from mnist_jax.files import write_json
 from mnist_jax.flags import ShowDefaults, add_run_flags, check_at_least_one, shown
 from mnist_jax.metrics import format_classification_report
-from mnist_jax.models import get_model
-from mnist_jax.options import RunOptions
 from mnist_jax.pipeline import NOISE_KINDS, NoiseConfig
-from mnist_jax.rundir import restore_best_state
-from mnist_jax.steps import score_split
-from mnist_jax.train import train_and_evaluate
-
-
-@dataclasses.dataclass(frozen=True)
-class NoisyConfig:
-    """The chain's settings. Every stage uses the same seed and data subsets.
-
-    noise: the training noise, and the fixed noise of the validation and
-      test sets (report 000 does not say which; sigma 0.5 is heavy).
-    classifier: the CNN of stages 1, 4 and 5 (experiments.simple_cnn's).
-    denoiser: the autoencoder of stage 2; its noise is set from `noise`.
-    curve_levels: Gaussian sigmas of the robustness curve, [0, 1] pixel units.
-    """
-
-    noise: NoiseConfig = NoiseConfig("gaussian", 0.5)
-    classifier: TrainConfig = simple_cnn.CONFIG
-    denoiser: TrainConfig = TrainConfig(
-        model="denoising_ae",
-        task="reconstruct",
-        input_norm="unit",
-        epochs=10,
-        batch_size=64,
-        learning_rate=1e-3,
-        weight_decay=0.0,
-    )
-    curve_levels: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-    seed: int = 0
-    train_size: int | None = None  # Stratified subsets for quick runs; None = all.
-    test_size: int | None = None
-
-    def __post_init__(self):
-        if self.noise.kind == "none":
-            raise ValueError(
-                "the noisy chain needs noise: choose --noise gaussian, salt_pepper or speckle"
-            )
-        if not self.curve_levels or min(self.curve_levels) < 0:
-            raise ValueError(f"curve_levels must be sigmas >= 0, got {self.curve_levels}")
-
-    def stage(self, name: str) -> TrainConfig:
-        """The TrainConfig of stage `name` (a key of STAGES)."""
-        base = self.denoiser if name == "2_denoiser" else self.classifier
-        noise = self.noise if name in ("1_noisy_cnn", "2_denoiser") else NoiseConfig()
-        return dataclasses.replace(
-            base, seed=self.seed, noise=noise, train_size=self.train_size, test_size=self.test_size
-        )
-
-
-STAGES = {
-    "1_noisy_cnn": "the CNN on noisy images",
-    "2_denoiser": "the denoising autoencoder, noisy -> clean",
-    "4_denoised_cnn": "the CNN on denoised images",
-    "5_clean_cnn": "the CNN on clean images",
-}
-DENOISED_FILE = pathlib.Path("3_denoised") / "denoised.npz"
-# (name in tables, stage) of the three classifiers, and the test sets.
-CLASSIFIERS = {
-    "clean-trained": "5_clean_cnn",
-    "noisy-trained": "1_noisy_cnn",
-    "denoised-trained": "4_denoised_cnn",
-}
-TEST_SETS = ("clean", "noisy", "denoised")
-# The classifier trained on each test set's kind of images: report 000's three results.
-OWN_MODEL = {"clean": "clean-trained", "noisy": "noisy-trained", "denoised": "denoised-trained"}
 
 CONFIG = NoisyConfig()
 _QUICK_RUN = dict(epochs=1, log_every_steps=10, checkpoint_every_steps=20)
@@ -137,279 +83,6 @@ REFERENCE = {
 }
 
 
-def stage_dir(name: str, workdir: pathlib.Path, clean_run: pathlib.Path | None) -> pathlib.Path:
-    """Where stage `name` runs: under workdir, or --clean-run for the clean CNN."""
-    return clean_run if (name == "5_clean_cnn" and clean_run) else workdir / name
-
-
-def run_stage(
-    name: str,
-    config: NoisyConfig,
-    splits: data_lib.Splits,
-    workdir: pathlib.Path,
-    *,
-    resume: bool,
-    progress: bool,
-    source: str,
-    clean_run: pathlib.Path | None = None,
-):
-    """(summary, best state) of a stage: trained, continued, or reused when finished."""
-    stage_config = config.stage(name)
-    model = get_model(stage_config.model)
-    run_dir = stage_dir(name, workdir, clean_run)
-    if rundir.is_finished(run_dir):
-        print(f"\n{name}: finished; reusing the best checkpoint in {run_dir}", flush=True)
-        try:
-            state = restore_best_state(stage_config, model, run_dir)
-        except ResumeError as e:
-            hint = (
-                "--clean-run must be an experiments.simple_cnn run with this chain's seed and data"
-                if run_dir == clean_run
-                else "resume with the settings that trained it"
-            )
-            raise ResumeError(f"{name}: {e}; {hint}") from e
-        return rundir.read_summary(run_dir), state
-    if run_dir == clean_run:
-        raise ResumeError(
-            f"--clean-run {clean_run} holds no finished run (no metrics.json); "
-            "run experiments.simple_cnn to the end first, or leave --clean-run out"
-        )
-    print(f"\n{name}: {STAGES[name]} ({stage_config.epochs} epochs)", flush=True)
-    options = RunOptions(
-        experiment=f"noisy/{name}",
-        resume=resume and has_checkpoints(run_dir),
-        progress=progress,
-        extra={"data_source": source, "stage": name},
-    )
-    summary = train_and_evaluate(stage_config, model, splits, run_dir, options)
-    return summary, summary["best_state"]
-
-
-def denoise_stage(
-    config: NoisyConfig,
-    denoiser_state,
-    noisy: data_lib.Splits,
-    workdir: pathlib.Path,
-    denoiser_step: int,
-) -> data_lib.Splits:
-    """Stage 3: the denoised train (a fixed noisy copy), val and test sets;
-    read back from 3_denoised/denoised.npz when that denoiser made it."""
-    path = workdir / DENOISED_FILE
-    spec = config.stage("2_denoiser").step_config()
-    sizes = {"train": len(noisy.train), "val": len(noisy.val), "test": len(noisy.test)}
-    if path.is_file():
-        with np.load(path) as saved:
-            made_by = int(saved["denoiser_step"])
-            if made_by == denoiser_step and all(saved[k].shape[0] == n for k, n in sizes.items()):
-                print(f"\n3_denoised: reusing {path}", flush=True)
-                return data_lib.Splits(
-                    **{
-                        k: data_lib.Split(
-                            saved[k],
-                            getattr(noisy, k).labels,
-                            denoising.clean_images(getattr(noisy, k)),
-                        )
-                        for k in sizes
-                    }
-                )
-        print(f"\n3_denoised: {path} came from another denoiser; denoising again", flush=True)
-    print("\n3_denoised: denoising the noisy train, val and test sets", flush=True)
-    noisy_train = denoising.noisy_copy(
-        noisy.train, config.noise, pipeline.fixed_noise_key(config.seed, "train")
-    )
-    denoised = data_lib.Splits(
-        **{
-            k: denoising.denoise_split(denoiser_state, split, spec)
-            for k, split in (("train", noisy_train), ("val", noisy.val), ("test", noisy.test))
-        }
-    )
-    if parallel.is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            "denoiser_step": np.int64(denoiser_step),
-            **{k: getattr(denoised, k).images for k in sizes},
-        }
-        write_atomically(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
-    return denoised
-
-
-def score_classifiers(config: NoisyConfig, states: dict, test_sets: dict) -> dict:
-    """{classifier: {test set: accuracy, loss, F1, per-class report, confusion matrix}}."""
-    spec = config.classifier.step_config()
-    return {
-        name: {
-            set_name: score_split(states[stage], split, config.classifier.eval_batch_size, spec)
-            for set_name, split in test_sets.items()
-        }
-        for name, stage in CLASSIFIERS.items()
-    }
-
-
-def robustness_curve(
-    config: NoisyConfig, states: dict, denoiser_state, test: data_lib.Split
-) -> dict:
-    """Test accuracy and denoiser PSNR at each Gaussian sigma of `curve_levels`.
-
-    Every level uses the test set's fixed noise key, so the levels differ in
-    sigma only (the same normal draws, scaled).
-    """
-    classify = config.classifier.step_config()
-    denoise_spec = config.stage("2_denoiser").step_config()
-    batch = config.classifier.eval_batch_size
-    key = pipeline.fixed_noise_key(config.seed, "test")
-
-    def accuracy(stage, split):
-        return score_split(states[stage], split, batch, classify)["accuracy"]
-
-    points = []
-    for sigma in config.curve_levels:
-        noisy = denoising.noisy_copy(test, NoiseConfig("gaussian", sigma), key)
-        denoised = denoising.denoise_split(denoiser_state, noisy, denoise_spec)
-        points.append(
-            {
-                "sigma": sigma,
-                "clean-trained CNN, noisy input": accuracy("5_clean_cnn", noisy),
-                "clean-trained CNN, denoised input": accuracy("5_clean_cnn", denoised),
-                "noisy-trained CNN, noisy input": accuracy("1_noisy_cnn", noisy),
-                "denoised-trained CNN, denoised input": accuracy("4_denoised_cnn", denoised),
-                "noisy PSNR": denoising.image_quality(noisy.images, test.images)["psnr"],
-                "denoised PSNR": denoising.image_quality(denoised.images, test.images)["psnr"],
-            }
-        )
-        print(
-            f"sigma {sigma:.2f}: "
-            + ", ".join(
-                f"{k} {100 * v:.2f} %" for k, v in points[-1].items() if k.endswith("input")
-            ),
-            flush=True,
-        )
-    return {"noise": "gaussian", "points": points}
-
-
-CURVES = (
-    "clean-trained CNN, noisy input",
-    "clean-trained CNN, denoised input",
-    "noisy-trained CNN, noisy input",
-    "denoised-trained CNN, denoised input",
-)
-
-
-def write_figures(workdir: pathlib.Path, results: dict, test_sets: dict) -> None:
-    """robustness.png, samples.png, confusion_matrices.png (every model on
-    every test set) and TensorBoard: the same figures, and the scores."""
-    points = results["robustness"]["points"]
-    curve = viz.figure_to_array(
-        viz.curves_figure(
-            {name: [(p["sigma"], p[name]) for p in points] for name in CURVES},
-            xlabel="Gaussian noise sigma ([0, 1] pixels)",
-            ylabel="test accuracy (%)",
-            title="Robustness to Gaussian noise",
-            marks={"training noise": results["noise"]["level"]}
-            if results["noise"]["kind"] == "gaussian"
-            else None,
-        )
-    )
-    viz.save_png(curve, workdir / "robustness.png")
-    samples = viz.figure_to_array(
-        viz.image_rows_figure(
-            {name: split.images[:10] / 255.0 for name, split in test_sets.items()},
-            f"test images: clean / {results['noise']['kind']} {results['noise']['level']} / denoised",
-        )
-    )
-    viz.save_png(samples, workdir / "samples.png")
-    viz.save_png(
-        viz.figure_to_array(
-            viz.confusion_matrices_figure(
-                {
-                    f"{name} CNN": {
-                        f"{set_name} test": score["confusion_matrix"]
-                        for set_name, score in by_set.items()
-                    }
-                    for name, by_set in results["scores"].items()
-                }
-            )
-        ),
-        workdir / "confusion_matrices.png",
-    )
-    with summaries.MetricWriter(workdir / "tensorboard") as writer:
-        for p in points:  # Steps are sigma in hundredths: TensorBoard wants integers.
-            writer.scalars(
-                round(100 * p["sigma"]),
-                {
-                    f"robustness/{k.replace(', ', '/').replace(' ', '_')}": v
-                    for k, v in p.items()
-                    if k != "sigma"
-                },
-            )
-        writer.image("noisy/robustness", 0, curve)
-        writer.image("noisy/samples", 0, samples)
-        for name, by_set in results["scores"].items():
-            for set_name, score in by_set.items():
-                writer.image(
-                    f"confusion/{name}_cnn/{set_name}_test",
-                    0,
-                    viz.confusion_matrix_image(
-                        np.array(score["confusion_matrix"]), f"{name} CNN, {set_name} test set"
-                    ),
-                )
-                writer.scalars(0, {f"test/{name}_cnn/{set_name}/accuracy": score["accuracy"]})
-        for name, quality in results["quality"].items():
-            writer.scalars(0, {f"quality/{name}/{k}": v for k, v in quality.items()})
-
-
-def tables(results: dict) -> str:
-    """The report-vs-ours table, the accuracy of every (model, test set), and
-    the denoising quality, as Markdown."""
-    scores, ref, own = results["scores"], REFERENCE, OWN_MODEL
-    lines = [
-        "| test set | model | report accuracy | ours | report loss | ours | ours F1 (macro) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for set_name in TEST_SETS:
-        s = scores[own[set_name]][set_name]
-        lines.append(
-            f"| {set_name} | {own[set_name]} CNN | {100 * ref[set_name]['accuracy']:.2f} % | "
-            f"{100 * s['accuracy']:.2f} % | {ref[set_name]['loss']:.4f} | {s['loss']:.4f} | "
-            f"{s['f1_macro']:.4f} |"
-        )
-    lines += [
-        "",
-        "Test accuracy of every CNN on every test set:",
-        "",
-        "| model \\ test set | " + " | ".join(TEST_SETS) + " |",
-        "|---|" + "---|" * len(TEST_SETS),
-    ]
-    for name, by_set in scores.items():
-        lines.append(
-            f"| {name} CNN | "
-            + " | ".join(f"{100 * by_set[t]['accuracy']:.2f} %" for t in TEST_SETS)
-            + " |"
-        )
-    lines += [
-        "",
-        "Test images against the clean ones:",
-        "",
-        "| images | MSE | PSNR (dB) | SSIM |",
-        "|---|---|---|---|",
-    ]
-    for name, q in results["quality"].items():
-        lines.append(f"| {name} | {q['mse']:.5f} | {q['psnr']:.2f} | {q['ssim']:.4f} |")
-    lines += [
-        "",
-        "Robustness (Gaussian sigma; test accuracy):",
-        "",
-        "| sigma | " + " | ".join(CURVES) + " | denoised PSNR (dB) |",
-        "|---|" + "---|" * (len(CURVES) + 1),
-    ]
-    for p in results["robustness"]["points"]:
-        lines.append(
-            f"| {p['sigma']:.2f} | "
-            + " | ".join(f"{100 * p[c]:.2f} %" for c in CURVES)
-            + f" | {p['denoised PSNR']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
 def run(
     config: NoisyConfig,
     splits: data_lib.Splits,
@@ -420,7 +93,28 @@ def run(
     source: str,
     clean_run: pathlib.Path | None = None,
 ) -> dict:
-    """Runs (or reuses) every stage and scores them; returns noisy.json's contents."""
+    """Runs (or reuses) every stage and scores them; writes the figures,
+    TensorBoard and noisy.json into workdir (the main process).
+
+    Args:
+      config: the chain's settings.
+      splits: the clean splits; the noisy ones are made from them.
+      workdir: the chain's folder, a run directory per stage under it.
+      resume: reuse the finished stages, continue the interrupted one; without
+        it, a workdir that holds a chain is refused.
+      progress: show the progress bar.
+      source: where MNIST came from, for noisy.json and the stages' metrics.json.
+      clean_run: a finished experiments.simple_cnn run to reuse as the clean CNN.
+
+    Returns:
+      noisy.json's contents: the settings, data, devices, each stage's run,
+      every classifier's scores on every test set, the denoising quality and
+      the robustness curve.
+
+    Raises:
+      ResumeError: workdir holds a chain and resume is off, or a stage cannot
+        be reused.
+    """
     if not resume and any((workdir / name).exists() for name in (*STAGES, DENOISED_FILE.parent)):
         raise ResumeError(
             f"{workdir} already holds a noisy chain. Pass --resume to reuse its finished "
@@ -428,34 +122,16 @@ def run(
         )
     workdir.mkdir(parents=True, exist_ok=True)
     noisy = denoising.noisy_splits(splits, config.noise, config.seed)
-
-    def stage(name, data):
-        return run_stage(
-            name,
-            config,
-            data,
-            workdir,
-            resume=resume,
-            progress=progress,
-            source=source,
-            clean_run=clean_run,
-        )
-
-    summaries_, states = {}, {}
-    if clean_run:  # Checked first: a wrong --clean-run fails before any training.
-        summaries_["5_clean_cnn"], states["5_clean_cnn"] = stage("5_clean_cnn", splits)
-    for name, data in (("1_noisy_cnn", noisy), ("2_denoiser", noisy)):
-        summaries_[name], states[name] = stage(name, data)
-    denoised = denoise_stage(
+    summaries_, states, denoised = train_stages(
         config,
-        states["2_denoiser"],
+        splits,
         noisy,
         workdir,
-        summaries_["2_denoiser"]["evaluated_checkpoint"]["step"],
+        resume=resume,
+        progress=progress,
+        source=source,
+        clean_run=clean_run,
     )
-    for name, data in (("4_denoised_cnn", denoised), ("5_clean_cnn", splits)):
-        if name not in states:
-            summaries_[name], states[name] = stage(name, data)
 
     print("\nscoring every CNN on the clean, noisy and denoised test sets", flush=True)
     test_sets = {"clean": splits.test, "noisy": noisy.test, "denoised": denoised.test}
@@ -469,14 +145,7 @@ def run(
             "test": len(splits.test),
         },
         "devices": parallel.describe(parallel.data_mesh()),
-        "stages": {
-            name: {
-                "run_dir": str(stage_dir(name, workdir, clean_run)),
-                "train_seconds": s["train_seconds"],
-                "test": _scalars(s["test"]),
-            }
-            for name, s in summaries_.items()
-        },
+        "stages": stage_records(summaries_, workdir, clean_run),
         "scores": score_classifiers(config, states, test_sets),
         "quality": {
             name: denoising.image_quality(test_sets[name].images, splits.test.images)
@@ -489,6 +158,18 @@ def run(
         write_figures(workdir, results, test_sets)
         write_json(workdir / "noisy.json", results)
     return results
+
+
+def stage_records(summaries_: dict, workdir: pathlib.Path, clean_run: pathlib.Path | None) -> dict:
+    """noisy.json's "stages": each stage's run dir, training time and test scalars."""
+    return {
+        name: {
+            "run_dir": str(stage_dir(name, workdir, clean_run)),
+            "train_seconds": s["train_seconds"],
+            "test": _scalars(s["test"]),
+        }
+        for name, s in summaries_.items()
+    }
 
 
 def _scalars(test: dict) -> dict:
@@ -600,7 +281,8 @@ def train_chain(args, parser, config: NoisyConfig, workdir: pathlib.Path) -> dic
     )
     print(
         f"noisy: {config.noise.kind} noise, level {config.noise.level}; train {len(splits.train)}, "
-        f"val {len(splits.val)}, test {len(splits.test)} examples from {mnist.source}; run dir {workdir}",
+        f"val {len(splits.val)}, test {len(splits.test)} examples from {mnist.source}; "
+        f"run dir {workdir}",
         flush=True,
     )
     with training_errors(parser, args):
@@ -624,7 +306,7 @@ def print_results(results: dict, config: NoisyConfig, workdir: pathlib.Path) -> 
         f"\nTest set ({results['data']['test']} images), {config.noise.kind} noise "
         f"{config.noise.level}; report 000 beside this run:\n"
     )
-    print(tables(results))
+    print(tables(results, REFERENCE))
     print(
         f"\nnoisy.json, robustness.png, samples.png, confusion_matrices.png, tensorboard/ and the "
         f"stages' run dirs are in {workdir}"

@@ -1,7 +1,10 @@
 """The experiments that look rather than train: eda, feature_maps and compare."""
 
 import csv
+import importlib
 import json
+import pathlib
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from experiments import cnn, compare, eda, feature_maps
 from mnist_jax import data
-from tests.conftest import REAL_TFDS_DIR
+from tests.conftest import REAL_TFDS_DIR, ROOT
 
 
 def assert_png(path, min_side: int = 100) -> tuple[int, int]:
@@ -316,3 +319,107 @@ def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, c
     assert "99.38" in out  # Report 004's CNN accuracy, beside ours.
     assert f"{100 * rows['cnn (quick)']['accuracy']:.2f}" in out
     assert cnn.REFERENCE.train_seconds == rows["cnn (quick)"]["reference"]["train_seconds"]
+
+
+def test_compare_labels_a_quick_run_by_its_settings_however_they_were_set(tmp_path):
+    """A run on --quick's data subsets is "quick" and how it differs from
+    --quick's settings, whether it came from --quick with --epochs or from
+    the defaults with the same subsets; the settings are named in
+    alphabetical order, whatever order the config declares them in."""
+    from experiments import deep_cnn
+
+    as_quick = {**json.loads(json.dumps(cnn.QUICK.to_dict())), "epochs": 1}
+    runs = {
+        # `--quick --epochs 1`, and the defaults with the quick subsets and 1 epoch.
+        "quick_flag": {**fake_summary("cnn", 0, 0.9, 1.0), "config": {**as_quick, "seed": 0}},
+        "same_settings": fake_summary(
+            "cnn", 1, 0.8, 1.0, epochs=1, train_size=5000, test_size=1000
+        ),
+        "quick": fake_summary("cnn", 2, 0.9, 1.0, epochs=2, train_size=5000, test_size=1000),
+        # deep_cnn's --quick trains 1 epoch: that is its quick run.
+        "deep_quick": fake_summary(
+            "deep_cnn",
+            0,
+            0.9,
+            1.0,
+            **{k: getattr(deep_cnn.QUICK, k) for k in ("epochs", "train_size", "test_size")},
+        ),
+        "recipe": fake_summary(
+            "cnn", 0, 0.99, 9.0, weight_decay=1e-4, schedule="onecycle", learning_rate=3e-3
+        ),
+    }
+    for name, summary in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(summary))
+    groups = compare.group_runs(compare.find_summaries(tmp_path), compare.CLASSIFIERS)
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("cnn (quick, epochs=1)", 2),
+        ("cnn (learning_rate=0.003, schedule=onecycle, weight_decay=0.0001)", 1),
+        ("cnn (quick)", 1),
+        ("deep_cnn (quick)", 1),
+    ]
+
+
+def test_compare_train_trains_every_default_model_best_through_its_own_command(
+    tmp_path, monkeypatch
+):
+    """`compare --train` trains each model its --models default lists: a
+    classifier seed by seed, best's seeds with experiments.best's own
+    --seeds and --workdir; then every one of them has its row."""
+    commands = []
+
+    def fake_experiment(name):
+        def main(argv):
+            commands.append((name, argv))
+            flags = dict(zip(argv[::2], argv[1::2]))
+            workdir = pathlib.Path(flags["--workdir"])
+            if name == "best":
+                runs = {workdir / f"seed{k}": k for k in range(int(flags["--seeds"]))}
+            else:
+                runs = {workdir: int(flags["--seed"])}
+            for run_dir, seed in runs.items():
+                run_dir.mkdir(parents=True)
+                summary = fake_summary(name, seed, 0.9 + seed / 100, 10.0)
+                (run_dir / "metrics.json").write_text(json.dumps(summary))
+
+        real = importlib.import_module(f"experiments.{name}")
+        return types.SimpleNamespace(
+            CONFIG=real.CONFIG, QUICK=real.QUICK, REFERENCE=real.REFERENCE, main=main
+        )
+
+    monkeypatch.setattr(compare, "experiment_module", fake_experiment)
+    result = compare.main(["--runs-dir", str(tmp_path), "--train", "--seeds", "2"])
+    root = tmp_path / "compare"
+    assert ("best", ["--seeds", "2", "--workdir", str(root / "best"), "--no-progress"]) in commands
+    assert sorted({name for name, _ in commands}) == sorted(compare.COLLECTED)
+    assert [(r["label"], r["runs"]) for r in result["rows"]] == [
+        (name, 2) for name in compare.COLLECTED
+    ]
+    assert result["failed"] == {}
+
+    # With --epochs N, best's seeds go in best/e<N>, as the others' in e<N>_seed<k>.
+    commands.clear()
+    compare.train_missing(("best", "cnn"), 1, True, root, ["--no-download"], epochs=3)
+    assert commands == [
+        (
+            "best",
+            ["--seeds", "1", "--workdir", str(root / "best" / "e3"), "--no-progress"]
+            + ["--no-download", "--epochs", "3", "--quick"],
+        ),
+        (
+            "cnn",
+            ["--seed", "0", "--workdir", str(root / "cnn" / "e3_seed0"), "--no-progress"]
+            + ["--no-download", "--epochs", "3", "--quick"],
+        ),
+    ]
+
+
+def test_compare_of_the_committed_results_gives_the_committed_comparison(
+    tmp_path, monkeypatch, capsys
+):
+    """`python -m experiments.compare --runs-dir results --out X` makes
+    results/compare's table and CSV again, byte for byte."""
+    monkeypatch.chdir(ROOT)
+    compare.main(["--runs-dir", "results", "--out", str(tmp_path)])
+    for name in ("comparison.json", "comparison.csv"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "results" / "compare" / name).read_bytes()
