@@ -1,14 +1,8 @@
 """The best single model we train on a CPU, beyond the reports, and an ensemble of its seeds.
 
-<<<<<<< HEAD
-    python -m experiments.best                  # seeds 0, 1, 2: each seed's test accuracy, their mean
-    python -m experiments.best --ensemble 3     # and the softmax average of seeds 0-2's models
-    python -m experiments.best --quick          # 2 seeds of 2 short epochs: a smoke test
-=======
     python -m experiments.best               # seeds 0, 1, 2: each seed's test accuracy, their mean
     python -m experiments.best --ensemble 3  # and the softmax average of seeds 0-2's models
-    python -m experiments.best --quick       # 2 short epochs, 2 seeds, ensemble of 2: a smoke test
->>>>>>> docstrings
+    python -m experiments.best --quick       # 2 seeds of 2 short epochs: a smoke test
 
 The recipe: the strided CNN (mnist_jax.models.StridedCNN, after Chris
 Deotte's Kaggle CNN), random rotation, shift and zoom of every training
