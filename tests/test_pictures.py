@@ -10,7 +10,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from experiments import cnn, compare, eda, feature_maps
 from mnist_jax import data
-from tests.conftest import REAL_TFDS_DIR
 
 
 def assert_png(path, min_side: int = 100) -> tuple[int, int]:
@@ -20,8 +19,10 @@ def assert_png(path, min_side: int = 100) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_eda_quick_counts_every_split_and_writes_its_figures(tmp_path, real_mnist, capsys):
-    result = eda.main(["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR)])
+def test_eda_quick_counts_every_split_and_writes_its_figures(
+    tmp_path, real_source, real_mnist, capsys
+):
+    result = eda.main(["--quick", "--workdir", str(tmp_path), *real_source.flags])
     out = capsys.readouterr().out
     splits = result["splits"]
     subset = {
@@ -57,7 +58,7 @@ def test_eda_refuses_a_bad_validation_fraction(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_feature_maps_of_a_test_image(quick_runs, real_mnist, capsys):
+def test_feature_maps_of_a_test_image(quick_runs, real_source, real_mnist, capsys):
     run_dir = quick_runs.get("cnn")["workdir"]
     result = feature_maps.main(
         [
@@ -65,8 +66,7 @@ def test_feature_maps_of_a_test_image(quick_runs, real_mnist, capsys):
             str(run_dir),
             "--index",
             "3",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
+            *real_source.flags,
             "--channels",
             "16",
         ]
@@ -128,14 +128,15 @@ def test_vit_attention_maps_of_a_png_file(quick_runs, real_mnist, tmp_path, caps
         (["--channels", "0"], "--channels must be >= 1"),
     ],
 )
-def test_feature_maps_bad_input_says_what_is_wrong(quick_runs, tmp_path, capsys, flags, message):
+def test_feature_maps_bad_input_says_what_is_wrong(
+    quick_runs, real_source, tmp_path, capsys, flags, message
+):
     (tmp_path / "not_an_image.png").write_text("hello")
     run_dir = quick_runs.get("cnn")["workdir"]
     argv = [
         "--checkpoint",
         str(run_dir),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--out",
         str(tmp_path / "out"),
     ]
@@ -277,11 +278,11 @@ def test_compare_refuses_bad_flags_and_an_empty_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, capsys):
+def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, real_source, capsys):
     for name in compare.CLASSIFIERS:
         quick_runs.get(name)
     root = quick_runs.root
-    common = ["--runs-dir", str(root), "--data-dir", str(REAL_TFDS_DIR)]
+    common = ["--runs-dir", str(root), *real_source.flags]
     compare.main(common + ["--train", "--quick", "--models", "simple_cnn", "--seeds", "2"])
     assert "simple_cnn seed 0: finished earlier" in capsys.readouterr().out
     result = compare.main(common)
