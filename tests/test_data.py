@@ -343,6 +343,75 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(held, other)
 
 
+# --- where the tests find the real MNIST (tests/real_data.py) ----------------------
+
+
+def test_the_tests_look_for_mnist_where_ci_says_else_where_the_library_looks(tmp_path, monkeypatch):
+    tfds_dir, user = tmp_path / "tfds", tmp_path / "user"
+    (tfds_dir / "mnist" / "3.0.1").mkdir(parents=True)
+    (tfds_dir / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    write_fake_idx_folder(user / "downloads", gz=True)
+    monkeypatch.delenv(real_data.TEST_DATA, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
+    monkeypatch.setenv(real_data.USER_CACHE, str(user))
+    found = real_data.locate()
+    assert found == real_data.RealData(tfds_dir, user / "downloads")
+    assert found.flags == ["--data-dir", str(tfds_dir)]  # As load_mnist, tfds first.
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
+    found = real_data.locate()
+    assert found == real_data.RealData(None, user / "downloads")
+    assert found.flags == ["--idx-dir", str(user / "downloads")]
+
+    write_fake_idx_folder(tmp_path / "ci" / "mnist")
+    monkeypatch.setenv(real_data.TEST_DATA, str(tmp_path / "ci"))
+    assert real_data.locate() == real_data.RealData(None, tmp_path / "ci" / "mnist")
+
+
+def test_the_tests_download_mnist_where_none_is_found_and_say_what_to_do_offline(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv(real_data.TEST_DATA, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv(real_data.USER_CACHE, str(tmp_path / "user"))
+    fetched = []
+
+    def download(dest):
+        fetched.append(dest)
+        write_fake_idx_folder(dest, gz=True)
+
+    monkeypatch.setattr(idx, "download_idx_files", download)
+    assert real_data.locate() == real_data.RealData(None, tmp_path / "user" / "downloads")
+    assert fetched == [tmp_path / "user" / "downloads"]
+
+    def offline(dest):
+        raise data.DownloadError("Could not download it; this machine may be offline.")
+
+    shutil.rmtree(tmp_path / "user" / "downloads")
+    monkeypatch.setattr(idx, "download_idx_files", offline)
+    with pytest.raises(real_data.NotFound) as error:
+        real_data.locate()
+    sentence = str(error.value)
+    assert "set TFDS_DATA_DIR" in sentence and str(tmp_path / "user" / "downloads") in sentence
+    assert sentence.endswith(".") and ". " not in sentence  # One sentence.
+
+
+def test_the_files_the_tests_write_read_back_as_they_were_written(
+    tmp_path, monkeypatch, synthetic_splits
+):
+    mnist = data.MNIST(synthetic_splits.train, synthetic_splits.test, source="synthetic")
+    written = real_data.write_idx_files(mnist, tmp_path / "idx")
+    monkeypatch.setattr(idx, "IDX_FILES", written.table)  # Their MD5s, checked.
+    from_idx = idx.load_idx_folder(written.folder)
+    sizes = {"train": len(mnist.train), "test": len(mnist.test)}
+    monkeypatch.setattr(sources, "SPLIT_SIZES", sizes)
+    from_tfds = sources.load_tfds(real_data.write_tfds(mnist, tmp_path / "tfds"))
+    for read in (from_idx, from_tfds):
+        for split in sizes:
+            np.testing.assert_array_equal(getattr(read, split).images, getattr(mnist, split).images)
+            np.testing.assert_array_equal(getattr(read, split).labels, getattr(mnist, split).labels)
+
+
 # --- the real MNIST ------------------------------------------------------------
 
 
