@@ -277,6 +277,20 @@ def test_compare_refuses_bad_flags_and_an_empty_folder(tmp_path, capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
 
 
+@pytest.mark.parametrize("flags", [["--data-dir", "tfds"], ["--idx-dir", "idx", "--no-download"]])
+def test_compare_train_hands_its_data_flags_to_each_run(tmp_path, monkeypatch, flags):
+    handed = []
+
+    def train_missing(models, seeds, quick, root, extra, epochs):
+        handed.append(extra)
+        return {}
+
+    monkeypatch.setattr(compare, "train_missing", train_missing)
+    with pytest.raises(SystemExit):  # Nothing trained: no runs to table.
+        compare.main(["--runs-dir", str(tmp_path), "--train", *flags])
+    assert handed == [flags]
+
+
 @pytest.mark.slow
 def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, real_source, capsys):
     for name in compare.CLASSIFIERS:
