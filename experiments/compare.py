@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--idx-dir",
         type=pathlib.Path,
-        help="with --train: folder of the four MNIST IDX files (takes precedence over --data-dir)",
+        help="with --train: folder of the four MNIST IDX files (default: none; takes "
+        "precedence over --data-dir)",
     )
     add("--no-download", action="store_true", help="with --train: never download MNIST or weights")
     return parser
