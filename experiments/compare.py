@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --train: tfds data dir holding mnist/3.0.1 "
         "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)",
     )
+    add(
+        "--idx-dir",
+        type=pathlib.Path,
+        help="with --train: folder of the four MNIST IDX files (default: none; takes "
+        "precedence over --data-dir)",
+    )
     add("--no-download", action="store_true", help="with --train: never download MNIST or weights")
     return parser
 
@@ -170,9 +176,11 @@ def main(argv=None) -> dict:
     out = args.out or args.runs_dir / "compare"
     failed = {}
     if args.train:
-        extra = (["--data-dir", str(args.data_dir)] if args.data_dir else []) + (
-            ["--no-download"] if args.no_download else []
-        )
+        extra = [
+            *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
+            *(["--idx-dir", str(args.idx_dir)] if args.idx_dir else []),
+            *(["--no-download"] if args.no_download else []),
+        ]
         failed = train_missing(
             models, args.seeds, args.quick, args.runs_dir / "compare", extra, args.epochs
         )

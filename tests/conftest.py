@@ -1,4 +1,5 @@
-"""Shared fixtures: synthetic data for unit tests, the real MNIST for data tests."""
+"""Shared fixtures: synthetic data for unit tests, the real MNIST for data tests
+(found by tests/real_data.py)."""
 
 import os
 import pathlib
@@ -8,10 +9,9 @@ import tempfile
 import numpy as np
 import pytest
 
+from tests import real_data
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-REAL_TFDS_DIR = SHARED_DATA / "tensorflow_datasets"
-REAL_IDX_DIR = SHARED_DATA / "mnist"
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 CACHE_ROOT = pytest.StashKey[pathlib.Path]()
@@ -121,17 +121,42 @@ def synthetic_splits():
 
 
 @pytest.fixture(scope="session")
-def real_mnist():
-    """The real MNIST from ../shared/data. Fails (never skips) when it is missing:
-    CI must run these tests."""
-    from mnist_jax.sources import load_mnist
+def real_source() -> real_data.RealData:
+    """Where the real MNIST is (tests/real_data.py). Fails (never skips) when
+    it is nowhere: CI must run these tests."""
+    try:
+        return real_data.locate()
+    except real_data.NotFound as e:
+        missing = str(e)
+    pytest.fail(missing, pytrace=False)  # Outside the except: the sentence alone, no traceback.
 
-    if not (REAL_TFDS_DIR / "mnist" / "3.0.1" / "dataset_info.json").is_file():
-        pytest.fail(
-            f"real MNIST missing: expected tfds MNIST 3.0.1 under {REAL_TFDS_DIR} "
-            "(../shared/data beside the repo, as in CI)"
-        )
-    return load_mnist(data_dir=REAL_TFDS_DIR, download=False)  # Decodes into the session's cache.
+
+@pytest.fixture(scope="session")
+def real_mnist(real_source):
+    """The real MNIST, decoded into the session's cache: the commands the
+    tests start with `real_source.flags` read it from there."""
+    return real_source.load()
+
+
+@pytest.fixture(scope="session")
+def real_idx_files(real_source, real_mnist, tmp_path_factory) -> real_data.IdxFiles:
+    """The four IDX files: the originals where they were found, else written
+    from the real arrays."""
+    from mnist_jax import idx
+
+    if real_source.idx_dir is not None:
+        originals = {stem: md5 for stem, _, md5 in idx.IDX_FILES.values()}
+        return real_data.IdxFiles(real_source.idx_dir, originals)
+    return real_data.write_idx_files(real_mnist, tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture(scope="session")
+def real_tfds_dir(real_source, real_mnist, tmp_path_factory) -> pathlib.Path:
+    """A tfds data dir holding MNIST 3.0.1: the one found, else one written
+    from the real arrays."""
+    if real_source.tfds_dir is not None:
+        return real_source.tfds_dir
+    return real_data.write_tfds(real_mnist, tmp_path_factory.mktemp("tfds"))
 
 
 def _groups_ignored() -> bool:
@@ -159,6 +184,8 @@ def pytest_configure(config):
             "(every worker would train every shared fixture): pip install -e '.[test]' "
             "for the versions pyproject.toml pins"
         )
+    # The user's own cache, where tests/real_data.py looks for MNIST's downloaded files.
+    os.environ.setdefault(real_data.USER_CACHE, os.environ.get("MNIST_JAX_CACHE", ""))
     root = pathlib.Path(tempfile.mkdtemp(prefix="mnist-jax-tests-"))
     config.stash[CACHE_ROOT] = root
     os.environ["MNIST_JAX_CACHE"] = str(root / "cache")
@@ -211,8 +238,9 @@ class QuickRuns:
     experiments.compare --train` puts seed 0, so compare finds them.
     """
 
-    def __init__(self, root: pathlib.Path):
+    def __init__(self, root: pathlib.Path, data_flags: list[str]):
         self.root = root
+        self.data_flags = data_flags
         self.runs: dict[str, dict] = {}
 
     def workdir(self, name: str) -> pathlib.Path:
@@ -232,8 +260,7 @@ class QuickRuns:
             "0",
             "--workdir",
             str(self.workdir(name)),
-            "--data-dir",
-            str(REAL_TFDS_DIR),
+            *self.data_flags,
             "--no-progress",
         ]
 
@@ -256,5 +283,5 @@ class QuickRuns:
 
 
 @pytest.fixture(scope="session")
-def quick_runs(tmp_path_factory, real_mnist):
-    return QuickRuns(tmp_path_factory.mktemp("runs"))
+def quick_runs(tmp_path_factory, real_source, real_mnist):
+    return QuickRuns(tmp_path_factory.mktemp("runs"), real_source.flags)

@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from tests.conftest import REAL_TFDS_DIR
 
 
 @pytest.mark.slow
-def test_benchmark_quick(tmp_path, real_mnist, capsys):
-    result = benchmark.main(
-        ["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "b.json")]
-    )
+def test_benchmark_quick(tmp_path, real_source, real_mnist, capsys):
+    result = benchmark.main(["--quick", *real_source.flags, "--output", str(tmp_path / "b.json")])
     assert set(result["examples_per_second"]) == {"step_alone", "host_data", "device_data_scan"}
     assert min(result["examples_per_second"].values()) > 0 and result["compile_seconds"] > 0
     assert json.loads((tmp_path / "b.json").read_text())["model"] == "cnn"
@@ -23,13 +20,14 @@ def test_benchmark_quick(tmp_path, real_mnist, capsys):
 
 
 @pytest.mark.slow
-def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(tmp_path, real_mnist, capsys):
+def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(
+    tmp_path, real_source, real_mnist, capsys
+):
     result = benchmark.main(
         [
             "--overhead",
             "--quick",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
+            *real_source.flags,
             "--output",
             str(tmp_path / "o.json"),
         ]
@@ -57,12 +55,10 @@ def test_benchmark_overhead_quick_times_whole_commands_phase_by_phase(tmp_path, 
 
 @pytest.mark.slow
 def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(
-    tmp_path, real_mnist, capsys, monkeypatch
+    tmp_path, real_source, real_mnist, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # Written to its own default file: not the plain benchmark's.
-    result = benchmark.main(
-        ["--sweep", "--quick", "--strategies", "vmap", "--data-dir", str(REAL_TFDS_DIR)]
-    )
+    result = benchmark.main(["--sweep", "--quick", "--strategies", "vmap", *real_source.flags])
     assert set(result["timings"]) == {"sequential", "vmap"} and result["trials"] == 2
     assert result["timings"]["sequential"]["speedup_vs_sequential"] == 1.0
     assert all(t["wall_seconds"] > t["compile_seconds"] > 0 for t in result["timings"].values())
@@ -74,7 +70,7 @@ def test_benchmark_sweep_quick_times_trials_together_and_one_after_another(
 
 @pytest.mark.slow
 def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_processes(
-    tmp_path, real_mnist, capsys
+    tmp_path, real_source, real_mnist, capsys
 ):
     result = benchmark.main(
         [
@@ -82,8 +78,7 @@ def test_benchmark_vs_torch_quick_alternates_both_frameworks_in_their_own_proces
             "--quick",
             "--models",
             "linear_ae",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
+            *real_source.flags,
             "--output",
             str(tmp_path / "vs.json"),
         ]

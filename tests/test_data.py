@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 
 from mnist_jax import data, idx, sources
-from tests.conftest import REAL_IDX_DIR, REAL_TFDS_DIR, ROOT
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
+from tests import real_data
+from tests.conftest import ROOT
+from tests.real_data import idx_bytes
 
 
 def write_fake_idx_folder(folder, n_train=20, n_test=10, gz=False):
@@ -159,13 +156,15 @@ def remote_files(served, base_url, corrupt=None):
     return files
 
 
-def test_download_verifies_and_loads_real_files(tmp_path, file_server, monkeypatch):
+def test_download_verifies_and_loads_real_files(tmp_path, file_server, monkeypatch, real_idx_files):
     served, url = file_server
-    for path in REAL_IDX_DIR.glob("*.gz"):
+    for path in real_idx_files.paths:
         shutil.copy(path, served)
     files = remote_files(served, url)
-    assert len(files) == 4, f"expected the four MNIST .gz files in {REAL_IDX_DIR}"
+    assert len(files) == 4
     monkeypatch.setattr(idx, "registered_mnist_files", lambda: files)
+    # The MD5s the loading checks: the originals', unless the files were written from tfds's arrays.
+    monkeypatch.setattr(idx, "IDX_FILES", real_idx_files.table)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
     mnist = sources.load_mnist(cache_dir=tmp_path / "cache")
     assert len(mnist.train) == 60_000 and len(mnist.test) == 10_000
@@ -189,6 +188,8 @@ import hashlib, json, sys
 from mnist_jax import idx, sources
 files = [idx.RemoteFile(*f) for f in json.loads(sys.argv[1])]
 idx.registered_mnist_files = lambda: files
+md5s = json.loads(sys.argv[3])
+idx.IDX_FILES = {k: (stem, magic, md5s[stem]) for k, (stem, magic, _) in idx.IDX_FILES.items()}
 mnist = sources.load_mnist(cache_dir=sys.argv[2])
 print(hashlib.sha256(mnist.train.images.tobytes() + mnist.test.labels.tobytes()).hexdigest())
 """
@@ -197,24 +198,27 @@ print(hashlib.sha256(mnist.train.images.tobytes() + mnist.test.labels.tobytes())
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["tfds", "download"])
 def test_two_processes_on_an_empty_cache_both_load_it_and_leave_one(
-    source, tmp_path, file_server, monkeypatch
+    source, tmp_path, file_server, monkeypatch, real_idx_files, request
 ):
     """Started together, each finds MNIST; one downloads and decodes while
     the other waits for the cache's lock, then reads what it wrote. (Without
     the lock, two downloads into one folder shared a .part file, and both
     failed, one with a checksum error.)"""
     served, url = file_server
-    for path in REAL_IDX_DIR.glob("*.gz"):
+    for path in real_idx_files.paths:
         shutil.copy(path, served)
     files = [[f.url, f.size, f.sha256, f.filename] for f in remote_files(served, url)]
     env = {
         **os.environ,
-        "TFDS_DATA_DIR": str(REAL_TFDS_DIR if source == "tfds" else tmp_path / "no-tfds"),
+        "TFDS_DATA_DIR": str(
+            request.getfixturevalue("real_tfds_dir") if source == "tfds" else tmp_path / "no-tfds"
+        ),
     }
     cache = tmp_path / "cache"
+    md5s = json.dumps(real_idx_files.md5s)  # The originals', unless written from tfds's arrays.
     together = [
         subprocess.Popen(
-            [sys.executable, "-c", LOAD, json.dumps(files), str(cache)],
+            [sys.executable, "-c", LOAD, json.dumps(files), str(cache), md5s],
             cwd=ROOT,
             env=env,
             text=True,
@@ -308,10 +312,10 @@ def test_changed_source_is_decoded_again(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_decoding_tfds_mnist_says_nothing_about_opencv(real_mnist, tmp_path):
+def test_decoding_tfds_mnist_says_nothing_about_opencv(real_tfds_dir, tmp_path):
     # In a process of its own: absl logs tfds's notice once per process, and
     # this session decoded MNIST already.
-    code = f"from mnist_jax import sources; sources.load_tfds({str(REAL_TFDS_DIR)!r})"
+    code = f"from mnist_jax import sources; sources.load_tfds({str(real_tfds_dir)!r})"
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -339,32 +343,104 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(held, other)
 
 
+# --- where the tests find the real MNIST (tests/real_data.py) ----------------------
+
+
+def test_the_tests_look_for_mnist_where_ci_says_else_where_the_library_looks(tmp_path, monkeypatch):
+    tfds_dir, user = tmp_path / "tfds", tmp_path / "user"
+    (tfds_dir / "mnist" / "3.0.1").mkdir(parents=True)
+    (tfds_dir / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    write_fake_idx_folder(user / "downloads", gz=True)
+    monkeypatch.delenv(real_data.TEST_DATA, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
+    monkeypatch.setenv(real_data.USER_CACHE, str(user))
+    found = real_data.locate()
+    assert found == real_data.RealData(tfds_dir, user / "downloads")
+    assert found.flags == ["--data-dir", str(tfds_dir)]  # As load_mnist, tfds first.
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
+    found = real_data.locate()
+    assert found == real_data.RealData(None, user / "downloads")
+    assert found.flags == ["--idx-dir", str(user / "downloads")]
+
+    write_fake_idx_folder(tmp_path / "ci" / "mnist")
+    monkeypatch.setenv(real_data.TEST_DATA, str(tmp_path / "ci"))
+    assert real_data.locate() == real_data.RealData(None, tmp_path / "ci" / "mnist")
+
+
+def test_the_tests_download_mnist_where_none_is_found_and_say_what_to_do_offline(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv(real_data.TEST_DATA, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv(real_data.USER_CACHE, str(tmp_path / "user"))
+    fetched = []
+
+    def download(dest):
+        fetched.append(dest)
+        write_fake_idx_folder(dest, gz=True)
+
+    monkeypatch.setattr(idx, "download_idx_files", download)
+    assert real_data.locate() == real_data.RealData(None, tmp_path / "user" / "downloads")
+    assert fetched == [tmp_path / "user" / "downloads"]
+
+    def offline(dest):
+        raise data.DownloadError("Could not download it; this machine may be offline.")
+
+    shutil.rmtree(tmp_path / "user" / "downloads")
+    monkeypatch.setattr(idx, "download_idx_files", offline)
+    with pytest.raises(real_data.NotFound) as error:
+        real_data.locate()
+    sentence = str(error.value)
+    assert "set TFDS_DATA_DIR" in sentence and str(tmp_path / "user" / "downloads") in sentence
+    assert sentence.endswith(".") and ". " not in sentence  # One sentence.
+
+
+def test_the_files_the_tests_write_read_back_as_they_were_written(
+    tmp_path, monkeypatch, synthetic_splits
+):
+    mnist = data.MNIST(synthetic_splits.train, synthetic_splits.test, source="synthetic")
+    written = real_data.write_idx_files(mnist, tmp_path / "idx")
+    monkeypatch.setattr(idx, "IDX_FILES", written.table)  # Their MD5s, checked.
+    from_idx = idx.load_idx_folder(written.folder)
+    sizes = {"train": len(mnist.train), "test": len(mnist.test)}
+    monkeypatch.setattr(sources, "SPLIT_SIZES", sizes)
+    from_tfds = sources.load_tfds(real_data.write_tfds(mnist, tmp_path / "tfds"))
+    for read in (from_idx, from_tfds):
+        for split in sizes:
+            np.testing.assert_array_equal(getattr(read, split).images, getattr(mnist, split).images)
+            np.testing.assert_array_equal(getattr(read, split).labels, getattr(mnist, split).labels)
+
+
 # --- the real MNIST ------------------------------------------------------------
 
 
-def test_real_mnist_from_tfds(real_mnist):
+def test_real_mnist_from_tfds(real_tfds_dir):
     import sys
 
+    from_tfds = sources.load_mnist(data_dir=real_tfds_dir, download=False)
     assert "tensorflow" not in sys.modules  # tfds.data_source reads ArrayRecord without it.
-    assert real_mnist.source.startswith("tfds:")
-    assert real_mnist.train.images.shape == (60_000, 28, 28, 1)
-    assert real_mnist.test.images.shape == (10_000, 28, 28, 1)
-    assert real_mnist.train.images.dtype == np.uint8
-    assert set(np.unique(real_mnist.train.labels)) == set(range(10))
+    assert from_tfds.source.startswith("tfds:")
+    assert from_tfds.train.images.shape == (60_000, 28, 28, 1)
+    assert from_tfds.test.images.shape == (10_000, 28, 28, 1)
+    assert from_tfds.train.images.dtype == np.uint8
+    assert set(np.unique(from_tfds.train.labels)) == set(range(10))
 
 
 @pytest.mark.slow
-def test_real_idx_files_hold_the_same_examples_as_tfds(real_mnist):
-    from_idx = idx.load_idx_folder(REAL_IDX_DIR)  # MD5-verified against the originals.
-    for ours, theirs in ((from_idx.train, real_mnist.train), (from_idx.test, real_mnist.test)):
-
-        def digests(split):
-            return sorted(
-                hashlib.md5(img.tobytes() + bytes([lab])).hexdigest()
-                for img, lab in zip(split.images, split.labels)
-            )
-
-        assert digests(ours) == digests(theirs)
+def test_real_idx_files_hold_the_same_examples_as_tfds(real_source):
+    """The original IDX files (MD5-verified) and tfds's MNIST hold the same
+    examples, in different orders: each source found is checked against the
+    originals' digests, so a session with both compares the two."""
+    found = {}
+    if real_source.idx_dir is not None:
+        found["idx"] = idx.load_idx_folder(real_source.idx_dir)  # MD5-verified.
+    if real_source.tfds_dir is not None:
+        found["tfds"] = sources.load_mnist(data_dir=real_source.tfds_dir, download=False)
+    assert found
+    for name, mnist in found.items():
+        for split, digest in real_data.ORIGINAL_DIGESTS.items():
+            assert real_data.examples_digest(getattr(mnist, split)) == digest, (name, split)
 
 
 def test_real_splits_are_stratified_and_disjoint_from_test(real_mnist):

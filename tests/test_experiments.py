@@ -11,7 +11,6 @@ import experiments
 from experiments import alexnet, cnn
 from mnist_jax import pretrained
 from mnist_jax.cli import QUICK_NOTE
-from tests.conftest import REAL_TFDS_DIR
 
 
 def test_every_experiment_module_is_registered_and_has_main():
@@ -104,13 +103,11 @@ def test_missing_data_gives_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_speedrun_quick_trains_the_speed_cnn_and_reports_compile_time_apart(
-    tmp_path, real_mnist, capsys
+    tmp_path, real_source, real_mnist, capsys
 ):
     from experiments import speedrun
 
-    result = speedrun.main(
-        ["--quick", "--data-dir", str(REAL_TFDS_DIR), "--output", str(tmp_path / "s.json")]
-    )
+    result = speedrun.main(["--quick", *real_source.flags, "--output", str(tmp_path / "s.json")])
     (run,) = result["runs"]  # --quick: one seed.
     assert run["seed"] == 0 and run["steps"] == 16  # 2,000 images at batch 128.
     assert run["compile_seconds"] > 0 and run["train_seconds"] > 0
@@ -166,8 +163,10 @@ def test_transfer_offline_says_what_to_do(tmp_path, monkeypatch, capsys):
         ),
     )
     monkeypatch.setenv("MNIST_JAX_CACHE", str(tmp_path / "cache"))
+    # No MNIST there: the weights are resolved first, and their error is the one shown.
+    no_data = ["--data-dir", str(tmp_path / "no-data")]
     with pytest.raises(SystemExit) as exit_info:
-        alexnet.main(["--workdir", str(tmp_path / "run"), "--data-dir", str(REAL_TFDS_DIR)])
+        alexnet.main(["--workdir", str(tmp_path / "run"), *no_data])
     assert exit_info.value.code == 1
     assert "--weights none" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -194,7 +193,9 @@ def test_frozen_features_are_the_same_in_full_batches_and_the_short_last_one():
 
 
 @pytest.mark.slow
-def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path, real_mnist):
+def test_transfer_from_a_weights_file_with_and_without_cached_features(
+    tmp_path, real_source, real_mnist
+):
     """A torchvision-layout file loads; cached features give the run the frozen network gives."""
     import torch
 
@@ -207,8 +208,7 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
         "--quick",
         "--weights",
         str(path),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--no-progress",
         "--batch-size",
         "100",
@@ -222,15 +222,16 @@ def test_transfer_from_a_weights_file_with_and_without_cached_features(tmp_path,
 
 
 @pytest.mark.slow
-def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist, capsys):
+def test_few_labels_quick_compares_every_method_and_resumes(
+    tmp_path, real_source, real_mnist, capsys
+):
     from experiments import few_labels
 
     args = [
         "--quick",
         "--workdir",
         str(tmp_path),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--no-progress",
     ]
     results = few_labels.main(args)
@@ -258,7 +259,7 @@ def test_few_labels_quick_compares_every_method_and_resumes(tmp_path, real_mnist
 
 @pytest.mark.slow
 def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(
-    tmp_path, real_mnist, capsys
+    tmp_path, real_source, real_mnist, capsys
 ):
     from experiments import noisy
 
@@ -266,8 +267,7 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(
         "--quick",
         "--workdir",
         str(tmp_path),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--no-progress",
     ]
     results = noisy.main(args)
@@ -333,8 +333,7 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(
                 "--quick",
                 "--workdir",
                 str(tmp_path / "other"),
-                "--data-dir",
-                str(REAL_TFDS_DIR),
+                *real_source.flags,
                 "--clean-run",
                 str(tmp_path / "1_noisy_cnn"),
                 "--no-progress",
@@ -347,7 +346,7 @@ def test_noisy_chain_quick_scores_every_pair_resumes_and_denoising_helps(
 
 @pytest.mark.slow
 def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(
-    tmp_path, real_mnist, capsys
+    tmp_path, real_source, real_mnist, capsys
 ):
     from experiments import best, compare
     from mnist_jax import data as data_lib
@@ -359,8 +358,7 @@ def test_best_quick_trains_each_seed_scores_their_ensemble_and_reads_them_back(
         "2",
         "--workdir",
         str(root),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--no-progress",
     ]
     result = best.main(args)

@@ -3,11 +3,12 @@
 import json
 import os
 import pathlib
+import shlex
 import signal
 
 import pytest
 
-from tests.conftest import REAL_TFDS_DIR, ROOT
+from tests.conftest import ROOT
 
 NOTEBOOK = ROOT / "experiments" / "colab.ipynb"
 
@@ -48,7 +49,9 @@ def test_notebook_asks_for_the_repository_first_and_opens_tensorboard_before_tra
 
 
 @pytest.mark.slow
-def test_notebook_code_cells_run_on_cpu(notebook, real_mnist, tmp_path, monkeypatch, capsys):
+def test_notebook_code_cells_run_on_cpu(
+    notebook, real_source, real_mnist, tmp_path, monkeypatch, capsys
+):
     """Runs every code cell in order in one namespace, as a kernel would; after
     the cell tagged "parameters", --quick and the local data are injected (as
     papermill does). The install cell finds mnist_jax installed and skips."""
@@ -65,7 +68,7 @@ def test_notebook_code_cells_run_on_cpu(notebook, real_mnist, tmp_path, monkeypa
             if "parameters" in cell["metadata"].get("tags", []):
                 # The quickest experiment: the notebook's code is what is tested here.
                 namespace["EXPERIMENT"] = "linear_ae"
-                namespace["FLAGS"] = f"--quick --no-progress --data-dir {REAL_TFDS_DIR}"
+                namespace["FLAGS"] = shlex.join(["--quick", "--no-progress", *real_source.flags])
         out = capsys.readouterr().out
         started = [info for info in manager.get_all() if info.pid not in before]
     finally:

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from experiments import cnn, compare, eda, feature_maps
 from mnist_jax import data
-from tests.conftest import REAL_TFDS_DIR, ROOT
+from tests.conftest import ROOT
 
 
 def assert_png(path, min_side: int = 100) -> tuple[int, int]:
@@ -23,8 +23,10 @@ def assert_png(path, min_side: int = 100) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_eda_quick_counts_every_split_and_writes_its_figures(tmp_path, real_mnist, capsys):
-    result = eda.main(["--quick", "--workdir", str(tmp_path), "--data-dir", str(REAL_TFDS_DIR)])
+def test_eda_quick_counts_every_split_and_writes_its_figures(
+    tmp_path, real_source, real_mnist, capsys
+):
+    result = eda.main(["--quick", "--workdir", str(tmp_path), *real_source.flags])
     out = capsys.readouterr().out
     splits = result["splits"]
     subset = {
@@ -60,7 +62,7 @@ def test_eda_refuses_a_bad_validation_fraction(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_feature_maps_of_a_test_image(quick_runs, real_mnist, capsys):
+def test_feature_maps_of_a_test_image(quick_runs, real_source, real_mnist, capsys):
     run_dir = quick_runs.get("cnn")["workdir"]
     result = feature_maps.main(
         [
@@ -68,8 +70,7 @@ def test_feature_maps_of_a_test_image(quick_runs, real_mnist, capsys):
             str(run_dir),
             "--index",
             "3",
-            "--data-dir",
-            str(REAL_TFDS_DIR),
+            *real_source.flags,
             "--channels",
             "16",
         ]
@@ -131,14 +132,15 @@ def test_vit_attention_maps_of_a_png_file(quick_runs, real_mnist, tmp_path, caps
         (["--channels", "0"], "--channels must be >= 1"),
     ],
 )
-def test_feature_maps_bad_input_says_what_is_wrong(quick_runs, tmp_path, capsys, flags, message):
+def test_feature_maps_bad_input_says_what_is_wrong(
+    quick_runs, real_source, tmp_path, capsys, flags, message
+):
     (tmp_path / "not_an_image.png").write_text("hello")
     run_dir = quick_runs.get("cnn")["workdir"]
     argv = [
         "--checkpoint",
         str(run_dir),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--out",
         str(tmp_path / "out"),
     ]
@@ -279,12 +281,26 @@ def test_compare_refuses_bad_flags_and_an_empty_folder(tmp_path, capsys):
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
 
 
+@pytest.mark.parametrize("flags", [["--data-dir", "tfds"], ["--idx-dir", "idx", "--no-download"]])
+def test_compare_train_hands_its_data_flags_to_each_run(tmp_path, monkeypatch, flags):
+    handed = []
+
+    def train_missing(models, seeds, quick, root, extra, epochs):
+        handed.append(extra)
+        return {}
+
+    monkeypatch.setattr(compare, "train_missing", train_missing)
+    with pytest.raises(SystemExit):  # Nothing trained: no runs to table.
+        compare.main(["--runs-dir", str(tmp_path), "--train", *flags])
+    assert handed == [flags]
+
+
 @pytest.mark.slow
-def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, capsys):
+def test_compare_trains_a_missing_seed_and_tables_every_classifier(quick_runs, real_source, capsys):
     for name in compare.CLASSIFIERS:
         quick_runs.get(name)
     root = quick_runs.root
-    common = ["--runs-dir", str(root), "--data-dir", str(REAL_TFDS_DIR)]
+    common = ["--runs-dir", str(root), *real_source.flags]
     compare.main(common + ["--train", "--quick", "--models", "simple_cnn", "--seeds", "2"])
     assert "simple_cnn seed 0: finished earlier" in capsys.readouterr().out
     result = compare.main(common)

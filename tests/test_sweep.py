@@ -44,7 +44,6 @@ from mnist_jax.search_space import (
     parse_param,
 )
 from tests.conftest import (
-    REAL_TFDS_DIR,
     ROOT,
     assert_runs_agree,
     assert_weights_agree,
@@ -594,13 +593,14 @@ def test_bad_flags_fail_before_loading_data(flags, message, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_sweep_quick_on_real_mnist_writes_its_table_and_resumes(tmp_path, real_mnist, capsys):
+def test_sweep_quick_on_real_mnist_writes_its_table_and_resumes(
+    tmp_path, real_source, real_mnist, capsys
+):
     flags = [
         "--quick",
         "--workdir",
         str(tmp_path),
-        "--data-dir",
-        str(REAL_TFDS_DIR),
+        *real_source.flags,
         "--no-progress",
     ]
     summary = sweep_experiment.main(flags)
