@@ -7,6 +7,7 @@
     python -m experiments.benchmark --vs-torch --models cnn,vit --steps 20 --rounds 5 \\
         --round-seconds 5
     python -m experiments.benchmark --overhead   # what a user waits for: whole commands, by phase
+    python -m experiments.benchmark --serve      # the drawing page's server, 8 clients at once
 
 Prints (and writes as JSON, each mode a file of its own in runs/benchmark/)
 examples/s, on every device (data parallel), of
@@ -32,6 +33,10 @@ run, phase by phase (benchmarks.overhead); --rounds repeats, median.
 --vs-torch instead trains every model (or --models) with our step and with
 a plain PyTorch loop, alternating, in processes of their own: examples/s
 of each, the ratio, compile time and peak memory (benchmarks.vs_torch).
+
+--serve instead loads `python -m mnist_jax.serve` with --clients clients
+of --requests drawings each: latency percentiles, errors, the server's
+resident memory before and after (benchmarks.serve_load).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import importlib.util
 import json
 import pathlib
 
-from benchmarks import overhead, step_throughput, sweep_throughput, vs_torch
+from benchmarks import overhead, serve_load, step_throughput, sweep_throughput, vs_torch
 from mnist_jax import data as data_lib
 from mnist_jax import parallel, pipeline, sources
 from mnist_jax.cli import setup
@@ -55,8 +60,14 @@ OUTPUTS = {
     "sweep": "sweep.json",
     "vs_torch": "vs_torch.json",
     "overhead": "overhead.json",
+    "serve": "serve.json",
 }
-MODE_FLAGS = {"sweep": "--sweep", "vs_torch": "--vs-torch", "overhead": "--overhead"}
+MODE_FLAGS = {
+    "sweep": "--sweep",
+    "vs_torch": "--vs-torch",
+    "overhead": "--overhead",
+    "serve": "--serve",
+}
 NOISE_LEVEL_HELP = "Gaussian or speckle sigma, or salt-and-pepper probability"
 
 
@@ -116,6 +127,12 @@ def add_mode_flags(parser: argparse.ArgumentParser) -> None:
         help="whole commands (cnn --quick, cnn --epochs 1, predict) timed as processes, "
         "phase by phase, first and second run (benchmarks.overhead)",
     )
+    mode.add_argument(
+        "--serve",
+        action="store_true",
+        help="the drawing page's server (python -m mnist_jax.serve) under load from many "
+        "clients (benchmarks.serve_load)",
+    )
     add = parser.add_argument
     add("--trials", type=int, default=8, help="--sweep: trials")
     add(
@@ -132,7 +149,7 @@ def add_mode_flags(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=3,
-        help="--vs-torch: alternating timed rounds; --overhead: repeats",
+        help="--vs-torch: alternating timed rounds; --overhead: repeats; --serve: loaded rounds",
     )
     add(
         "--round-seconds",
@@ -140,6 +157,14 @@ def add_mode_flags(parser: argparse.ArgumentParser) -> None:
         default=3.0,
         help="--vs-torch: each round runs --steps steps at a time for at least this long",
     )
+    add(
+        "--checkpoint",
+        type=pathlib.Path,
+        metavar="RUN_DIR",
+        help="--serve: the classifier run served (default: the one the page reads with)",
+    )
+    add("--clients", type=int, default=8, help="--serve: clients at once")
+    add("--requests", type=int, default=200, help="--serve: requests per client")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +230,23 @@ def run_overhead(args) -> tuple[dict, str]:
     return result, overhead.format_result(result)
 
 
-RUNS = {"steps": run_steps, "sweep": run_sweep, "vs_torch": run_vs_torch, "overhead": run_overhead}
+def run_serve(args) -> tuple[dict, str]:
+    result = serve_load.run(
+        args.checkpoint,
+        2 if args.quick else args.clients,
+        10 if args.quick else args.requests,
+        1 if args.quick else args.rounds,
+    )
+    return result, serve_load.format_result(result)
+
+
+RUNS = {
+    "steps": run_steps,
+    "sweep": run_sweep,
+    "vs_torch": run_vs_torch,
+    "overhead": run_overhead,
+    "serve": run_serve,
+}
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: str) -> None:
@@ -216,6 +257,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace, mode: str) 
         strategies = {x for x in args.strategies.split(",") if x}
         if args.trials < 1 or not strategies <= set(sweep_throughput.STRATEGIES):
             parser.error("--sweep needs --trials >= 1 and --strategies from unroll, vmap")
+    if mode == "serve":
+        if args.clients < 1 or args.requests < 1:
+            parser.error("--serve needs --clients and --requests >= 1")
+        return  # The server finds its run; no data is loaded here.
     if mode == "vs_torch" and importlib.util.find_spec("torch") is None:
         parser.error("--vs-torch needs PyTorch: pip install -e '.[bench]'")
     try:

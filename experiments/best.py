@@ -169,7 +169,8 @@ def score_ensemble(run_dirs: list[pathlib.Path], test: data_lib.Split) -> dict:
     """Test accuracy and macro F1 of the mean softmax of the runs' best
     checkpoints (each as it was scored: its moving average)."""
     probabilities = np.mean(
-        [predict.probabilities(rundir.load_run(d), test.images) for d in run_dirs], axis=0
+        [predict.Classifier(rundir.load_run(d)).probabilities(test.images) for d in run_dirs],
+        axis=0,
     )
     predictions = np.argmax(probabilities, axis=-1)  # (N,)
     report = metrics_lib.classification_report(

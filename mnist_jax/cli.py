@@ -7,7 +7,8 @@ error before any data is loaded or anything compiled; `load_mnist_or_exit`
 loads the data; `training_errors` ends a run that cannot go on with its
 message. The report-vs-ours table is mnist_jax.reference's.
 The library's other modules take configs and return results: argparse is
-used here, under experiments/, and in `python -m mnist_jax.predict` only.
+used here, under experiments/, and in `python -m mnist_jax.predict` and
+`python -m mnist_jax.serve` only.
 """
 
 from __future__ import annotations

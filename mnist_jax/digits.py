@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import pathlib
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 
@@ -41,20 +42,28 @@ def read_grey(path: str | os.PathLike) -> np.ndarray:
     Any format and colour mode Pillow reads; transparent pixels count as
     white paper, and a photo's EXIF orientation is applied.
     """
-    from PIL import Image, ImageOps
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
+    return decode_grey(path, str(path))
+
+
+def decode_grey(source: str | os.PathLike | BinaryIO, name: str) -> np.ndarray:
+    """What read_grey does, for a path or an open binary file (an upload).
+
+    name: how errors name the image.
+    """
+    from PIL import Image, ImageOps
+
     try:
         with warnings.catch_warnings():
             # Pillow warns of large sizes as it opens; they are refused below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
         with image:
             if image.width * image.height > MAX_PIXELS:
                 raise ImageError(
-                    f"{path}: {image.width}x{image.height} pixels is too large for a digit "
+                    f"{name}: {image.width}x{image.height} pixels is too large for a digit "
                     f"(at most {MAX_PIXELS:,}); scale it down first"
                 )
             image = ImageOps.exif_transpose(image)
@@ -77,7 +86,7 @@ def read_grey(path: str | os.PathLike) -> np.ndarray:
     # Pillow's decoders raise many kinds of error for damaged or foreign
     # bytes (OSError, ValueError, SyntaxError, EOFError, struct.error, ...).
     except Exception as e:  # noqa: BLE001
-        raise ImageError(f"{path}: not an image Pillow can read ({type(e).__name__}: {e})") from e
+        raise ImageError(f"{name}: not an image Pillow can read ({type(e).__name__}: {e})") from e
 
 
 def to_mnist(grey: np.ndarray, *, invert: bool | None = None, name: str = "image") -> np.ndarray:

@@ -17,8 +17,7 @@ import re
 
 from mnist_jax import fields, parallel
 from mnist_jax.config import TrainConfig
-
-DEFAULT_RUNS_DIR = pathlib.Path("runs")
+from mnist_jax.rundir import DEFAULT_RUNS_DIR
 
 
 class ShowDefaults(argparse.RawDescriptionHelpFormatter):

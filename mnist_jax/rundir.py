@@ -30,6 +30,7 @@ from mnist_jax.files import write_json
 from mnist_jax.optim import make_optimizer
 from mnist_jax.steps import TrainState, averaged, count_params, create_train_state
 
+DEFAULT_RUNS_DIR = pathlib.Path("runs")  # Where runs land unless a --workdir is given.
 SUMMARY = "metrics.json"
 # Measured while training; checkpoint_seconds is part of train_seconds.
 TIMINGS = (

@@ -190,3 +190,25 @@ def test_the_jax_side_trains_through_the_runner_of_its_data_placement():
         trained["auto"],
         trained["device"],
     )
+
+
+@pytest.mark.slow
+def test_the_drawing_pages_server_answers_8_clients_of_200_drawings_without_error(
+    quick_runs, tmp_path, capsys
+):
+    """The load test of docs/performance.md, whole (2 rounds): every answer
+    a digit, memory flat from round to round, and Ctrl-C stops the server
+    cleanly after it."""
+    run_dir = quick_runs.get("cnn")["workdir"]
+    output = tmp_path / "serve.json"
+    flags = ["--serve", "--clients", "8", "--requests", "200", "--rounds", "2"]
+    result = benchmark.main([*flags, "--checkpoint", str(run_dir), "--output", str(output)])
+    assert json.loads(output.read_text()) == result
+    for loaded in result["many_clients"]:
+        assert (loaded["clients"], loaded["requests"], loaded["errors"]) == (8, 1600, 0), loaded
+        assert 0 < loaded["p50_ms"] <= loaded["p99_ms"] <= loaded["max_ms"]
+    assert result["one_client"]["errors"] == 0 and result["one_client"]["requests"] == 200
+    assert result["stopped_cleanly"], result["server_errors"]
+    memory = result["resident_mib"]  # After the warm-up, one client, each of 2 rounds.
+    assert len(memory) == 4 and memory[-1] - memory[2] < 16, memory  # Flat once loaded.
+    assert "server resident memory" in capsys.readouterr().out

@@ -14,7 +14,13 @@ TABLE_HEADING = "## Layers and imports"
 PACKAGES = ("mnist_jax", "experiments", "benchmarks")
 GROUPS = ("mnist_jax.models", "experiments", "benchmarks")  # A row for the package and its files.
 ANY_BELOW = "(any module below)"
-COMMAND_LINE = {"mnist_jax.flags", "mnist_jax.cli", "mnist_jax.predict", "benchmarks.cli"}
+COMMAND_LINE = {
+    "mnist_jax.flags",
+    "mnist_jax.cli",
+    "mnist_jax.predict",
+    "mnist_jax.serve",
+    "benchmarks.cli",
+}
 # And every experiments.* module.
 HAND_OVER = "experiments.benchmark"  # `python -m experiments.benchmark`: benchmarks.cli's main.
 MAX_MODULE_LINES = 400

@@ -120,7 +120,7 @@ def test_predict_reads_scans_as_the_model_reads_the_originals(quick_runs, scans,
     out = capsys.readouterr().out
     assert [r["image"] for r in results] == list(map(str, paths))
     run = predict.load_classifier(workdir)
-    on_originals = predict.probabilities(run, originals).argmax(-1)
+    on_originals = predict.Classifier(run).probabilities(originals).argmax(-1)
     from_scans = np.array([r["digit"] for r in results])
     assert (from_scans == on_originals).mean() >= 0.9, (from_scans, on_originals)
     assert (from_scans == labels).mean() >= 0.8
@@ -188,7 +188,7 @@ def test_predict_is_the_models_inference(quick_runs, real_mnist):
     logits = steps.infer(run.state, tasks.model_inputs(images, None, run.config.step_config())[0])
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(
-        predict.probabilities(run, images),
+        predict.Classifier(run).probabilities(images),
         expected / expected.sum(-1, keepdims=True),
         rtol=1e-5,
         atol=1e-6,
