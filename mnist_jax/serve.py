@@ -28,8 +28,10 @@ import http.server
 import importlib.resources
 import io
 import json
+import os
 import pathlib
 import sys
+import threading
 import time
 
 import numpy as np
@@ -40,6 +42,10 @@ DEFAULT_PORT = 8000
 MAX_BODY = 8 * 2**20  # Bytes: a phone photo fits; a drawing is about 10 kB.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 REQUEST_TIMEOUT = 10.0  # Seconds a client may take to send its request.
+# Images read at once: one per core. A picture of up to digits.MAX_PIXELS
+# takes a few hundred MB while it is read, so many at once are queued here
+# instead of taking all the memory.
+_READING = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
 class BadRequest(Exception):
@@ -107,8 +113,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise BadRequest(
                 http.HTTPStatus.NOT_FOUND, f"nothing to POST to at {self.path}: use /predict"
             )
+        body = self._image_body()
         start = time.perf_counter()
-        answer = read_digit(self.classifier, self._image_body())
+        with _READING:
+            answer = read_digit(self.classifier, body)
         answer["milliseconds"] = round(1000 * (time.perf_counter() - start), 2)
         return "application/json", json.dumps(answer).encode()
 
