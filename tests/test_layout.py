@@ -195,6 +195,28 @@ def test_the_library_never_imports_the_experiments():
     } == {}
 
 
+def imported_packages(name: str) -> set[str]:
+    """The top-level packages `name` imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_torch_is_imported_by_torch_models_alone_which_no_library_module_imports():
+    """mnist_jax.torch_models is the PyTorch definitions a user copies; the
+    rest of the library runs without torch (the benchmarks and tests may
+    import both)."""
+    library = [name for name in MODULES if name.split(".")[0] == "mnist_jax"]
+    assert {name for name in library if "torch" in imported_packages(name)} == {
+        "mnist_jax.torch_models"
+    }
+    assert [name for name in library if "mnist_jax.torch_models" in project_imports(name)] == []
+
+
 def test_only_the_benchmark_command_imports_the_measuring_harness():
     assert any(name.startswith("benchmarks.") for name in MODULES)
     importers = {
