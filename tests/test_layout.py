@@ -19,6 +19,7 @@ COMMAND_LINE = {
     "mnist_jax.cli",
     "mnist_jax.predict",
     "mnist_jax.serve",
+    "mnist_jax.export",
     "benchmarks.cli",
 }
 # And every experiments.* module.
