@@ -8,7 +8,7 @@
 - vs_torch: every model against a plain PyTorch loop, each side in a worker
   process of its own (--vs-torch); jax_trainer is our side, built on a
   training run's own pieces (mnist_jax.members, mnist_jax.placement),
-  torch_baselines the other.
+  torch_baselines the other (its models: mnist_jax.torch_models).
 - overhead: whole commands timed as processes, phase by phase (--overhead).
 
 The library and the experiments never import this package;

@@ -153,6 +153,8 @@ def restore_best_state(
     workdir: str | pathlib.Path,
     mesh: jax.sharding.Mesh | None = None,
     sample_shape: tuple[int, ...] = (1, 28, 28, 1),
+    *,
+    average: bool = True,
 ) -> TrainState:
     """The best checkpoint of a run in `workdir` that was trained with
     `config`, as it was scored.
@@ -167,10 +169,11 @@ def restore_best_state(
       mesh: the devices the state is replicated over; None: every device.
       sample_shape: the shape of the model's input, to trace the state's
         structure (the default: one MNIST image).
+      average: the moving average in place of the raw weights where the run
+        kept one (steps.averaged); False: the raw weights.
 
     Returns:
-      The best state, its moving average in place of the raw weights where
-      the run kept one (steps.averaged), replicated over `mesh`.
+      The best state, replicated over `mesh`.
     """
     workdir = pathlib.Path(workdir).expanduser()
     if not checkpoints.has_checkpoints(workdir):
@@ -196,7 +199,7 @@ def restore_best_state(
     detail = config_differences(meta["config"], config)
     if detail:
         raise ResumeError(f"the run in {workdir} was trained with other settings ({detail})")
-    return averaged(state)
+    return averaged(state) if average else state
 
 
 def _hashable(value):
@@ -211,8 +214,10 @@ class LoadedRun:
     state: TrainState  # The best checkpoint: the one metrics.json's test scores are of.
 
 
-def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
-    """The best checkpoint of a finished run, with its model rebuilt from metrics.json."""
+def load_run(run_dir: str | pathlib.Path, *, average: bool = True) -> LoadedRun:
+    """The best checkpoint of a finished run, with its model rebuilt from
+    metrics.json; `average`: with the weights' moving average in place of the
+    raw weights where the run kept one (False: the raw weights)."""
     run_dir = pathlib.Path(run_dir).expanduser()
     summary = read_summary(run_dir)
     if summary.get("cached_features"):
@@ -229,7 +234,7 @@ def load_run(run_dir: str | pathlib.Path) -> LoadedRun:
     }
     try:
         model = models.get_model(config.model, **hyperparameters)
-        state = restore_best_state(config, model, run_dir)
+        state = restore_best_state(config, model, run_dir, average=average)
     except (CheckpointError, ResumeError, TypeError, ValueError) as e:
         raise RunError(f"cannot load the best checkpoint of {run_dir}: {e}") from e
     return LoadedRun(summary, config, model, state)

@@ -19,6 +19,7 @@ COMMAND_LINE = {
     "mnist_jax.cli",
     "mnist_jax.predict",
     "mnist_jax.serve",
+    "mnist_jax.export",
     "benchmarks.cli",
 }
 # And every experiments.* module.
@@ -193,6 +194,28 @@ def test_the_library_never_imports_the_experiments():
         if name.startswith("mnist_jax")
         and any(t.startswith("experiments") for t in project_imports(name))
     } == {}
+
+
+def imported_packages(name: str) -> set[str]:
+    """The top-level packages `name` imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_torch_is_imported_by_torch_models_alone_which_no_library_module_imports():
+    """mnist_jax.torch_models is the PyTorch definitions a user copies; the
+    rest of the library runs without torch (the benchmarks and tests may
+    import both)."""
+    library = [name for name in MODULES if name.split(".")[0] == "mnist_jax"]
+    assert {name for name in library if "torch" in imported_packages(name)} == {
+        "mnist_jax.torch_models"
+    }
+    assert [name for name in library if "mnist_jax.torch_models" in project_imports(name)] == []
 
 
 def test_only_the_benchmark_command_imports_the_measuring_harness():

@@ -232,5 +232,5 @@ def test_report_models_have_the_pytorch_parameter_counts():
 
     assert count("conv_ae", "encoder") == torch_reference.count(torch_reference.Encoder())
     assert count("conv_ae", "decoder") == torch_reference.count(torch_reference.Decoder())
-    assert count("linear_ae") == torch_reference.count(torch_reference.linear_autoencoder())
-    assert count("deep_cnn") == torch_reference.count(torch_reference.deep_cnn())
+    assert count("linear_ae") == torch_reference.count(torch_reference.LinearAutoencoder())
+    assert count("deep_cnn") == torch_reference.count(torch_reference.DeepCNN())

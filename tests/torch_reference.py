@@ -1,4 +1,5 @@
-"""torchvision's VGG16 and AlexNet, written out in plain PyTorch.
+"""torchvision's VGG16 and AlexNet, written out in plain PyTorch, and the
+reports' models (mnist_jax.torch_models).
 
 The same modules, order and indices as torchvision.models (so the same
 state-dict keys); torchvision itself is not installed, as its wheels here
@@ -7,6 +8,11 @@ are built against another torch.
 
 import torch
 from torch import nn
+
+# The reports' own models: their PyTorch definitions are the library's.
+from mnist_jax.torch_models import Decoder, DeepCNN, Encoder, LinearAutoencoder
+
+__all__ = ["BUILDERS", "DeepCNN", "Decoder", "Encoder", "LinearAutoencoder", "count"]
 
 
 def vgg16(num_classes: int = 1000, hidden: int = 4096) -> nn.Module:
@@ -94,50 +100,6 @@ class _Net(nn.Module):
 
 
 BUILDERS = {"vgg16": vgg16, "alexnet": alexnet}
-
-
-# Report 003's encoder and decoder, verbatim.
-class Encoder(nn.Module):
-    def __init__(self, latent_dim=12):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, kernel_size=5, stride=1)
-        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, stride=1, padding=1)
-        self.conv3 = nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1)
-        self.fc = nn.Linear(64 * 3 * 3, latent_dim)
-
-
-class Decoder(nn.Module):
-    def __init__(self, latent_dim=12):
-        super().__init__()
-        self.fc = nn.Linear(latent_dim, 64 * 3 * 3)
-        self.deconv1 = nn.ConvTranspose2d(
-            64, 32, kernel_size=3, stride=2, padding=1, output_padding=1
-        )
-        self.deconv2 = nn.ConvTranspose2d(
-            32, 16, kernel_size=3, stride=2, padding=1, output_padding=1
-        )
-        self.deconv3 = nn.ConvTranspose2d(16, 1, kernel_size=5, stride=2, output_padding=1)
-
-
-def linear_autoencoder() -> nn.Module:  # Report 001.
-    return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 784), nn.Sigmoid())
-
-
-def deep_cnn() -> nn.Module:  # Report 004's "Deep CNN" as described.
-    layers, channels = [], 1
-    for width in (64, 128, 256):
-        for _ in range(2):
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-            channels = width
-        layers += [nn.MaxPool2d(2, 2), nn.Dropout(0.25)]
-    return nn.Sequential(
-        *layers,
-        nn.Flatten(),
-        nn.Linear(256 * 3 * 3, 512),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Linear(512, 10),
-    )
 
 
 def count(module: nn.Module) -> int:
