@@ -20,6 +20,7 @@ COMMAND_LINE = {
     "mnist_jax.predict",
     "mnist_jax.serve",
     "benchmarks.cli",
+    "benchmarks.accelerator",
 }
 # And every experiments.* module.
 HAND_OVER = "experiments.benchmark"  # `python -m experiments.benchmark`: benchmarks.cli's main.
