@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import Callable
 
 # The goals, from the last H100 run (docs/performance.md, docs/results.md).
@@ -33,6 +34,10 @@ SMOKE_TESTS = (
     "evaluate_scores_every_example or auto_placement or fit_refuses "
     "or every_step_gets_new_dropout_keys"
 )
+
+
+# pytest's last line: "112 passed, 4 skipped in 61.2s", "2 failed, 110 passed in ...".
+PYTEST_SUMMARY = re.compile(r"\d+ (passed|failed|errors?)\b.* in [\d.]+s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +180,7 @@ def read_result(part: Part, work: pathlib.Path, output: pathlib.Path, log: str) 
         result = json.loads((work / "best.json").read_text())
         result["seed0"] = json.loads((work / "seed0" / "metrics.json").read_text())
         return result
-    lines = [line.strip("= ") for line in log.splitlines() if " in " in line and "passed" in line]
+    lines = [line.strip("= ") for line in log.splitlines() if PYTEST_SUMMARY.search(line)]
     if not lines:
         raise ValueError("pytest printed no summary line")
     return {"summary": lines[-1]}

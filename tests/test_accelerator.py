@@ -63,3 +63,12 @@ def test_the_last_h100_run_is_judged_against_the_goals():
     versus = accelerator_parts.vs_torch_verdict(recorded("benchmark_vs_torch_h100.json"))
     assert versus.met is True and "3.75x (deep_cnn)" in versus.figure
     assert accelerator.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_the_tests_part_reads_pytests_last_line(tmp_path):
+    tests = next(p for p in accelerator_parts.PARTS if p.name == "tests")
+    log = "collected 116 items\n....F\n==== 1 failed, 115 passed in 61.20s ====\n"
+    result = accelerator_parts.read_result(tests, tmp_path, tmp_path / "tests.json", log)
+    assert accelerator_parts.tests_verdict(result).figure == "1 failed, 115 passed in 61.20s"
+    with pytest.raises(ValueError):
+        accelerator_parts.read_result(tests, tmp_path, tmp_path / "tests.json", "killed\n")
