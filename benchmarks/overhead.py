@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark --overhead            # median of 3
     python -m experiments.benchmark --overhead --quick    # once, cnn --quick --epochs 1 and predict
+                                                          # (512 training images, 256 test)
 
 The commands, each started as its own process:
 
@@ -112,7 +113,10 @@ def one_repeat(scratch: pathlib.Path, data_flags: list[str], quick: bool) -> dic
         del runs["cnn 1 epoch"]
         runs = {
             "import": runs["import"],
-            "cnn --quick --epochs 1": [*runs.pop("cnn --quick"), "--epochs", "1"],
+            "cnn --quick --epochs 1": [
+                *runs.pop("cnn --quick"),
+                *("--epochs", "1", "--train-size", "512", "--test-size", "256"),
+            ],
         }
     predicted_run = "cnn 1 epoch" if not quick else "cnn --quick --epochs 1"
     image = scratch / "one.png"

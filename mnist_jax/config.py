@@ -85,9 +85,14 @@ class TrainConfig(StepConfig):
     )
     val_fraction: float = setting(0.1, "the share of the training set held out for validation")
     train_size: int | None = setting(
-        None, "a stratified subset of the training split, for quick runs and tests; None: all"
+        None,
+        "a stratified subset of this many training images (validation taken from it), for "
+        "smoke tests; None: all",
+        group="experiment",
     )
-    test_size: int | None = setting(None, "a stratified subset of the test split; None: all")
+    test_size: int | None = setting(
+        None, "a stratified subset of this many test images; None: all", group="experiment"
+    )
     log_every_steps: int = setting(100, "the training loss is logged every this many steps")
     checkpoint_every_steps: int = setting(
         500,

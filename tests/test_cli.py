@@ -193,7 +193,7 @@ def test_the_flags_are_the_config_fields_of_a_flag_group():
         *("--epochs", "--batch-size", "--learning-rate", "--lr", "--weight-decay", "--schedule"),
         *("--rotation", "--shift", "--zoom", "--elastic", "--elastic-sigma", "--ema-decay"),
         *("--label-smoothing", "--seed", "--split-seed", "--noise", "--noise-level"),
-        *("--dtype", "--data-placement"),
+        *("--dtype", "--data-placement", "--train-size", "--test-size"),
     }
     paths = {flag.dest: flag.path for flag in fields.flags(TrainConfig)}
     assert paths["noise"] == "noise.kind" and paths["elastic_sigma"] == "augment.elastic_sigma"

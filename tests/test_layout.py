@@ -21,6 +21,7 @@ COMMAND_LINE = {
     "mnist_jax.serve",
     "mnist_jax.export",
     "benchmarks.cli",
+    "benchmarks.accelerator",
 }
 # And every experiments.* module.
 HAND_OVER = "experiments.benchmark"  # `python -m experiments.benchmark`: benchmarks.cli's main.
