@@ -20,7 +20,7 @@ import numpy as np
 
 CANVAS = 280  # The drawing page's canvas, CSS pixels a side.
 SUPERSAMPLE = 2  # Drawn at twice the size, then reduced: anti-aliased edges, as a browser's.
-PEN = (12.0, 28.0)  # Stroke widths in canvas pixels (the page draws 18-22).
+PEN = (8.0, 30.0)  # Stroke widths in canvas pixels (the page draws 18-22).
 HEIGHT = (110.0, 200.0)  # The digit's height in canvas pixels.
 
 Stroke = np.ndarray  # (n, 2) points (x, y) in the template's box.
@@ -131,22 +131,36 @@ def _resampled(stroke: Stroke, spacing: float) -> Stroke:
     return np.stack([np.interp(at, along, stroke[:, i]) for i in range(2)], axis=-1)
 
 
+def _trimmed(rng: np.random.Generator, points: Stroke) -> Stroke:
+    """The stroke (evenly spaced points) with up to 8 % of its length cut
+    off or carried straight on at each end: loops left open or
+    overdrawn, bars too short or too long."""
+    first, last = (rng.uniform(-0.08, 0.08, 2) * len(points)).astype(int)
+    before = points[0] + (points[0] - points[1]) * np.arange(max(-first, 0), 0, -1)[:, None]
+    after = points[-1] + (points[-1] - points[-2]) * np.arange(1, max(-last, 0) + 1)[:, None]
+    kept = points[max(first, 0) : len(points) - max(last, 0)]
+    return np.concatenate([before, kept, after]) if len(kept) >= 2 else points
+
+
 def jitter(rng: np.random.Generator, strokes: tuple[Stroke, ...]) -> list[Stroke]:
     """The template's strokes as one hand might draw them, in canvas pixels:
-    slanted, stretched, bent smoothly, rotated a little, scaled and placed
-    near the canvas's centre."""
+    each stroke trimmed or carried on at its ends and, after a pen lift,
+    moved a little; then all slanted, stretched, bent smoothly, rotated,
+    scaled and placed near the canvas's centre."""
     height = rng.uniform(*HEIGHT)
-    aspect = rng.uniform(0.75, 1.3)
-    slant = rng.uniform(-0.3, 0.35)  # Shear: x moves by slant * (height above the middle).
-    angle = math.radians(rng.uniform(-8, 8))
-    # A smooth bend: two low sinusoids across the box, each about 3 % of its height.
-    waves = rng.uniform(0.5, 1.5, (2, 2)), rng.uniform(0, 2 * math.pi, (2, 2))
-    bend = rng.uniform(0.0, 0.035, 2)
+    aspect = rng.uniform(0.6, 1.4)
+    slant = rng.uniform(-0.4, 0.45)  # Shear: x moves by slant * (height above the middle).
+    angle = math.radians(rng.uniform(-12, 12))
+    # A smooth bend: two low sinusoids across the box, each up to 6 % of its height.
+    waves = rng.uniform(0.5, 1.6, (2, 2)), rng.uniform(0, 2 * math.pi, (2, 2))
+    bend = rng.uniform(0.0, 0.06, 2)
     centre = CANVAS / 2 + rng.uniform(-15, 15, 2)
     cos, sin = math.cos(angle), math.sin(angle)
     drawn = []
-    for stroke in strokes:
-        points = _resampled(stroke, 0.02)
+    for index, stroke in enumerate(strokes):
+        points = _trimmed(rng, _resampled(stroke, 0.02))
+        if index:  # A pen lift: the next stroke lands a little off.
+            points = points + rng.normal(0.0, 0.035, 2)
         x, y = points[:, 0] - 0.3, points[:, 1] - 0.5
         x = x + bend[0] * np.sin(2 * math.pi * waves[0][0, 0] * y + waves[1][0, 0])
         y = y + bend[1] * np.sin(2 * math.pi * waves[0][1, 1] * x + waves[1][1, 1])

@@ -79,7 +79,7 @@ def test_every_stroke_template_draws_a_digit_on_the_canvas():
             page = strokes.draw_digit(rng, digit, template)
             assert page.shape == (strokes.CANVAS, strokes.CANVAS) and page.dtype == np.float32
             assert page.min() == 0 and page[0].min() == 255  # Black ink, white margins.
-            assert digits.to_mnist(page).max() == 255
+            assert digits.to_mnist(page).max() > 192  # A thin pen: a little below white.
 
 
 def test_a_scan_is_darker_paper_and_the_digit_survives_it():
