@@ -56,7 +56,7 @@ from mnist_jax.train import train_and_evaluate
 
 CONFIG = TrainConfig(
     model="strided_cnn",
-    epochs=20,
+    epochs=25,
     batch_size=64,
     learning_rate=2e-3,
     weight_decay=0.0,
@@ -68,7 +68,7 @@ CONFIG = TrainConfig(
 QUICK = dataclasses.replace(
     CONFIG, epochs=2, train_size=5000, test_size=1000, log_every_steps=10, checkpoint_every_steps=40
 )
-FONT_DIGITS, QUICK_FONT_DIGITS = 0, 200  # Training-font digits added to MNIST's training images.
+FONT_DIGITS, QUICK_FONT_DIGITS = 6000, 200  # Training-font digits added to MNIST's training images.
 SET_SIZE, QUICK_SET_SIZE = 1000, 200  # Digits per evaluation set.
 SETS_SEED = 0  # The evaluation sets' seed; the training fonts' digits use another.
 # How pages become MNIST digits (mnist_jax.digits.Preprocessing): predict's, and variants.
