@@ -1,11 +1,14 @@
-"""Data augmentation on the device: a random rotation, shift, zoom and elastic distortion per image.
+"""Data augmentation on the device: a random rotation, shift, zoom, elastic distortion and ink.
 
 Each training image gets one affine resample (bilinear, zeros outside the
 picture) that rotates it about its centre, scales it and shifts it, with
 its own random parameters, and, where asked, an elastic distortion after
 it (Simard et al. 2003, "Best practices for convolutional neural networks
 applied to visual document analysis": every pixel moved by a random field
-smoothed by a Gaussian, which bends strokes the way hands do). It runs
+smoothed by a Gaussian, which bends strokes the way hands do). Then, where
+asked, the ink: strokes thickened or thinned (grey dilation or erosion, as
+other pens draw), blurred (as scanners and cameras do) and grey levels
+raised to a power (fainter or bolder edges). It runs
 inside the jitted train step beside the noise (mnist_jax.tasks.model_inputs),
 keyed from the step's key, so the same seed gives the same images and a
 resumed run replays them exactly; nothing is precomputed and no host
@@ -28,6 +31,8 @@ import jax.numpy as jnp
 
 from mnist_jax.fields import setting
 
+MAX_STROKE = 3  # Pixels a side: a 28x28 digit's strokes are 2-4 pixels wide.
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -37,8 +42,13 @@ class AugmentConfig:
     on both axes), then the elastic distortion: each pixel moved by
     `elastic` times a field of uniform [-1, 1] noise blurred by a Gaussian
     of `elastic_sigma` pixels (Simard et al.'s alpha 34, sigma 4 move a
-    pixel by about one pixel on average). All zero (the default): no
-    augmentation, the step is unchanged.
+    pixel by about one pixel on average), then the ink: the strokes
+    thickened by up to `stroke` pixels a side or thinned by up to half as
+    many (MNIST's strokes are 2-4 pixels wide: thinned by as much, they
+    would vanish), blurred by a
+    Gaussian up to `blur` pixels wide, the grey levels raised to a power
+    up to exp(+-`gamma`). All zero (the default): no augmentation, the
+    step is unchanged.
     """
 
     rotation: float = setting(
@@ -66,6 +76,26 @@ class AugmentConfig:
     elastic_sigma: float = setting(
         4.0, "the elastic distortion's smoothness", group="recipe", metavar="PIXELS"
     )
+    stroke: float = setting(
+        0.0,
+        "augmentation: then thicken its strokes by up to this many pixels a side, or thin "
+        "them by up to half as many (grey dilation or erosion), e.g. 1; 0: none",
+        group="recipe",
+        metavar="PIXELS",
+    )
+    blur: float = setting(
+        0.0,
+        "augmentation: then blur it by a Gaussian of up to this width, e.g. 1; 0: none",
+        group="recipe",
+        metavar="PIXELS",
+    )
+    gamma: float = setting(
+        0.0,
+        "augmentation: then raise its grey levels to a power in [exp(-G), exp(G)], e.g. 0.5 "
+        "(fainter or bolder edges); 0: none",
+        group="recipe",
+        metavar="G",
+    )
 
     def __post_init__(self):
         if not 0 <= self.rotation <= 180:
@@ -82,6 +112,14 @@ class AugmentConfig:
             raise ValueError(
                 f"elastic_sigma must be a Gaussian's width in pixels > 0, got {self.elastic_sigma}"
             )
+        if not 0 <= self.stroke <= MAX_STROKE:
+            raise ValueError(
+                f"stroke must be in [0, {MAX_STROKE}] pixels a side (0: none), got {self.stroke}"
+            )
+        if not self.blur >= 0:
+            raise ValueError(f"blur must be a Gaussian's width >= 0 (0: none), got {self.blur}")
+        if not 0 <= self.gamma <= 3:
+            raise ValueError(f"gamma must be in [0, 3] (0: none), got {self.gamma}")
 
     @property
     def affine(self) -> bool:
@@ -89,8 +127,13 @@ class AugmentConfig:
         return bool(self.rotation or self.shift or self.zoom)
 
     @property
+    def ink(self) -> bool:
+        """Whether it changes the strokes' width, blur or grey levels."""
+        return bool(self.stroke or self.blur or self.gamma)
+
+    @property
     def active(self) -> bool:
-        return self.affine or bool(self.elastic)
+        return self.affine or bool(self.elastic) or self.ink
 
 
 def affine_matrix(
@@ -186,12 +229,68 @@ def random_elastic(key: jax.Array, images: jax.Array, config: AugmentConfig) -> 
     return jax.vmap(one)(images, field)
 
 
+def morphology(images: jax.Array, amount: jax.Array, steps: int) -> jax.Array:
+    """[0, 1] images (B, H, W, C) with their strokes thickened (amount > 0)
+    or thinned (amount < 0) by |amount| (B,) pixels a side, at most `steps`:
+    whole 3x3 grey dilations (max) or erosions (min), the last blended by
+    its fraction, so the width changes smoothly with the amount."""
+    window, strides = (1, 3, 3, 1), (1, 1, 1, 1)
+    thicker = amount[:, None, None, None] > 0  # (B, 1, 1, 1)
+    for step in range(steps):
+        dilated = jax.lax.reduce_window(images, -jnp.inf, jax.lax.max, window, strides, "SAME")
+        eroded = jax.lax.reduce_window(images, jnp.inf, jax.lax.min, window, strides, "SAME")
+        fraction = jnp.clip(jnp.abs(amount) - step, 0.0, 1.0)[:, None, None, None]
+        images = images + fraction * (jnp.where(thicker, dilated, eroded) - images)
+    return images
+
+
+def blur_matrices(size: int, sigma: jax.Array) -> jax.Array:
+    """(B, size, size) Gaussian blur matrices of widths sigma (B,) pixels,
+    each row summing to 1; the identity where sigma is 0."""
+    offsets = (jnp.arange(size)[:, None] - jnp.arange(size)[None, :]).astype(jnp.float32)
+    width = jnp.maximum(sigma, 1e-3)[:, None, None]  # (B, 1, 1); 1e-3: the identity, exactly.
+    weights = jnp.exp(-(offsets[None] ** 2) / (2 * width**2))  # (B, size, size)
+    return weights / weights.sum(-1, keepdims=True)
+
+
+def random_ink(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
+    """[0, 1] images (B, H, W, C), each with its strokes thickened or
+    thinned by a uniform amount in [-stroke / 2, stroke] pixels a side
+    (negative: thinner), blurred by a
+    Gaussian of width uniform in [0, blur], and its grey levels raised to
+    a power exp(u), u uniform in [-gamma, gamma]: the ways other pens,
+    scanners and cameras draw a digit. Each lever that is 0 is skipped."""
+    batch, height, width = images.shape[:3]
+    stroke_key, blur_key, gamma_key = jax.random.split(key, 3)
+    if config.stroke:
+        amount = jax.random.uniform(
+            stroke_key, (batch,), minval=-config.stroke / 2, maxval=config.stroke
+        )
+        images = morphology(images, amount, math.ceil(config.stroke))
+    if config.blur:
+        sigma = jax.random.uniform(blur_key, (batch,), maxval=config.blur)
+        rows, cols = blur_matrices(height, sigma), blur_matrices(width, sigma)
+        images = jnp.einsum("bij,bjkc,blk->bilc", rows, images, cols)  # (B, H, W, C)
+    if config.gamma:
+        power = jnp.exp(
+            jax.random.uniform(gamma_key, (batch,), minval=-config.gamma, maxval=config.gamma)
+        )
+        images = jnp.clip(images, 0.0, 1.0) ** power[:, None, None, None]
+    return jnp.clip(images, 0.0, 1.0)
+
+
 def random_transform(key: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
     """`config`'s whole augmentation of [0, 1] images (B, H, W, C): the
-    affine transform, then the elastic distortion. Without the distortion
-    the affine transform takes the whole key, as before it existed, so
-    earlier recipes draw the same images."""
+    affine transform, the elastic distortion, then the strokes' width,
+    blur and grey levels. Each later stage splits its key off the key the
+    earlier ones had, and only where it is asked for: earlier recipes draw
+    the same images as before it existed (without the distortion the
+    affine transform takes the whole key)."""
+    if config.ink:
+        key, ink_key = jax.random.split(key)
     if not config.elastic:
-        return random_affine(key, images, config)
-    affine_key, elastic_key = jax.random.split(key)
-    return random_elastic(elastic_key, random_affine(affine_key, images, config), config)
+        images = random_affine(key, images, config)
+    else:
+        affine_key, elastic_key = jax.random.split(key)
+        images = random_elastic(elastic_key, random_affine(affine_key, images, config), config)
+    return random_ink(ink_key, images, config) if config.ink else images

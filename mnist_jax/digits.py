@@ -7,9 +7,11 @@ white ink on black. A photo or a drawing of a digit is brought to that
 form here, so that a model trained on MNIST sees what it was trained on:
 
     grey levels -> ink white on black (inverted when the background is
-    light) -> background to 0, ink up to 255 -> cropped to the ink's
-    bounding box -> longer side scaled to 20 px -> centre of mass moved to
-    (14, 14) of a 28x28 field (MNIST's test set: mean 14.0, 14.0).
+    light) -> background to 0 (the paper's level under each pixel fitted
+    to the border, so light falling off across a photo goes with it, and
+    the paper's grain and noise left out), ink up to 255 -> cropped to the
+    ink's bounding box -> longer side scaled to 20 px -> centre of mass
+    moved to (14, 14) of a 28x28 field (MNIST's test set: mean 14.0, 14.0).
 
 Files are decoded by Pillow; anything it cannot decode, or that holds no
 digit, raises ImageError naming the file.
@@ -17,6 +19,7 @@ digit, raises ImageError naming the file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import warnings
@@ -29,6 +32,7 @@ BOX = 20  # The longer side of the digit's bounding box.
 CENTRE = SIZE / 2  # Where MNIST's centres of mass sit, in pixel-index coordinates.
 INK_THRESHOLD = 0.25  # Share of the brightest ink that counts towards the bounding box.
 MIN_CONTRAST = 16  # Grey levels between background and ink below which an image is blank.
+NOISE_FLOOR = 3  # The background's noise deviations below which a pixel is paper, not ink.
 MAX_PIXELS = 50_000_000  # Larger files are refused before decoding (decompression bombs).
 
 
@@ -89,6 +93,26 @@ def decode_grey(source: str | os.PathLike | BinaryIO, name: str) -> np.ndarray:
         raise ImageError(f"{name}: not an image Pillow can read ({type(e).__name__}: {e})") from e
 
 
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a picture is brought to MNIST's form (to_mnist uses DEFAULT).
+
+    flatten: the paper's level fitted to the border as a smooth surface and
+      taken away, the background's noise left out below a floor (False:
+      the border's median taken away, as a scan of even light has).
+    binarize: ink thresholded at half its contrast before the box is
+      fitted, as NIST's binary scans were before MNIST's anti-aliasing;
+      only for digits larger than the box (smaller ones keep their grey
+      levels, which the resize no longer smooths).
+    """
+
+    flatten: bool = True
+    binarize: bool = False
+
+
+DEFAULT = Preprocessing()
+
+
 def to_mnist(grey: np.ndarray, *, invert: bool | None = None, name: str = "image") -> np.ndarray:
     """A digit picture (H, W) of any size as MNIST has them: (28, 28, 1) uint8.
 
@@ -96,26 +120,85 @@ def to_mnist(grey: np.ndarray, *, invert: bool | None = None, name: str = "image
       None decides by the border (mostly light: inverted).
     name: how errors name the picture (its file).
     """
+    return prepare(grey, DEFAULT, invert=invert, name=name)
+
+
+def prepare(
+    grey: np.ndarray, how: Preprocessing, *, invert: bool | None = None, name: str = "image"
+) -> np.ndarray:
+    """to_mnist's picture (28, 28, 1) uint8 of grey levels (H, W), prepared as `how` says."""
     grey = np.asarray(grey, np.float64)
     if grey.ndim != 2 or grey.size == 0:
         raise ImageError(f"{name}: an image of shape {grey.shape} holds no picture")
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if invert is None:
-        invert = np.median(border) > 127
+        invert = np.median(_border(grey)) > 127
     if invert:
-        grey, border = 255.0 - grey, 255.0 - border
-    background = np.median(border)
-    contrast = grey.max() - background
+        grey = 255.0 - grey
+    if how.flatten:
+        if max(grey.shape) > 2 * SIZE:  # A light blur, far finer than the 20x20 box: less noise.
+            grey = _smoothed(grey, max(grey.shape) / (10 * SIZE))
+        background, noise = _background(grey)  # (H, W), a grey level
+    else:
+        background, noise = np.median(_border(grey)), 0.0
+    above = grey - background
+    floor = NOISE_FLOOR * noise  # The paper's grain and the sensor's noise, left out.
+    contrast = above.max() - floor
     if contrast < MIN_CONTRAST:
         raise ImageError(
             f"{name} is blank: no {'dark' if invert else 'light'} digit stands out from its "
             "background"
         )
-    ink = np.clip((grey - background) / contrast, 0.0, 1.0) * 255.0  # Background 0, ink up to 255.
+    ink = np.clip((above - floor) / contrast, 0.0, 1.0) * 255.0  # Background 0, ink up to 255.
     rows, cols = np.nonzero(ink >= INK_THRESHOLD * 255.0)
     digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    if how.binarize and max(digit.shape) > 2 * BOX:
+        digit = np.where(digit >= 127.5, 255.0, 0.0)
     digit = _fit_box(digit)  # (h, w), max(h, w) == BOX
     return _centre_by_mass(digit)[..., None]
+
+
+def _smoothed(grey: np.ndarray, sigma: float) -> np.ndarray:
+    """The grey levels (H, W) blurred by a Gaussian of `sigma` pixels."""
+    from PIL import Image, ImageFilter
+
+    image = Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8))
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(sigma)), np.float64)
+
+
+def _border(grey: np.ndarray) -> np.ndarray:
+    """The picture's outermost pixels, (2 H + 2 W,)."""
+    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+
+
+def _background(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """The paper's grey level under every pixel, (H, W), and its noise
+    (a standard deviation), from the border: a quadratic surface in the
+    row and column fitted to the border's pixels, those far off it (ink
+    touching the edge) dropped and the fit repeated. Light falling off
+    across a photo is taken away with it; a flat border gives its median,
+    as a scan of even light has."""
+    height, width = grey.shape
+    rows, cols = np.mgrid[0:height, 0:width]
+    rows = rows / max(height - 1, 1) * 2 - 1  # (H, W) in [-1, 1]
+    cols = cols / max(width - 1, 1) * 2 - 1
+
+    def terms(r, c):  # (..., 6): the quadratic's monomials.
+        return np.stack([np.ones_like(r), r, c, r * r, c * c, r * c], axis=-1)
+
+    values, r, c = _border(grey), _border(rows), _border(cols)
+    keep = np.ones(values.shape, bool)
+    surface = np.full(values.shape, np.median(values))
+    for _ in range(3):
+        spread = 1.4826 * np.median(np.abs(values - surface)[keep])  # A robust deviation.
+        keep = np.abs(values - surface) <= max(3 * spread, 1.0)
+        if keep.sum() < 12:  # Too few to fit a surface: the border's median, flat.
+            break
+        coefficients = np.linalg.lstsq(terms(r[keep], c[keep]), values[keep], rcond=None)[0]
+        surface = terms(r, c) @ coefficients
+    else:
+        noise = 1.4826 * np.median(np.abs(values - surface)[keep])
+        return terms(rows, cols) @ coefficients, float(noise)
+    return np.full(grey.shape, np.median(values)), 0.0
 
 
 def _fit_box(digit: np.ndarray) -> np.ndarray:

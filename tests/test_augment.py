@@ -247,3 +247,50 @@ def test_augmented_train_step_is_reproducible_and_not_the_plain_one():
     augmented = dataclasses.replace(config, augment=STRONG).step_config()
     assert one_step(augmented) == one_step(augmented)
     assert one_step(augmented) != one_step(config.step_config())
+
+
+def strokes_batch(n=8):
+    x = np.zeros((n, 28, 28, 1), np.float32)
+    x[:, 6:22, 12:15] = 1.0
+    x[:, 6:9, 8:20] = 0.7
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("lever", ["stroke", "blur", "gamma"])
+def test_each_ink_lever_is_off_at_zero_and_keyed_otherwise(lever):
+    images = strokes_batch()
+    key = jax.random.PRNGKey(0)
+    off = AugmentConfig()
+    assert not off.ink and not off.active
+    on = AugmentConfig(**{lever: 1.0})
+    assert on.ink and on.active
+    out = jax.jit(augment.random_transform, static_argnums=2)(key, images, on)
+    chex.assert_shape(out, images.shape)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert not np.allclose(out, images)
+    again = augment.random_transform(key, images, on)
+    np.testing.assert_allclose(out, again, atol=1e-6)
+    other = augment.random_transform(jax.random.PRNGKey(1), images, on)
+    assert not np.allclose(out, other)
+
+
+def test_adding_ink_levers_leaves_the_affine_draws_as_they_were():
+    images = strokes_batch()
+    key = jax.random.PRNGKey(3)
+    affine = AugmentConfig(rotation=15, shift=0.1, zoom=0.1)
+    before = augment.random_transform(key, images, affine)
+    np.testing.assert_array_equal(before, augment.random_affine(key, images, affine))
+
+
+def test_morphology_thickens_and_thins_by_its_amount():
+    images = strokes_batch(3)
+    out = augment.morphology(images, jnp.array([1.0, 0.0, -1.0]), 1)
+    ink = (out > 0.5).sum(axis=(1, 2, 3))
+    original = int((images[0] > 0.5).sum())
+    assert ink[0] > original and ink[1] == original and ink[2] < original
+
+
+@pytest.mark.parametrize("bad", [{"stroke": -1}, {"stroke": 4}, {"blur": -0.5}, {"gamma": 5}])
+def test_bad_ink_levers_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        AugmentConfig(**bad)

@@ -191,7 +191,8 @@ def test_the_flags_are_the_config_fields_of_a_flag_group():
     names = {name for flag in fields.flags(TrainConfig) for name in flag.names}
     assert names == {
         *("--epochs", "--batch-size", "--learning-rate", "--lr", "--weight-decay", "--schedule"),
-        *("--rotation", "--shift", "--zoom", "--elastic", "--elastic-sigma", "--ema-decay"),
+        *("--rotation", "--shift", "--zoom", "--elastic", "--elastic-sigma"),
+        *("--stroke", "--blur", "--gamma", "--ema-decay"),
         *("--label-smoothing", "--seed", "--split-seed", "--noise", "--noise-level"),
         *("--dtype", "--data-placement", "--train-size", "--test-size"),
     }

@@ -193,3 +193,20 @@ def test_predict_is_the_models_inference(quick_runs, real_mnist):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_uneven_light_does_not_widen_the_digits_box():
+    page = np.full((200, 200), 230.0)
+    page[50:150, 95:105] = 20.0  # A "1".
+    shadow = page * np.linspace(0.6, 1.0, 200)[None, :]  # Light falling off to the left.
+    even, uneven = digits.to_mnist(page), digits.to_mnist(shadow)
+
+    def box(picture):  # The ink's (height, width).
+        rows, cols = np.nonzero(picture[..., 0] > 64)
+        return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+    assert box(uneven) == box(even) == (digits.BOX, 2)
+    assert abs(int(uneven.sum()) - int(even.sum())) < 0.05 * int(even.sum())
+    # The border's median alone leaves the shadow in, and the box takes in some of it.
+    flat = digits.prepare(shadow, digits.Preprocessing(flatten=False))
+    assert box(flat)[1] > 2 * box(even)[1]
