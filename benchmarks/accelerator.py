@@ -43,6 +43,7 @@ import time
 from benchmarks import accelerator_parts as parts_lib
 from benchmarks.overhead import ROOT, commit
 from mnist_jax.files import write_json
+from mnist_jax.flags import ShowDefaults
 
 RESULTS = ROOT / "results" / "accelerator"
 BUDGET_SECONDS = 480.0  # Eight minutes: later parts get what is left, then are skipped.
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.accelerator",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=ShowDefaults,
     )
     add = parser.add_argument
     add("--parts", default="all", help="comma-separated parts (--list names them), or all")

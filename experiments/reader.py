@@ -165,11 +165,11 @@ def tta_views(images: np.ndarray) -> list[np.ndarray]:
 
 def score_sets(runs: list[rundir.LoadedRun], sets: dict[str, data_lib.Split]) -> dict:
     """Per set: accuracy of the runs' mean softmax, plain and with test-time augmentation."""
-    scores = {}
+    scores, classifiers = {}, [predict.Classifier(run) for run in runs]  # Compiled once.
     for name, split in sets.items():
         views = tta_views(split.images)
         probs = np.mean(
-            [[predict.probabilities(run, view) for view in views] for run in runs], axis=0
+            [[c.probabilities(view) for view in views] for c in classifiers], axis=0
         )  # (V, N, 10)
         scores[name] = {
             "accuracy": float(np.mean(probs[0].argmax(-1) == split.labels)),

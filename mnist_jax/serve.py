@@ -30,6 +30,7 @@ import io
 import json
 import os
 import pathlib
+import signal
 import sys
 import threading
 import time
@@ -267,6 +268,10 @@ def main(argv=None) -> None:
         f"http://{host}:{server.server_port}/  (Ctrl-C stops)",
         flush=True,
     )
+    # Ctrl-C (and a plain `kill`) stop it, even where the shell that
+    # started it in the background had SIGINT ignored, which Python keeps.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -209,7 +209,7 @@ def test_the_default_run_is_the_readers_else_the_newest_classifier(quick_runs, t
 @pytest.mark.slow
 def test_the_command_serves_a_run_warns_off_localhost_and_stops_on_ctrl_c(quick_runs):
     workdir = quick_runs.get("cnn")["workdir"]
-    process, url = start_server("--checkpoint", str(workdir), "--host", "0.0.0.0")
+    process, url = start_server(["--checkpoint", str(workdir), "--host", "0.0.0.0"])
     try:
         url = url.replace("0.0.0.0", "127.0.0.1")
         status, answer = call(
