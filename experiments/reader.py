@@ -38,35 +38,29 @@ import pathlib
 
 import numpy as np
 
+from experiments import best
 from mnist_jax import data as data_lib
 from mnist_jax import digits, handwriting, predict, rundir, timing
-from mnist_jax.augment import AugmentConfig
 from mnist_jax.cli import (
     QUICK_NOTE,
     finished_run,
-    load_mnist_or_exit,
+    load_splits,
     print_results,
     resolve_workdir,
     run_options,
     start,
     training_errors,
 )
-from mnist_jax.config import TrainConfig
 from mnist_jax.flags import build_parser, config_from_args
 from mnist_jax.models import get_model
 from mnist_jax.reference import Reference
 from mnist_jax.train import train_and_evaluate
 
-CONFIG = TrainConfig(
-    model="strided_cnn",
+# The best model's recipe (experiments/best.py) for 25 epochs, with the ink levers.
+CONFIG = dataclasses.replace(
+    best.CONFIG,
     epochs=25,
-    batch_size=64,
-    learning_rate=2e-3,
-    weight_decay=0.0,
-    schedule="onecycle",
-    augment=AugmentConfig(rotation=10.0, shift=0.1, zoom=0.1, stroke=1.0, blur=1.0, gamma=0.5),
-    ema_decay=0.999,
-    label_smoothing=0.1,
+    augment=dataclasses.replace(best.CONFIG.augment, stroke=1.0, blur=1.0, gamma=0.5),
 )
 QUICK = dataclasses.replace(
     CONFIG, epochs=2, train_size=5000, test_size=1000, log_every_steps=10, checkpoint_every_steps=40
@@ -229,15 +223,8 @@ def main(argv=None) -> dict:
     fonts = QUICK_FONT_DIGITS if args.quick else FONT_DIGITS
     fonts = fonts if args.font_digits is None else args.font_digits
     phases = timing.Phases()
-    mnist = load_mnist_or_exit(args)
     with phases("data"):
-        splits = data_lib.make_splits(
-            mnist,
-            val_fraction=config.val_fraction,
-            seed=config.data_seed,
-            train_size=config.train_size,
-            test_size=config.test_size,
-        )
+        splits, source = load_splits(args, config)
         splits = with_font_digits(splits, fonts, config.seed, prepare)
     print(
         f"reader: train {len(splits.train)} ({fonts} of them font digits), val "
@@ -245,7 +232,7 @@ def main(argv=None) -> dict:
         flush=True,
     )
     with training_errors(parser, args):
-        extra = {"data_source": mnist.source, "font_digits": fonts, "preprocess": args.preprocess}
+        extra = {"data_source": source, "font_digits": fonts, "preprocess": args.preprocess}
         options = run_options("reader", args, phases=phases, extra=extra)
         summary = train_and_evaluate(config, get_model(config.model), splits, workdir, options)
     print_results("reader", summary, REFERENCE, workdir)
