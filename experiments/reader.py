@@ -4,6 +4,7 @@
     python -m experiments.reader --quick    # 2 short epochs, 200 digits a set: a smoke test
     python -m experiments.reader --evaluate RUN_DIR...   # score finished runs of any classifier
     python -m experiments.reader --evaluate RUN_DIR RUN_DIR --ensemble   # their mean softmax
+    python -m experiments.reader --evaluate RUN_DIR --out scores.json    # and keep the scores
 
 MNIST's test set comes from the same writers' population as its training
 set, so a model's 99.5 % there says little about digits written by other
@@ -40,7 +41,7 @@ import numpy as np
 
 from experiments import best
 from mnist_jax import data as data_lib
-from mnist_jax import digits, handwriting, predict, rundir, timing
+from mnist_jax import digits, files, handwriting, parallel, predict, rundir, timing
 from mnist_jax.cli import (
     QUICK_NOTE,
     finished_run,
@@ -108,6 +109,13 @@ def build_reader_parser():
         "(default: none; train the reader)",
     )
     add("--ensemble", action="store_true", help="with --evaluate: also their mean softmax")
+    add(
+        "--out",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="with --evaluate: also write the scores and what they were scored on to this "
+        "JSON file (default: print them only)",
+    )
     add(
         "--preprocess",
         choices=tuple(PREPROCESSING),
@@ -191,19 +199,49 @@ def format_scores(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def run_row(run: rundir.LoadedRun, scores: dict) -> dict:
+    """A finished run's scores on the sets beside what it is: its MNIST test
+    accuracy, seed, checkpoint, training time and machine."""
+    summary = run.summary
+    return {
+        "sets": scores,
+        "mnist_test": summary["test"]["accuracy"],
+        "experiment": summary.get("experiment"),
+        "seed": summary.get("config", {}).get("seed"),
+        "evaluated_checkpoint": summary.get("evaluated_checkpoint"),
+        "train_seconds": summary.get("train_seconds"),
+        "host": summary.get("devices", {}).get("host"),
+    }
+
+
 def evaluate(run_dirs: list[pathlib.Path], size: int, ensemble: bool, prepare) -> dict:
     """Each finished run's (and where `ensemble`, their mean's) scores on the sets."""
     sets = handwriting.evaluation_sets(size, SETS_SEED, prepare=prepare)
     runs = [predict.load_classifier(d) for d in run_dirs]
-    rows = {
-        str(d): {"sets": score_sets([r], sets), "mnist_test": r.summary["test"]["accuracy"]}
-        for d, r in zip(run_dirs, runs)
-    }
+    rows = {str(d): run_row(r, score_sets([r], sets)) for d, r in zip(run_dirs, runs)}
     if ensemble:
         rows["ensemble"] = {"sets": score_sets(runs, sets)}
     print("\nAccuracy on each evaluation set (plain / with test-time augmentation):\n")
     print(format_scores(rows))
     return rows
+
+
+def write_scores(path: pathlib.Path, rows: dict, size: int, preprocess: str) -> None:
+    """--out: the rows of `evaluate`, with how the sets were made and where they were scored."""
+    files.write_json(
+        path,
+        {
+            "evaluation_sets": {
+                "names": list(handwriting.SETS),
+                "images_each": size,
+                "seed": SETS_SEED,
+                "preprocess": preprocess,
+            },
+            "scored_on": parallel.host_cpu(),
+            "runs": rows,
+        },
+    )
+    print(f"scores written to {path}")
 
 
 def main(argv=None) -> dict:
@@ -216,8 +254,13 @@ def main(argv=None) -> dict:
     args, (config, workdir) = start(parser, argv, prepare)
     size = args.set_size or (QUICK_SET_SIZE if args.quick else SET_SIZE)
     prepare = preparation(args.preprocess)
+    if args.out is not None and not args.evaluate:
+        parser.error("--out goes with --evaluate: it keeps the scores of finished runs")
     if args.evaluate:
-        return evaluate(args.evaluate, size, args.ensemble, prepare)
+        rows = evaluate(args.evaluate, size, args.ensemble, prepare)
+        if args.out is not None:
+            write_scores(args.out, rows, size, args.preprocess)
+        return rows
     if (done := finished_run(args, workdir)) is not None:
         return done
     fonts = QUICK_FONT_DIGITS if args.quick else FONT_DIGITS

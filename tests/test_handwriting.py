@@ -108,5 +108,22 @@ def test_reader_quick_trains_scores_every_set_and_evaluates_runs(
     assert saved["data"]["train"] == 4501 + reader.QUICK_FONT_DIGITS
     out = capsys.readouterr().out
     assert "scanned_strokes" in out and f"{100 * saved['test']['accuracy']:.2f} %" in out
-    rows = reader.main(["--evaluate", str(workdir), str(workdir), "--ensemble", *flags])
+    out_file = tmp_path / "scores.json"
+    evaluate = ["--evaluate", str(workdir), str(workdir), "--ensemble", "--out", str(out_file)]
+    rows = reader.main([*evaluate, *flags])
     assert rows["ensemble"]["sets"] == rows[str(workdir)]["sets"]  # Two copies: the same model.
+    kept = json.loads(out_file.read_text())
+    assert kept["runs"] == json.loads(json.dumps(rows))
+    assert kept["evaluation_sets"]["images_each"] == 50
+    row = kept["runs"][str(workdir)]
+    assert row["sets"] == saved["handwriting"] and row["mnist_test"] == saved["test"]["accuracy"]
+    assert row["experiment"] == "reader" and row["train_seconds"] == saved["train_seconds"]
+
+
+def test_reader_out_without_evaluate_is_refused_before_anything_trains(tmp_path, capsys):
+    from experiments import reader
+
+    with pytest.raises(SystemExit) as stop:
+        reader.main(["--out", str(tmp_path / "scores.json"), "--workdir", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--out goes with --evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "scores.json").exists()
