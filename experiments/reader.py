@@ -37,11 +37,12 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 
 from experiments import best
+from mnist_jax import augment, digits, files, handwriting, parallel, predict, rundir, timing
 from mnist_jax import data as data_lib
-from mnist_jax import digits, files, handwriting, parallel, predict, rundir, timing
 from mnist_jax.cli import (
     QUICK_NOTE,
     finished_run,
@@ -148,10 +149,6 @@ def with_font_digits(splits: data_lib.Splits, count: int, seed: int, prepare) ->
 def tta_views(images: np.ndarray) -> list[np.ndarray]:
     """uint8 digits (N, 28, 28, 1) and copies of them thickened and thinned
     by half a pixel a side and turned by 6 degrees either way."""
-    import jax.numpy as jnp
-
-    from mnist_jax import augment
-
     x = jnp.asarray(images, jnp.float32) / 255.0  # (N, 28, 28, 1)
     count = len(images)
     views = [
@@ -199,6 +196,12 @@ def format_scores(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def print_scores(rows: dict[str, dict]) -> None:
+    """Prints format_scores(rows) under its heading."""
+    print("\nAccuracy on each evaluation set (plain / with test-time augmentation):\n")
+    print(format_scores(rows))
+
+
 def run_row(run: rundir.LoadedRun, scores: dict) -> dict:
     """A finished run's scores on the sets beside what it is: its MNIST test
     accuracy, seed, checkpoint, training time and machine."""
@@ -221,8 +224,7 @@ def evaluate(run_dirs: list[pathlib.Path], size: int, ensemble: bool, prepare) -
     rows = {str(d): run_row(r, score_sets([r], sets)) for d, r in zip(run_dirs, runs)}
     if ensemble:
         rows["ensemble"] = {"sets": score_sets(runs, sets)}
-    print("\nAccuracy on each evaluation set (plain / with test-time augmentation):\n")
-    print(format_scores(rows))
+    print_scores(rows)
     return rows
 
 
@@ -283,8 +285,7 @@ def main(argv=None) -> dict:
     scores = score_sets([predict.load_classifier(workdir)], sets)
     summary = {k: v for k, v in summary.items() if k not in ("state", "best_state")}
     summary = rundir.add_to_summary(workdir, summary, handwriting=scores)
-    print("\nAccuracy on each evaluation set (plain / with test-time augmentation):\n")
-    print(format_scores({"reader": {"sets": scores, "mnist_test": summary["test"]["accuracy"]}}))
+    print_scores({"reader": {"sets": scores, "mnist_test": summary["test"]["accuracy"]}})
     if args.quick:
         print(QUICK_NOTE)
     return summary
