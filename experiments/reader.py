@@ -9,13 +9,16 @@
 MNIST's test set comes from the same writers' population as its training
 set, so a model's 99.5 % there says little about digits written by other
 people, with other pens, on a drawing page or photographed on paper. The
-reader is trained for those (the recipe below), and scored on four sets of
-digits that are not MNIST's (mnist_jax.handwriting): font digits from
-fonts kept out of training, digits drawn by random hands on the drawing
-page's canvas, and scan-like versions of both; each is prepared as a
-user's picture is (mnist_jax.digits.to_mnist), and each is reported
-apart, with and without test-time augmentation (the mean softmax over the
-picture and slightly thickened, thinned and turned copies of it).
+reader is trained for those (the recipe below), and scored on five sets of
+digits that are not MNIST's: four made here (mnist_jax.handwriting), font
+digits from fonts kept out of training, digits drawn by random hands on
+the drawing page's canvas, and scan-like versions of both; and one of
+real handwriting, UCI's optical digits by 13 other writers
+(mnist_jax.optdigits; scored where its file is found or downloaded, see
+--optdigits). Each is prepared as a user's picture is
+(mnist_jax.digits.to_mnist), and each is reported apart, with and without
+test-time augmentation (the mean softmax over the picture and slightly
+thickened, thinned and turned copies of it).
 
 The recipe: the strided CNN (the best model's), 25 epochs of Adam with a
 one-cycle schedule, label smoothing and the weights' moving average, the
@@ -36,12 +39,23 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import best
-from mnist_jax import augment, digits, files, handwriting, parallel, predict, rundir, timing
+from mnist_jax import (
+    augment,
+    digits,
+    files,
+    handwriting,
+    optdigits,
+    parallel,
+    predict,
+    rundir,
+    timing,
+)
 from mnist_jax import data as data_lib
 from mnist_jax.cli import (
     QUICK_NOTE,
@@ -70,6 +84,7 @@ QUICK = dataclasses.replace(
 FONT_DIGITS, QUICK_FONT_DIGITS = 6000, 200  # Training-font digits added to MNIST's training images.
 SET_SIZE, QUICK_SET_SIZE = 1000, 200  # Digits per evaluation set.
 SETS_SEED = 0  # The evaluation sets' seed; the training fonts' digits use another.
+REAL = "optdigits"  # The set of real handwriting (mnist_jax.optdigits), after handwriting.SETS.
 # How pages become MNIST digits (mnist_jax.digits.Preprocessing): predict's, and variants.
 PREPROCESSING = {
     "default": digits.DEFAULT,
@@ -110,6 +125,14 @@ def build_reader_parser():
         "(default: none; train the reader)",
     )
     add("--ensemble", action="store_true", help="with --evaluate: also their mean softmax")
+    add(
+        "--optdigits",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="UCI's optdigits.tes (or .tra, gzipped or not): the real handwriting scored "
+        "(default: the download cache's, else scikit-learn's bundled copy, else downloaded; "
+        "not scored, with a line saying why, where none is found)",
+    )
     add(
         "--out",
         type=pathlib.Path,
@@ -162,6 +185,25 @@ def tta_views(images: np.ndarray) -> list[np.ndarray]:
     return [images, *(np.asarray(jnp.round(v * 255.0), np.uint8) for v in views)]
 
 
+def evaluation_sets(args, size: int, prepare) -> tuple[dict[str, data_lib.Split], str | None]:
+    """The made sets and, where found, the real one (by name), and the real
+    one's source. A file named by --optdigits that cannot be read stops the
+    command (status 2) before anything trains; one not found otherwise is
+    left out, with a line saying why."""
+    try:
+        real, source = optdigits.load(
+            args.optdigits, download_missing=not args.no_download, prepare=prepare
+        )
+    except data_lib.DataError as e:
+        if args.optdigits is not None:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
+        print(f"{REAL} (real handwriting) not scored: {e}", file=sys.stderr)
+        return handwriting.evaluation_sets(size, SETS_SEED, prepare=prepare), None
+    print(f"{REAL}: {len(real)} digits of UCI's test writers, from {source}")
+    return {**handwriting.evaluation_sets(size, SETS_SEED, prepare=prepare), REAL: real}, source
+
+
 def score_sets(runs: list[rundir.LoadedRun], sets: dict[str, data_lib.Split]) -> dict:
     """Per set: accuracy of the runs' mean softmax, plain and with test-time augmentation."""
     scores, classifiers = {}, [predict.Classifier(run) for run in runs]  # Compiled once.
@@ -180,12 +222,13 @@ def score_sets(runs: list[rundir.LoadedRun], sets: dict[str, data_lib.Split]) ->
 
 def format_scores(rows: dict[str, dict]) -> str:
     """A table: a row per run, each set's accuracy (with TTA after the slash) and MNIST's."""
-    header = ["run", *handwriting.SETS, "MNIST test"]
+    names = [n for n in (*handwriting.SETS, REAL) if any(n in r["sets"] for r in rows.values())]
+    header = ["run", *names, "MNIST test"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
         cells = [
             f"{100 * s['accuracy']:.1f} / {100 * s['tta_accuracy']:.1f} %"
-            for s in (row["sets"][name] for name in handwriting.SETS)
+            for s in (row["sets"][name] for name in names)
         ]
         mnist = row.get("mnist_test")
         lines.append(
@@ -217,9 +260,8 @@ def run_row(run: rundir.LoadedRun, scores: dict) -> dict:
     }
 
 
-def evaluate(run_dirs: list[pathlib.Path], size: int, ensemble: bool, prepare) -> dict:
+def evaluate(run_dirs: list[pathlib.Path], sets: dict, ensemble: bool) -> dict:
     """Each finished run's (and where `ensemble`, their mean's) scores on the sets."""
-    sets = handwriting.evaluation_sets(size, SETS_SEED, prepare=prepare)
     runs = [predict.load_classifier(d) for d in run_dirs]
     rows = {str(d): run_row(r, score_sets([r], sets)) for d, r in zip(run_dirs, runs)}
     if ensemble:
@@ -228,8 +270,18 @@ def evaluate(run_dirs: list[pathlib.Path], size: int, ensemble: bool, prepare) -
     return rows
 
 
-def write_scores(path: pathlib.Path, rows: dict, size: int, preprocess: str) -> None:
-    """--out: the rows of `evaluate`, with how the sets were made and where they were scored."""
+def write_scores(
+    path: pathlib.Path, rows: dict, size: int, preprocess: str, real_source: str | None
+) -> None:
+    """--out: the rows of `evaluate`, with how the sets were made and where they were scored.
+
+    Args:
+      path: the JSON file to write.
+      rows: `evaluate`'s rows, a run (or the ensemble) each.
+      size: digits in each made set.
+      preprocess: the name of the preprocessing the sets went through (PREPROCESSING).
+      real_source: where the real set came from (optdigits.load's); None: not scored.
+    """
     files.write_json(
         path,
         {
@@ -238,6 +290,7 @@ def write_scores(path: pathlib.Path, rows: dict, size: int, preprocess: str) -> 
                 "images_each": size,
                 "seed": SETS_SEED,
                 "preprocess": preprocess,
+                REAL: real_source,  # Where the real set came from; None: not scored.
             },
             "scored_on": parallel.host_cpu(),
             "runs": rows,
@@ -259,12 +312,14 @@ def main(argv=None) -> dict:
     if args.out is not None and not args.evaluate:
         parser.error("--out goes with --evaluate: it keeps the scores of finished runs")
     if args.evaluate:
-        rows = evaluate(args.evaluate, size, args.ensemble, prepare)
+        sets, real_source = evaluation_sets(args, size, prepare)
+        rows = evaluate(args.evaluate, sets, args.ensemble)
         if args.out is not None:
-            write_scores(args.out, rows, size, args.preprocess)
+            write_scores(args.out, rows, size, args.preprocess, real_source)
         return rows
     if (done := finished_run(args, workdir)) is not None:
         return done
+    sets, real_source = evaluation_sets(args, size, prepare)  # A bad --optdigits stops it here.
     fonts = QUICK_FONT_DIGITS if args.quick else FONT_DIGITS
     fonts = fonts if args.font_digits is None else args.font_digits
     phases = timing.Phases()
@@ -281,10 +336,9 @@ def main(argv=None) -> dict:
         options = run_options("reader", args, phases=phases, extra=extra)
         summary = train_and_evaluate(config, get_model(config.model), splits, workdir, options)
     print_results("reader", summary, REFERENCE, workdir)
-    sets = handwriting.evaluation_sets(size, SETS_SEED, prepare=prepare)
     scores = score_sets([predict.load_classifier(workdir)], sets)
     summary = {k: v for k, v in summary.items() if k not in ("state", "best_state")}
-    summary = rundir.add_to_summary(workdir, summary, handwriting=scores)
+    summary = rundir.add_to_summary(workdir, summary, handwriting=scores, optdigits=real_source)
     print_scores({"reader": {"sets": scores, "mnist_test": summary["test"]["accuracy"]}})
     if args.quick:
         print(QUICK_NOTE)

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from mnist_jax import digits, handwriting, strokes
+from mnist_jax import digits, handwriting, optdigits, strokes
 
 
 def fake_fonts(*names):
@@ -102,12 +102,18 @@ def test_reader_quick_trains_scores_every_set_and_evaluates_runs(
     summary = reader.main(["--quick", "--workdir", str(workdir), *flags])
     saved = json.loads((workdir / "metrics.json").read_text())
     assert saved["experiment"] == "reader" and saved["font_digits"] == reader.QUICK_FONT_DIGITS
-    assert set(saved["handwriting"]) == set(handwriting.SETS) == set(summary["handwriting"])
-    for scores in saved["handwriting"].values():
+    made, real = saved["handwriting"], saved["handwriting"].pop(reader.REAL)
+    assert set(made) == set(handwriting.SETS)
+    assert set(summary["handwriting"]) == {*made, reader.REAL}
+    for scores in made.values():
         assert scores["images"] == 50 and 0 <= scores["accuracy"] <= 1
+    # The real set (scikit-learn's copy, installed with the test extra): every digit of it.
+    assert real["images"] == optdigits.TEST_FILE_DIGITS and 0 <= real["accuracy"] <= 1
+    assert saved["optdigits"].startswith("scikit-learn")
     assert saved["data"]["train"] == 4501 + reader.QUICK_FONT_DIGITS
     out = capsys.readouterr().out
-    assert "scanned_strokes" in out and f"{100 * saved['test']['accuracy']:.2f} %" in out
+    assert "| scanned_strokes | optdigits |" in out
+    assert f"{100 * saved['test']['accuracy']:.2f} %" in out
     out_file = tmp_path / "scores.json"
     evaluate = ["--evaluate", str(workdir), str(workdir), "--ensemble", "--out", str(out_file)]
     rows = reader.main([*evaluate, *flags])
@@ -116,7 +122,8 @@ def test_reader_quick_trains_scores_every_set_and_evaluates_runs(
     assert kept["runs"] == json.loads(json.dumps(rows))
     assert kept["evaluation_sets"]["images_each"] == 50
     row = kept["runs"][str(workdir)]
-    assert row["sets"] == saved["handwriting"] and row["mnist_test"] == saved["test"]["accuracy"]
+    assert row["sets"] == summary["handwriting"] and row["mnist_test"] == saved["test"]["accuracy"]
+    assert kept["evaluation_sets"]["optdigits"] == saved["optdigits"]
     assert row["experiment"] == "reader" and row["train_seconds"] == saved["train_seconds"]
 
 
@@ -127,3 +134,30 @@ def test_reader_out_without_evaluate_is_refused_before_anything_trains(tmp_path,
         reader.main(["--out", str(tmp_path / "scores.json"), "--workdir", str(tmp_path / "r")])
     assert stop.value.code == 2 and "--out goes with --evaluate" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (tmp_path / "scores.json").exists()
+
+
+def test_reader_optdigits_file_that_cannot_be_read_stops_it_before_training(tmp_path, capsys):
+    from experiments import reader
+
+    bad = tmp_path / "optdigits.tes"
+    bad.write_text("not, a, digit\n")
+    for given in (bad, tmp_path / "none.tes"):
+        argv = ["--optdigits", str(given), "--set-size", "10", "--workdir", str(tmp_path / "r")]
+        with pytest.raises(SystemExit) as stop:
+            reader.main(argv)
+        assert stop.value.code == 2 and f"error: {given}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reader_scores_without_the_real_set_where_none_is_found(tmp_path, monkeypatch, capsys):
+    from experiments import reader
+    from mnist_jax.data import DataNotFoundError
+
+    def nowhere(path=None, *, download_missing=True, prepare=None):
+        raise DataNotFoundError("no optdigits.tes found and downloading is off")
+
+    monkeypatch.setattr(optdigits, "load", nowhere)
+    args = reader.build_reader_parser().parse_args(["--no-download"])
+    sets, source = reader.evaluation_sets(args, 10, digits.to_mnist)
+    assert source is None and set(sets) == set(handwriting.SETS)
+    assert "optdigits (real handwriting) not scored: no optdigits.tes" in capsys.readouterr().err
