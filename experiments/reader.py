@@ -28,11 +28,12 @@ training-allowed fonts mixed into MNIST's training images (--font-digits).
 The goal: at least 95 % on digits of other writers while keeping 99.5 %
 on MNIST's test set, within 30 minutes of training on 2 CPU cores.
 Expected: about 99.6 % on MNIST's test set and 95-99 % on each
-evaluation set (about 97.5 % on UCI's real handwriting), about 18 minutes of training on 2 unshared CPU cores
-with oneDNN's convolutions; the run and the levers measured on the way
-are in docs/results.md, "Reading other people's handwriting". The run
-lands in runs/reader/<date-time>/, its metrics.json holding the sets'
-scores under "handwriting".
+evaluation set (about 97.5 % on UCI's real handwriting), about 18
+minutes of training on 2 unshared CPU cores with oneDNN's convolutions;
+the run and the levers measured on the way are in docs/results.md,
+"Reading other people's handwriting". The run lands in
+runs/reader/<date-time>/, its metrics.json holding the sets' scores
+under "handwriting".
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ form here, so that a model trained on MNIST sees what it was trained on:
     light) -> background to 0 (the paper's level under each pixel fitted
     to the border, so light falling off across a photo goes with it, and
     the paper's grain and noise left out), ink up to 255 -> cropped to the
-    ink's bounding box -> longer side scaled to 20 px -> centre of mass
+    digit's bounding box (specks of ink far from it left out: dust on a
+    photo would stretch the box) -> longer side scaled to 20 px -> centre of mass
     moved to (14, 14) of a 28x28 field (MNIST's test set: mean 14.0, 14.0).
 
 Files are decoded by Pillow; anything it cannot decode, or that holds no
@@ -31,6 +32,11 @@ SIZE = 28  # The field.
 BOX = 20  # The longer side of the digit's bounding box.
 CENTRE = SIZE / 2  # Where MNIST's centres of mass sit, in pixel-index coordinates.
 INK_THRESHOLD = 0.25  # Share of the brightest ink that counts towards the bounding box.
+# A blob of ink with less than this share of the largest blob's ink, lying
+# farther from the large blobs than NEAR times their box's longer side, is
+# a speck (dust, a stray mark): left out of the digit's box.
+SPECK_SHARE = 0.1
+NEAR = 0.25
 MIN_CONTRAST = 16  # Grey levels between background and ink below which an image is blank.
 NOISE_FLOOR = 3  # The background's noise deviations below which a pixel is paper, not ink.
 MAX_PIXELS = 50_000_000  # Larger files are refused before decoding (decompression bombs).
@@ -149,12 +155,37 @@ def prepare(
             "background"
         )
     ink = np.clip((above - floor) / contrast, 0.0, 1.0) * 255.0  # Background 0, ink up to 255.
-    rows, cols = np.nonzero(ink >= INK_THRESHOLD * 255.0)
-    digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    digit = ink[_digit_box(ink)]
     if how.binarize and max(digit.shape) > 2 * BOX:
         digit = np.where(digit >= 127.5, 255.0, 0.0)
     digit = _fit_box(digit)  # (h, w), max(h, w) == BOX
     return _centre_by_mass(digit)[..., None]
+
+
+def _digit_box(ink: np.ndarray) -> tuple[slice, slice]:
+    """The bounding box of the digit in `ink` (H, W), 0-255: of its blobs of
+    ink above INK_THRESHOLD (8-connected), the large ones and the small ones
+    near them; a speck far off would otherwise stretch the box and shrink
+    the digit in it."""
+    from scipy import ndimage
+
+    blobs, _ = ndimage.label(ink >= INK_THRESHOLD * 255.0, structure=np.ones((3, 3)))
+    boxes = np.array(  # (N, 4): top, left, bottom, right (exclusive)
+        [(r.start, c.start, r.stop, c.stop) for r, c in ndimage.find_objects(blobs)]
+    )
+    masses = ndimage.sum_labels(ink, blobs, np.arange(1, len(boxes) + 1))  # (N,)
+    large = boxes[masses >= SPECK_SHARE * masses.max()]
+    top, left = large[:, :2].min(0)
+    bottom, right = large[:, 2:].max(0)
+    reach = NEAR * max(bottom - top, right - left)
+    near = (
+        (boxes[:, 0] < bottom + reach)
+        & (boxes[:, 2] > top - reach)
+        & (boxes[:, 1] < right + reach)
+        & (boxes[:, 3] > left - reach)
+    )
+    kept = boxes[near]  # The large blobs are near themselves.
+    return slice(kept[:, 0].min(), kept[:, 2].max()), slice(kept[:, 1].min(), kept[:, 3].max())
 
 
 def _smoothed(grey: np.ndarray, sigma: float) -> np.ndarray:

@@ -246,7 +246,8 @@ def main(argv=None) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     classifier = predict.Classifier(run)
-    classifier.probabilities(np.zeros((1, digits.SIZE, digits.SIZE, 1), np.uint8))  # Compiles.
+    # Compiled and loaded before the first client: the model, and what preparing a picture imports.
+    classifier.probabilities(digits.to_mnist(np.eye(digits.SIZE) * 255.0)[None])
     try:
         server = make_server(classifier, checkpoint, args.host, args.port)
     except OSError as e:

@@ -210,3 +210,34 @@ def test_uneven_light_does_not_widen_the_digits_box():
     # The border's median alone leaves the shadow in, and the box takes in some of it.
     flat = digits.prepare(shadow, digits.Preprocessing(flatten=False))
     assert box(flat)[1] > 2 * box(even)[1]
+
+
+def test_a_speck_far_from_the_digit_does_not_shrink_it():
+    page = np.full((600, 600), 240.0)
+    page[250:350, 295:305] = 20.0  # A "1" in the middle of a large photo.
+    alone = digits.to_mnist(page)
+    for row, col in ((20, 20), (580, 300), (300, 590)):  # Dust in a corner, at an edge.
+        specked = page.copy()
+        specked[row - 3 : row + 3, col - 3 : col + 3] = 30.0
+        np.testing.assert_array_equal(digits.to_mnist(specked), alone)
+    # Two specks, and a stray line as long as a fifth of the digit: still left out.
+    specked = page.copy()
+    specked[40:46, 40:46] = specked[500:506, 520:526] = 30.0
+    specked[560:563, 60:80] = 30.0
+    np.testing.assert_array_equal(digits.to_mnist(specked), alone)
+
+
+def test_the_separate_parts_of_a_digit_stay_in_its_box():
+    """A 5's flag, a broken stroke's pieces, a dot just off the end of a
+    stroke: small blobs near the digit are part of it."""
+    page = np.full((300, 300), 240.0)
+    page[60:200, 100:112] = 20.0  # A long stroke ...
+    page[60:72, 112:200] = 20.0  # ... and its bar, one blob.
+    page[215:240, 100:112] = 20.0  # A piece broken off below: 10 % of the ink.
+    page[250:256, 140:146] = 20.0  # A small dot just off the end.
+    rows, cols = np.nonzero(digits.to_mnist(page)[..., 0] > 64)
+    height = rows.max() - rows.min() + 1
+    assert height == digits.BOX  # The box spans 60-256: the dot and the piece are in it.
+    whole = np.full((300, 300), 240.0)
+    whole[60:256, 100:200] = 20.0
+    assert digits._digit_box(255 - whole) == digits._digit_box(255 - page)
