@@ -54,7 +54,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"IDX file {path} does not exist.")
-    raw = _read_maybe_gzip(path)
+    raw = read_maybe_gzip(path)
     if len(raw) < 4:
         raise CorruptDataError(
             f"{path} is {len(raw)} bytes long, too short for an IDX header; "
@@ -85,7 +85,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
-def _read_maybe_gzip(path: pathlib.Path) -> bytes:
+def read_maybe_gzip(path: pathlib.Path) -> bytes:
+    """The file's bytes, uncompressed where it is gzipped (by its magic number, not its name)."""
     with open(path, "rb") as f:
         head = f.read(2)
     if head != b"\x1f\x8b":
@@ -139,7 +140,7 @@ def load_idx_folder(folder: str | os.PathLike, *, verify_md5: bool = True) -> MN
                 f"must have magic {magic}. Are the files swapped or renamed?"
             )
         if verify_md5:
-            digest = hashlib.md5(_read_maybe_gzip(path)).hexdigest()
+            digest = hashlib.md5(read_maybe_gzip(path)).hexdigest()
             if digest != md5:
                 raise ChecksumError(
                     f"{path}: MD5 of the uncompressed bytes is {digest}, the original "

@@ -22,7 +22,6 @@ from the UCI repository.
 
 from __future__ import annotations
 
-import gzip
 import os
 import pathlib
 from collections.abc import Callable
@@ -37,10 +36,14 @@ FILENAME = "optdigits.tes"
 TEST_FILE_DIGITS = 1797  # Rows of optdigits.tes (UCI's description; scikit-learn's copy).
 BITMAP = 32  # The side of the bitmaps the counts were made from (4x4 blocks of 8x8 counts).
 MARGIN = 8  # Paper around the digit on the page, in bitmap pixels.
-OFFLINE_HINT = (
-    f"Put UCI's {FILENAME} in {caches.cache_dir() / 'downloads'}, name it with --optdigits "
-    "FILE, or install scikit-learn (pip install scikit-learn), which bundles it."
-)
+
+
+def offline_hint() -> str:
+    """What to do where the file cannot be downloaded (the cache as it is set now)."""
+    return (
+        f"Put UCI's {FILENAME} in {caches.cache_dir() / 'downloads'}, name it with --optdigits "
+        "FILE, or install scikit-learn (pip install scikit-learn), which bundles it."
+    )
 
 
 def parse(text: str, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -74,10 +77,7 @@ def read(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataNotFoundError(
             f"{path} does not exist: give the path of UCI's optdigits.tes or optdigits.tra"
         )
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return parse(raw.decode("ascii", errors="replace"), str(path))
+    return parse(idx.read_maybe_gzip(path).decode("ascii", errors="replace"), str(path))
 
 
 def page(counts: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ def download(dest: pathlib.Path, *, timeout: float = 30.0) -> pathlib.Path:
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / FILENAME
     part = target.with_name(f"{FILENAME}.{os.getpid()}.part")
-    idx.fetch_url(URL, part, timeout=timeout, hint=OFFLINE_HINT)
+    idx.fetch_url(URL, part, timeout=timeout, hint=offline_hint())
     try:
         count = len(read(part)[1])
     except DataError:
@@ -104,7 +104,7 @@ def download(dest: pathlib.Path, *, timeout: float = 30.0) -> pathlib.Path:
         part.unlink()
         raise DataError(
             f"the download of {URL} is not UCI's test file of {TEST_FILE_DIGITS} digits; try "
-            "again. " + OFFLINE_HINT
+            "again. " + offline_hint()
         )
     part.replace(target)
     return target
@@ -119,20 +119,22 @@ def find(
     if path is not None:
         return (*read(path), str(pathlib.Path(path).expanduser()))
     cached = caches.cache_dir() / "downloads" / FILENAME
-    with caches.lock(cached.parent, "UCI's optdigits"):
-        if cached.is_file():
-            return (*read(cached), str(cached))
-        try:
-            from sklearn import __version__, datasets
-        except ImportError:
-            pass
-        else:
-            bundled = datasets.load_digits()
-            counts = bundled.images.astype(np.uint8)  # (1797, 8, 8)
-            return counts, bundled.target.astype(np.int64), f"scikit-learn {__version__}"
-        if not download_missing:
-            raise DataNotFoundError(f"no {FILENAME} found and downloading is off. " + OFFLINE_HINT)
-        return (*read(download(cached.parent)), URL)
+    if cached.is_file():
+        return (*read(cached), str(cached))
+    try:
+        from sklearn import __version__, datasets
+    except ImportError:
+        pass
+    else:
+        bundled = datasets.load_digits()
+        counts = bundled.images.astype(np.uint8)  # (1797, 8, 8)
+        return counts, bundled.target.astype(np.int64), f"scikit-learn {__version__}"
+    if not download_missing:
+        raise DataNotFoundError(f"no {FILENAME} found and downloading is off. " + offline_hint())
+    with caches.lock(cached.parent, "UCI's optdigits"):  # One process downloads; others wait.
+        if not cached.is_file():
+            download(cached.parent)
+    return (*read(cached), URL)
 
 
 def load(

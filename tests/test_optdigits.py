@@ -92,6 +92,7 @@ def test_the_cached_file_comes_first_then_scikit_learns_copy(tmp_path, monkeypat
     assert counts.max() == 16 and sorted(set(labels)) == list(range(10))
     assert min(np.bincount(labels)) > 170  # About 180 of each digit.
     cached = tmp_path / "downloads" / optdigits.FILENAME
+    cached.parent.mkdir()
     cached.write_text(uci_text(counts[:20], labels[:20]))
     got, got_labels, source = optdigits.find(download_missing=False)
     assert source == str(cached) and len(got) == 20
